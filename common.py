@@ -502,7 +502,8 @@ GRADE_TIMEOUT = 5  # seconds per math-verify call
 
 def _gold_for_parse(gold: str) -> str:
     g = gold.strip()
-    return g if g.startswith("$") or "\\boxed" in g else f"${g}$"
+    # a stray `$ $` inside a gold answer (Minerva #72) would split the math: drop it
+    return g if g.startswith("$") or "\\boxed" in g else f"${g.replace('$', ' ')}$"
 
 
 def grade_math(response: str, gold: str, timeout: int = GRADE_TIMEOUT) -> dict:
@@ -512,7 +513,7 @@ def grade_math(response: str, gold: str, timeout: int = GRADE_TIMEOUT) -> dict:
     from math_verify.errors import TimeoutException
 
     boxed = last_boxed(response)
-    pred_text = f"\\boxed{{{boxed}}}" if boxed is not None else response
+    pred_text = f"\\boxed{{{boxed.replace('$', ' ')}}}" if boxed is not None else response
     try:
         gold_parsed = parse(_gold_for_parse(gold), parsing_timeout=timeout, raise_on_error=True)
         pred_parsed = parse(pred_text, parsing_timeout=timeout, raise_on_error=True)
@@ -527,10 +528,10 @@ def grade_math(response: str, gold: str, timeout: int = GRADE_TIMEOUT) -> dict:
         return {"pred": boxed, "correct": False, "timeout": False}
 
 
-_MC_PATTERNS = [
-    r"\\boxed\{\s*(?:\\text\{)?\(?([A-J])\)?\}?\s*\}",
-    r"answer is:?\s*\(?\$?\\?(?:text\{)?\(?([A-J])\b",
-    r"[Aa]nswer:\s*\(?\$?([A-J])\b",
+_MC_PATTERNS = [  # markdown bold (**C**) and \text{}/\textbf{} wrappers allowed around the letter
+    r"\\boxed\{\s*(?:\\text(?:bf)?\{\s*)?\(?([A-J])\b\)?",
+    r"[Aa]nswer is:?\s*\**\s*\(?\$?\\?(?:text(?:bf)?\{)?\(?([A-J])\b",
+    r"[Aa]nswer\**:\**\s*\**\(?\$?([A-J])\b",
 ]
 
 
@@ -557,20 +558,48 @@ def _grade_star(args):
     return grade(*args)
 
 
+def _math_input(response: str) -> str:
+    """What grade_math needs of a response: its last box, else the whole text (math-verify's own extraction).
+    grade_math(_math_input(r), g) == grade_math(r, g); it keeps what crosses to worker processes small."""
+    boxed = last_boxed(response)
+    return f"\\boxed{{{boxed}}}" if boxed is not None else response
+
+
 def grade_many(items: list[tuple[str, Optional[str], str]], workers: int = 0, timeout: int = GRADE_TIMEOUT,
                desc: str = "grading") -> list[dict]:
     """Grade (response, gold, answer_type) triples in parallel worker processes (spawned: safe beside a vLLM
-    engine), order preserved. workers=0: one per CPU core; workers=1: in this process."""
+    engine), order preserved. workers=0: one per CPU core (<= 32); workers=1: in this process (main thread only:
+    math-verify's timeouts are signals). Multiple-choice and gold-less items are graded here (a regex); identical
+    math (answer, gold) pairs, common among n samples, are verified once; only the box crosses to the workers."""
+    import threading
     from tqdm import tqdm
-    workers = workers or os.cpu_count() or 1
-    if workers == 1 or len(items) < 64:
-        return [grade(r, g, t, timeout) for r, g, t in tqdm(items, desc=desc, disable=len(items) < 64)]
-    import multiprocessing as mp
-    ctx = mp.get_context("spawn")
-    chunk = max(1, min(256, len(items) // (workers * 8)))
-    args = [(r, g, t, timeout) for r, g, t in items]
-    with ctx.Pool(workers) as pool:
-        return list(tqdm(pool.imap(_grade_star, args, chunksize=chunk), total=len(items), desc=desc))
+    if not workers:  # one per core, at most 32 (each holds its own sympy; big GPU nodes have 100+ cores)
+        workers = min(32, (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()) or 1)
+    results: list[Optional[dict]] = [None] * len(items)
+    todo: dict[tuple[str, str], list[int]] = {}
+    for i, (r, g, t) in enumerate(items):
+        if g is None or t == "mc":
+            results[i] = grade(r, g, t, timeout)
+        else:
+            todo.setdefault((_math_input(r), g), []).append(i)
+    keys = list(todo)
+    in_main = threading.current_thread() is threading.main_thread()
+    if not keys:
+        graded = []
+    elif (workers == 1 or len(keys) < 64) and in_main:
+        graded = [grade_math(r, g, timeout) for r, g in tqdm(keys, desc=desc, disable=len(keys) < 64)]
+    else:
+        import multiprocessing as mp
+        ctx = mp.get_context("spawn")
+        workers = min(workers, max(1, len(keys) // 8))
+        chunk = max(1, min(256, len(keys) // (workers * 8)))
+        args = [(r, g, "math", timeout) for r, g in keys]
+        with ctx.Pool(workers) as pool:
+            graded = list(tqdm(pool.imap(_grade_star, args, chunksize=chunk), total=len(keys), desc=desc))
+    for key, res in zip(keys, graded):
+        for i in todo[key]:
+            results[i] = dict(res)
+    return results  # type: ignore[return-value]
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -1,0 +1,80 @@
+"""What sample.py costs on top of vLLM: its core path (chat-template rendering + tokenizing, one llm.generate per
+chunk, records built and appended to disk with fsync, progress bar) against a bare llm.generate on the same
+pre-tokenized prompts and sampling params, in ONE process with ONE engine, alternating the order each repeat.
+
+    VLLM_CPU_KV_GB=1 python bench/sample_overhead.py                         # tiny model, 64 questions x n=2, 64 tokens
+    python bench/sample_overhead.py --model Qwen/Qwen2.5-Math-7B-Instruct --limit 512 --max_tokens 1024   # GPU
+
+Prints per-repeat times and `sample.py / bare vLLM time ratio: X.XX` (sum over repeats; goal <= 1.05).
+"""
+from __future__ import annotations
+
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import common  # noqa: E402
+import sample  # noqa: E402
+
+
+@dataclass
+class Args:
+    model: str = str(common.TINY_MODEL)
+    data: str = "math500"
+    limit: int = 64            # questions
+    n: int = 2                 # samples per question
+    max_tokens: int = 64
+    chunk_size: int = 512      # sample.py's default
+    repeats: int = 3           # each repeat runs both, order alternating
+    seed: int = 42
+
+
+def main() -> None:
+    from transformers import HfArgumentParser
+    (b,) = HfArgumentParser(Args).parse_args_into_dataclasses()
+    a = sample.Args(model=b.model, data=b.data, output="unused.jsonl", limit=b.limit, n=b.n, max_tokens=b.max_tokens,
+                    chunk_size=b.chunk_size, seed=b.seed)
+    system_prompt = common.resolve_system_prompt(a.system_prompt)
+    questions = common.load_questions(a.data, limit=a.limit)
+    tokenizer = common.load_tokenizer(a.model)
+    llm = common.make_llm(a.model, seed=a.seed)
+    params = sample.make_sampling_params(sample.sampling_settings(a))
+    bare_prompts = [{"prompt_token_ids": ids} for ids in sample.encode_prompts(tokenizer, questions, system_prompt)]
+    llm.generate(bare_prompts[:4], params, use_tqdm=False)  # warm-up
+
+    def bare():
+        outs = llm.generate(bare_prompts, params, use_tqdm=False)
+        return sum(len(c.token_ids) for o in outs for c in o.outputs)
+
+    def via_sample(out_path: Path):
+        ids = sample.encode_prompts(tokenizer, questions, system_prompt)
+        stats = sample.sample_chunks(llm, questions, ids, params, a.chunk_size,
+                                     lambda recs: common.append_jsonl(out_path, recs))
+        return stats["tokens"]
+
+    times = {"bare": [], "sample": []}
+    tokens = {"bare": [], "sample": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(b.repeats):
+            order = ["bare", "sample"] if r % 2 == 0 else ["sample", "bare"]
+            for which in order:
+                t0 = time.perf_counter()
+                ntok = bare() if which == "bare" else via_sample(Path(tmp) / f"rep{r}.jsonl")
+                times[which].append(time.perf_counter() - t0)
+                tokens[which].append(ntok)
+                print(f"repeat {r} {which:6s}: {times[which][-1]:7.2f} s, {ntok} tokens", flush=True)
+    sample.shutdown(llm)
+    tb, ts = sum(times["bare"]), sum(times["sample"])
+    per_tok = (ts / sum(tokens["sample"])) / (tb / sum(tokens["bare"]))
+    print(f"{len(questions)} questions x n={a.n}, max_tokens {a.max_tokens}, {b.repeats} repeats, model {a.model}")
+    print(f"bare vLLM: {tb:.2f} s ({sum(tokens['bare'])} tokens); sample.py: {ts:.2f} s "
+          f"({sum(tokens['sample'])} tokens); per-token time ratio: {per_tok:.3f}")
+    print(f"sample.py / bare vLLM time ratio: {ts / tb:.2f}")
+
+
+if __name__ == "__main__":
+    common.run_main(main)

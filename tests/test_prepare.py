@@ -1,0 +1,374 @@
+"""prepare.py: every training-text rule of QFFT and UPFT pinned on the tiny model's tokenizer, plus the ablations
+(mix, rft, noise), the length rules, the stats sidecar, determinism, the settings guard and bad input."""
+import json
+import random
+import sys
+from collections import Counter
+
+import pytest
+
+import common
+import prepare
+from conftest import run_script
+
+EOT = "<|im_end|>\n"  # SmolLM2's ChatML end of turn
+EOS = "<|im_end|>"
+
+
+def sentence(i: int) -> str:
+    return (f"First we note that {i} plus {i} is {2 * i}. Wait, let me double check the sum once more. "
+            f"Adding again gives {2 * i}! So the final answer is \\boxed{{{2 * i}}}.")
+
+
+def write_sample(path, n=20, responses=None):
+    """A sample.py-style file: n questions with 2 responses each (one correct, one wrong) and an empty one."""
+    with open(path, "w") as f:
+        for i in range(n):
+            resp = responses(i) if responses else [sentence(i), f"It is \\boxed{{{2 * i + 1}}}.", ""]
+            f.write(json.dumps({"id": f"q{i}", "question": f"What is {i}+{i}?", "answer": str(2 * i),
+                                "responses": resp, "num_tokens": [0] * len(resp),
+                                "finish_reasons": ["stop"] * len(resp)}) + "\n")
+    return str(path)
+
+
+def make_args(tiny_model, input, **kw):
+    return prepare.Args(input=str(input), output="unused.jsonl", model=tiny_model, **kw)
+
+
+def run(tokenizer, args):
+    groups, dropped, _ = prepare.load_groups(args)
+    groups = prepare.take_questions(groups, args.max_questions, args.seed)
+    return prepare.build(args, tokenizer, groups, dropped)
+
+
+def enc(tokenizer, text):
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+@pytest.fixture
+def sample(tmp_path):
+    return write_sample(tmp_path / "s.jsonl")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The rules
+def test_qfft_rule_is_the_bare_response(tokenizer, tiny_model, sample):
+    recs, stats = run(tokenizer, make_args(tiny_model, sample, mode="qfft"))
+    assert len(recs) == 20 and stats["types"] == {"qfft": 20}
+    for i, r in enumerate(recs):
+        assert r == {"id": f"q{i}", "type": "qfft", "prompt": "", "completion": sentence(i), "source_id": f"q{i}"}
+    recs, _ = run(tokenizer, make_args(tiny_model, sample, mode="qfft", qfft_eos=True))
+    assert all(r["completion"] == sentence(i) + EOS for i, r in enumerate(recs))
+
+
+def test_sft_rule_and_system_prompt_presets(tokenizer, tiny_model, sample):
+    cases = {(None, None): None, ("qfft", None): None, ("upft", None): common.EVAL_SYSTEM_PROMPT,
+             (None, "eval"): common.EVAL_SYSTEM_PROMPT, ("upft", "none"): None, (None, "Be brief."): "Be brief."}
+    for (preset, sp), system in cases.items():
+        recs, _ = run(tokenizer, make_args(tiny_model, sample, mode="sft", preset=preset, system_prompt=sp))
+        for i, r in enumerate(recs):
+            assert r["type"] == "sft"
+            assert r["prompt"] == common.render_prompt(tokenizer, f"What is {i}+{i}?", system)
+            assert r["completion"] == sentence(i) + EOT
+    assert "SmolLM" in recs[0]["prompt"] or "Be brief." in recs[0]["prompt"]
+
+
+def test_upft_prefix_and_full_examples(tokenizer, tiny_model, tmp_path):
+    path = write_sample(tmp_path / "u.jsonl", n=23, responses=lambda i: ["Short." if i == 5 else sentence(i)])
+    L, p = 8, 0.3
+    args = make_args(tiny_model, path, mode="upft", prefix_len=L, full_ratio=p, preset="upft")
+    recs, stats = run(tokenizer, args)
+    full = [r for r in recs if r["type"] == "full"]
+    prefix = [r for r in recs if r["type"] == "prefix"]
+    assert len(recs) == 23 and len(full) == round(p * 23) == 7 and len(prefix) == 16
+    eos_ids = enc(tokenizer, EOS)
+    by_id = {f"q{i}": ("Short." if i == 5 else sentence(i)) for i in range(23)}
+    for r in prefix:
+        resp = by_id[r["id"]]
+        q = f"What is {r['id'][1:]}+{r['id'][1:]}?"
+        assert r["prompt"] == common.render_prompt(tokenizer, q + common.UPFT_PREFIX_INSTRUCTION,
+                                                   common.EVAL_SYSTEM_PROMPT)
+        ids = enc(tokenizer, resp)
+        n = min(L, len(ids))
+        assert enc(tokenizer, r["completion"]) == ids[:n] + eos_ids  # exactly the first L tokens, then EOS
+        assert r["completion"].endswith(EOS) and resp.startswith(r["completion"][:-len(EOS)])
+    assert stats["prefix_whole"] == (0 if "q5" in {r["id"] for r in full} else 1)
+    for r in full:
+        assert common.UPFT_PREFIX_INSTRUCTION not in r["prompt"]
+        assert r["prompt"] == common.render_prompt(tokenizer, f"What is {r['id'][1:]}+{r['id'][1:]}?",
+                                                   common.EVAL_SYSTEM_PROMPT)
+        assert r["completion"] == by_id[r["id"]] + EOT
+    # seeded: same seed, same split; another seed, another split
+    again, _ = run(tokenizer, args)
+    assert again == recs
+    other, _ = run(tokenizer, make_args(tiny_model, path, mode="upft", prefix_len=L, full_ratio=p, seed=7))
+    assert {r["id"] for r in other if r["type"] == "full"} != {r["id"] for r in full}
+    assert sum(r["type"] == "full" for r in other) == 7
+
+
+def test_upft_prefix_survives_unstable_token_boundaries(tokenizer, tiny_model, tmp_path):
+    """Decoding the first L ids and re-tokenizing can give other ids (a split multi-byte character, a merge at
+    the cut). Every prefix must re-tokenize to exactly its ids + EOS; unstable cuts shrink and are counted."""
+    texts = ["数学题：求解 x² + 3x = 10。答案是 😀😀 好的", "a  b   c    d\t\te f g h i j",
+             "The answer:  42 ,  right? yes"]
+    unstable = []
+    for t in texts:
+        ids = enc(tokenizer, t)
+        unstable.append([L for L in range(1, len(ids)) if enc(tokenizer, tokenizer.decode(ids[:L])) != ids[:L]])
+    assert all(unstable), "the fixture texts must contain unstable cut points"
+    L_values = sorted({u[0] for u in unstable})
+    for L in L_values:
+        stats = Counter()
+        tokens = prepare.Tokens(tokenizer)
+        outs = prepare.prefix_completions(tokens, texts, tokens.head(texts, L), L, EOS, stats)
+        for t, out, bad in zip(texts, outs, unstable):
+            ids = enc(tokenizer, t)
+            got = enc(tokenizer, out)
+            assert got[-1] == enc(tokenizer, EOS)[0]
+            n = len(got) - 1
+            assert got[:n] == ids[:n] and n <= L
+            assert n == L or L in bad  # shrinks only where the cut is unstable
+        assert stats["prefix_shrunk"] == sum(L in bad for bad in unstable) >= 1
+
+
+def test_token_counts_split_off_special_suffixes(tokenizer):
+    """A response is tokenized once: len(text + end of turn) = len(text) + len(end of turn) where the suffix
+    starts with a special token (checked on probes); the counts must equal real tokenization."""
+    tokens = prepare.Tokens(tokenizer, suffixes=(EOT, EOS, "\nEND"))
+    assert tokens.suffixes == {EOT: 2, EOS: 1}  # "\nEND" is plain text: no shortcut
+    bases = ["x", "a b ", "trailing\n\n", "数学 \\boxed{2}", "<|im_end", "ends with <", sentence(3)]
+    texts = [b + s for b in bases for s in ("", EOT, EOS, "\nEND")]
+    assert tokens.lens(texts) == [len(enc(tokenizer, t)) for t in texts]
+
+
+def test_mix_counts(tokenizer, tiny_model, sample):
+    for alpha in (0.0, 0.25, 0.3, 1.0):
+        recs, stats = run(tokenizer, make_args(tiny_model, sample, mode="mix", alpha=alpha))
+        with_q = [r for r in recs if r["type"] == "sft"]
+        assert len(recs) == 20 and len(with_q) == round(alpha * 20)
+        for r in recs:
+            i = int(r["id"][1:])
+            if r["type"] == "sft":
+                assert r["prompt"].endswith("<|im_start|>assistant\n") and r["completion"] == sentence(i) + EOT
+            else:
+                assert r["prompt"] == "" and r["completion"] == sentence(i)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Ablations
+def test_noise_level2_wrong_final_answer(tokenizer, tiny_model, tmp_path):
+    path = write_sample(tmp_path / "n.jsonl", n=10,
+                        responses=lambda i: ["No box here." if i == 3 else sentence(i) + " Check: 025 is \\boxed{025}"])
+    recs, stats = run(tokenizer, make_args(tiny_model, path, mode="noise", level=2))
+    assert len(recs) == 9 and stats["dropped"]["noise2_no_boxed"] == 1
+    for r in recs:
+        i = int(r["id"][1:])
+        orig = sentence(i) + " Check: 025 is \\boxed{025}"
+        new = r["completion"][:-len(EOT)]
+        assert r["noise"] == 2 and r["type"] == "sft"
+        assert common.last_boxed(new) != "025" and len(common.last_boxed(new)) == 3
+        assert new[:new.rindex("\\boxed{")] == orig[:orig.rindex("\\boxed{")]  # only the final answer changed
+        assert not common.grade(new, "25")["correct"]
+    assert prepare.noise_wrong_answer("x \\boxed{\\frac{1}{2}}", random.Random(0)) != "x \\boxed{\\frac{1}{2}}"
+    assert common.last_boxed(prepare.noise_wrong_answer("\\boxed{yes}", random.Random(0))).isdigit()
+
+
+def test_noise_level3_half_at_sentence_boundary(tokenizer, tiny_model, sample):
+    recs, _ = run(tokenizer, make_args(tiny_model, sample, mode="noise", level=3, noise_form="qfft"))
+    for r in recs:
+        orig, cut = sentence(int(r["id"][1:])), r["completion"]
+        assert r["type"] == "qfft" and r["prompt"] == "" and orig.startswith(cut)
+        assert 0.25 * len(orig) <= len(cut) <= 0.75 * len(orig) and cut[-1] in ".!?"
+    assert prepare.noise_half("one two three four") in ("one two", "one two three")
+    assert prepare.noise_half("A.\nB is long. C.") in ("A.", "A.\nB is long.")
+
+
+def test_noise_level4_derangement(tokenizer, tiny_model, sample):
+    args = make_args(tiny_model, sample, mode="noise", level=4, responses="all")
+    recs, _ = run(tokenizer, args)
+    assert len(recs) == 40  # 20 questions x 2 non-empty responses
+    donors = {}
+    for r in recs:
+        i = int(r["source_id"][1:])
+        assert r["response_from"] != r["source_id"] and sentence(i) not in r["completion"]
+        assert r["prompt"] == common.render_prompt(tokenizer, f"What is {i}+{i}?", None)
+        donors.setdefault(r["source_id"], set()).add(r["response_from"])
+    assert all(len(d) == 1 for d in donors.values())
+    assert sorted(d.pop() for d in donors.values()) == sorted(donors)  # a permutation: every response used once
+    assert run(tokenizer, args)[0] == recs
+    with pytest.raises(common.DataError, match="at least 2 questions"):
+        prepare.derangement(1, random.Random(0))
+
+
+def test_rft_label_filter_select_and_pairs(tokenizer, tiny_model, tmp_path):
+    def resps(i):
+        return [f"It is \\boxed{{{2 * i + 1}}}.", f"So \\boxed{{{2 * i}}}.", sentence(i), None]
+    path = write_sample(tmp_path / "r.jsonl", n=6, responses=resps)
+    recs, stats = run(tokenizer, make_args(tiny_model, path, mode="rft", select="all"))
+    assert [r["id"] for r in recs[:2]] == ["q0#1", "q0#2"] and len(recs) == 12
+    assert stats["dropped"] == {"empty_response": 6, "incorrect": 6}
+    short, _ = run(tokenizer, make_args(tiny_model, path, mode="rft", select="shortest"))
+    long, _ = run(tokenizer, make_args(tiny_model, path, mode="rft", select="longest"))
+    assert [r["completion"] for r in short] == [f"So \\boxed{{{2 * i}}}." + EOT for i in range(6)]
+    assert [r["completion"] for r in long] == [sentence(i) + EOT for i in range(6)]
+    assert [r["id"] for r in short] == [f"q{i}" for i in range(6)]
+    pairs, pstats = run(tokenizer, make_args(tiny_model, path, mode="rft", pairs=True))
+    assert [set(p) for p in pairs] == [{"id", "type", "prompt", "chosen", "rejected", "source_id"}] * 6
+    assert all(p["chosen"] == s["completion"] and p["rejected"] == lg["completion"] and p["prompt"] == s["prompt"]
+               for p, s, lg in zip(pairs, short, long))
+    assert pstats["trained_tokens"] == sum(len(enc(tokenizer, p["chosen"])) + len(enc(tokenizer, p["rejected"]))
+                                           for p in pairs)
+
+
+def test_max_questions_keeps_all_responses(tokenizer, tiny_model, sample):
+    recs, stats = run(tokenizer, make_args(tiny_model, sample, mode="qfft", responses="all", max_questions=5))
+    qs = Counter(r["source_id"] for r in recs)
+    assert len(qs) == 5 and set(qs.values()) == {2} and stats["questions"] == 5
+    again, _ = run(tokenizer, make_args(tiny_model, sample, mode="qfft", responses="all", max_questions=5))
+    other, _ = run(tokenizer, make_args(tiny_model, sample, mode="qfft", max_questions=5, seed=1))
+    assert again == recs and {r["source_id"] for r in other} != set(qs)
+    longest, _ = run(tokenizer, make_args(tiny_model, sample, mode="qfft", responses="longest"))
+    assert [r["completion"] for r in longest] == [sentence(i) for i in range(20)]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Length, stats, adapters
+def test_max_len_drop_and_truncate(tokenizer, tiny_model, sample):
+    recs, _ = run(tokenizer, make_args(tiny_model, sample, mode="sft"))
+    lens = [len(enc(tokenizer, r["prompt"])) + len(enc(tokenizer, r["completion"])) for r in recs]
+    limit = max(lens) - 1
+    kept, stats = run(tokenizer, make_args(tiny_model, sample, mode="sft", max_len=limit))
+    assert 0 < len(kept) < 20
+    assert len(kept) == sum(n <= limit for n in lens) and stats["dropped"]["over_max_len"] == 20 - len(kept)
+    cut, stats = run(tokenizer, make_args(tiny_model, sample, mode="sft", max_len=limit, truncate=True))
+    assert len(cut) == 20 and stats["truncated"] == 20 - len(kept)
+    for r, full in zip(cut, recs):
+        n = len(enc(tokenizer, r["prompt"])) + len(enc(tokenizer, r["completion"]))
+        assert n <= limit and full["completion"].startswith(r["completion"])
+    # mix/upft: N = examples whose full form fits, so the split stays exact
+    mixed, stats = run(tokenizer, make_args(tiny_model, sample, mode="mix", alpha=0.5, max_len=limit))
+    assert len(mixed) == len(kept) and sum(r["type"] == "sft" for r in mixed) == round(0.5 * len(kept))
+
+
+def test_stats_totals_equal_sums_over_examples(tokenizer, tiny_model, sample):
+    recs, stats = run(tokenizer, make_args(tiny_model, sample, mode="upft", prefix_len=8, full_ratio=0.5))
+    pl = [len(enc(tokenizer, r["prompt"])) for r in recs]
+    cl = [len(enc(tokenizer, r["completion"])) for r in recs]
+    assert stats["trained_tokens"] == sum(cl) and stats["total_tokens"] == sum(pl) + sum(cl)
+    assert stats["examples"] == len(recs) == sum(stats["types"].values())
+    assert stats["types"] == dict(Counter(r["type"] for r in recs))
+    assert stats["prompt_tokens_mean"] == round(sum(pl) / len(pl), 2)
+    assert stats["completion_tokens_mean"] == round(sum(cl) / len(cl), 2)
+    assert sum(v["trained_tokens"] for v in stats["by_type"].values()) == sum(cl)
+    assert stats["by_type"]["prefix"]["completion_tokens_mean"] == 9.0  # 8 tokens + EOS
+    assert stats["dropped"] == {"empty_response": 20}
+
+
+def test_adapters_limo_s1k_generic(tokenizer, tiny_model, tmp_path):
+    limo = tmp_path / "limo.jsonl"
+    limo.write_text(json.dumps({"question": "Q1?", "solution": "Reason. \\boxed{3}", "answer": "3"}) + "\n")
+    recs, _ = run(tokenizer, make_args(tiny_model, limo, mode="qfft", format="limo"))
+    assert recs[0]["completion"] == "Reason. \\boxed{3}" and recs[0]["id"] == common.stable_id("Q1?")
+    s1k = tmp_path / "s1k.jsonl"
+    s1k.write_text(json.dumps({"question": "Q2?", "solution": "ref", "deepseek_thinking_trajectory": "Hmm. Wait.\n",
+                               "deepseek_attempt": "Answer: \\boxed{5}"}) + "\n")
+    for fmt in ("s1k", "auto"):
+        recs, _ = run(tokenizer, make_args(tiny_model, s1k, mode="qfft", format=fmt))
+        assert recs[0]["completion"] == "<think>\nHmm. Wait.\n</think>\n\nAnswer: \\boxed{5}"
+    gen = tmp_path / "gen.jsonl"
+    gen.write_text("".join(json.dumps({"uid": u, "query": q, "out": o}) + "\n"
+                           for u, q, o in [(1, "A?", "x"), (2, "B?", "y"), (1, "A?", "z")]))
+    recs, _ = run(tokenizer, make_args(tiny_model, gen, mode="sft", question_field="query", response_field="out",
+                                       id_field="uid", responses="all"))
+    assert [(r["id"], r["completion"]) for r in recs] == [("1#0", "x" + EOT), ("1#1", "z" + EOT), ("2#0", "y" + EOT)]
+
+
+@pytest.mark.parametrize("line, match", [
+    ('{"id": "a", "responses": ["x"]}', r"bad\.jsonl:2: missing field 'question'"),
+    ('{"id": "a", "question": "q", "responses": "x"}', r"bad\.jsonl:2: field 'responses' must be list"),
+    ('{"id": "a", "question": "q", "responses": ["x", 5]}', r"bad\.jsonl:2: field 'responses\[1\]' must be str"),
+    ('{"id": "a", "question": 3, "responses": ["x"]}', r"bad\.jsonl:2: field 'question' must be str"),
+    ('{"id": "a", "question": " ", "responses": ["x"]}', r"bad\.jsonl:2: the question is empty"),
+    ('{"id": "b", "question": "q", "responses": ["x"]}', r"bad\.jsonl:2: duplicate id 'b'"),
+    ('{"id": "a", "question": "q", "responses": ["x"', r"bad\.jsonl:2: not valid JSON"),
+])
+def test_bad_input_names_file_line_and_field(tiny_model, tmp_path, line, match):
+    p = tmp_path / "bad.jsonl"
+    p.write_text('{"id": "b", "question": "q0", "responses": ["r"]}\n' + line + "\n")
+    with pytest.raises(common.DataError, match=match):
+        prepare.load_groups(make_args(tiny_model, p))
+
+
+def test_bad_input_adapters_and_options(tokenizer, tiny_model, tmp_path):
+    p = tmp_path / "g.jsonl"
+    p.write_text(json.dumps({"question": "q", "text": "r"}) + "\n")
+    with pytest.raises(common.DataError, match=r"g\.jsonl:1: no response field"):
+        prepare.load_groups(make_args(tiny_model, p))
+    p.write_text(json.dumps({"question": "q", "deepseek_thinking_trajectory": "t"}) + "\n")
+    with pytest.raises(common.DataError, match=r"g\.jsonl:1: missing field 'deepseek_attempt'"):
+        prepare.load_groups(make_args(tiny_model, p, format="s1k"))
+    p.write_text(json.dumps({"question": "q", "solution": 7}) + "\n")
+    with pytest.raises(common.DataError, match=r"g\.jsonl:1: field 'solution' must be str, got int"):
+        prepare.load_groups(make_args(tiny_model, p, format="limo"))
+    for kw, match in [({"mode": "upft"}, "needs --prefix_len"), ({"mode": "noise"}, "needs --level"),
+                      ({"mode": "bogus"}, "--mode must be"), ({"pairs": True}, "--pairs works with"),
+                      ({"mode": "mix", "alpha": 1.5}, "--alpha")]:
+        with pytest.raises(common.DataError, match=match):
+            prepare.check_args(make_args(tiny_model, p, **kw))
+
+
+def test_empty_and_unfinished_responses_are_dropped_and_counted(tokenizer, tiny_model, tmp_path):
+    p = tmp_path / "e.jsonl"
+    p.write_text(json.dumps({"id": "a", "question": "q", "responses": ["", None, "ok", "cut"],
+                             "finish_reasons": ["stop", None, "stop", "length"]}) + "\n"
+                 + json.dumps({"id": "b", "question": "q2", "responses": [" "]}) + "\n")
+    recs, stats = run(tokenizer, make_args(tiny_model, p, mode="qfft", responses="all", drop_unfinished=True))
+    assert [(r["id"], r["completion"]) for r in recs] == [("a#2", "ok")]
+    assert stats["dropped"] == {"empty_response": 3, "unfinished_response": 1} and stats["questions_out"] == 1
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# CLI: sidecars, determinism, the settings guard
+def test_main_is_deterministic_and_guards_settings(tiny_model, sample, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "o.jsonl"
+
+    def main(*extra):
+        monkeypatch.setattr(sys, "argv", ["prepare.py", "--mode", "upft", "--prefix_len", "8", "--input", sample,
+                                          "--output", str(out), "--model", tiny_model, *extra])
+        prepare.main()
+
+    main()
+    first = out.read_bytes()
+    meta = json.loads(out.with_name("o.jsonl.meta.json").read_text())
+    assert meta["settings"]["prefix_len"] == 8 and len(meta["settings"]["input_sha256"]) == 64
+    main()
+    assert "up to date" in capsys.readouterr().out and out.read_bytes() == first
+    with pytest.raises(common.DataError, match=r"prefix_len: 8 -> 9.*--overwrite"):
+        main("--prefix_len", "9")
+    main("--overwrite")
+    assert out.read_bytes() == first  # byte-identical rebuild
+    main("--prefix_len", "9", "--overwrite")
+    assert out.read_bytes() != first
+
+
+@pytest.mark.slow
+def test_cli_subprocess(tiny_model, sample, tmp_path, monkeypatch):
+    out = tmp_path / "q.jsonl"
+    argv = ["--mode", "mix", "--alpha", "0.5", "--input", sample, "--model", tiny_model]
+    p = run_script("prepare.py", *argv, "--output", out)
+    assert "wrote" in p.stdout and "sft 10" in p.stdout
+    # another process (another hash seed) gives the same bytes
+    monkeypatch.setattr(sys, "argv", ["prepare.py", *argv, "--output", str(tmp_path / "same.jsonl")])
+    prepare.main()
+    assert (tmp_path / "same.jsonl").read_bytes() == out.read_bytes()
+    recs = common.read_jsonl(out)
+    stats = json.loads((tmp_path / "q.jsonl.stats.json").read_text())
+    assert len(recs) == stats["examples"] == 20 and stats["types"] == {"qfft": 10, "sft": 10}
+    assert json.loads((tmp_path / "q.jsonl.meta.json").read_text())["settings"]["alpha"] == 0.5
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": "a", "question": "q", "responses": [1]}\n')
+    p = run_script("prepare.py", "--mode", "qfft", "--input", bad, "--output", tmp_path / "b.jsonl",
+                   "--model", tiny_model, check=False)
+    assert p.returncode == 2 and p.stderr.strip().splitlines() == [
+        f"error: {bad}:1: field 'responses[0]' must be str, got int"]
+    assert not (tmp_path / "b.jsonl").exists()

@@ -1,0 +1,293 @@
+"""train.py: labels on completion tokens only, packing == separate passes, the data plan, loss reduction across
+accumulation and ranks, resume, and a ZeRO-3 run of the real tiny model whose checkpoint vLLM loads."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import ROOT, run_script
+
+import common
+import train
+
+DS_ENV = {"DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
+WORDS = "the cat sat on a mat and then we add two plus three to get five wait let me check again".split()
+
+
+def write_data(path, tok, n=16, seed=0, long=40):
+    rng = np.random.default_rng(seed)
+    recs = []
+    for i in range(n):
+        q = " ".join(rng.choice(WORDS, size=int(rng.integers(3, 12))))
+        prompt = common.render_prompt(tok, q, None) if i % 3 else ""  # every third: question-free (QFFT)
+        comp = " ".join(rng.choice(WORDS, size=int(rng.integers(2, long)))) + common.end_of_turn(tok)
+        recs.append({"id": str(i), "type": "sft" if prompt else "qfft", "prompt": prompt, "completion": comp})
+    common.write_jsonl(path, recs)
+    return recs
+
+
+def args_for(**kw):
+    a = train.Args(model="m", data="d", output_dir="o", **kw)
+    return train.resolve(a)
+
+
+# ------------------------------------------------------------------------------------------------ unit tests
+def test_labels_are_exactly_the_completion_tokens(tmp_path, tokenizer):
+    prompt = common.render_prompt(tokenizer, "What is 2+3?", common.EVAL_SYSTEM_PROMPT)
+    completion = "2+3 = 5, so \\boxed{5}." + common.end_of_turn(tokenizer)
+    common.write_jsonl(tmp_path / "d.jsonl", [{"id": "a", "type": "sft", "prompt": prompt, "completion": completion},
+                                              {"id": "b", "type": "qfft", "prompt": "", "completion": completion}])
+    examples, stats = train.load_examples(tokenizer, str(tmp_path / "d.jsonl"), max_len=4096)
+    p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    c_ids = tokenizer(completion, add_special_tokens=False)["input_ids"]
+    assert examples[0].ids.tolist() == p_ids + c_ids and examples[0].n_prompt == len(p_ids)
+    assert c_ids[-2] == tokenizer.convert_tokens_to_ids("<|im_end|>")  # the end of turn is trained
+    w = train.token_weights([0, 1], examples, "sample")
+    for packing in (True, False):
+        mb = train.collate([0, 1], examples, w, packing, tokenizer.pad_token_id)
+        t = mb["targets"].flatten()
+        tgt = t[t != -100].tolist()
+        # example a: every completion token; example b (no prompt): all but the first, which nothing precedes
+        assert tgt == c_ids + c_ids[1:]
+        # weights: each example's tokens sum to 1/2 (sample reduction over 2 examples)
+        assert mb["weights"].sum().item() == pytest.approx(1.0)
+    assert stats["trained_tokens"] == len(c_ids) + len(c_ids) - 1
+
+
+def test_truncation_drops_and_counts(tmp_path, tokenizer):
+    prompt = common.render_prompt(tokenizer, "a long question " * 10, None)
+    n_p = len(common.encode(tokenizer, [prompt])[0])
+    common.write_jsonl(tmp_path / "d.jsonl", [{"id": "a", "prompt": prompt, "completion": "yes<|im_end|>"},
+                                              {"id": "b", "prompt": "", "completion": "one two three"}])
+    ex, stats = train.load_examples(tokenizer, str(tmp_path / "d.jsonl"), max_len=n_p)
+    assert stats["dropped_no_completion_tokens"] == 1 and len(ex) == 1 and stats["truncated"] == 1
+    ex, stats = train.load_examples(tokenizer, str(tmp_path / "d.jsonl"), max_len=n_p + 1)
+    assert stats["dropped_no_completion_tokens"] == 0 and ex[0].n_trained == 1
+    with pytest.raises(common.DataError, match="no completion tokens"):
+        train.load_examples(tokenizer, str(tmp_path / "d.jsonl"), max_len=1)
+    common.write_jsonl(tmp_path / "bad.jsonl", [{"id": "a", "prompt": "x"}])
+    with pytest.raises(common.DataError, match=r"bad.jsonl:1: missing field 'completion'"):
+        train.load_examples(tokenizer, str(tmp_path / "bad.jsonl"), max_len=10)
+
+
+def test_bad_input_exits_2(tmp_path, random_qwen2):
+    (tmp_path / "empty.jsonl").write_text("")
+    p = run_script("train.py", "--model", random_qwen2, "--data", tmp_path / "empty.jsonl", "--output_dir",
+                   tmp_path / "o", env=DS_ENV, check=False, timeout=120)
+    assert p.returncode == 2 and "no records" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_presets_and_overrides():
+    a = args_for(preset="upft", lr=2e-6, epochs=3)
+    assert (a.lr, a.epochs, a.adam_beta2, a.global_batch_size, a.lr_scheduler, a.max_len) == \
+        (2e-6, 3, 0.95, 64, "constant_with_warmup", 4096)
+    q = args_for(preset="qfft")
+    assert (q.lr, q.epochs, q.global_batch_size, q.lr_scheduler, q.warmup_ratio, q.weight_decay, q.max_len) == \
+        (1e-5, 6, 8, "cosine", 0.1, 1e-4, 16384)
+    with pytest.raises(common.DataError):
+        args_for(preset="nope")
+
+
+@pytest.mark.parametrize("cfg", ["configs/ds_z3.json", "configs/ds_z3_offload.json"])
+def test_ds_configs_fill(cfg):
+    a = args_for(preset="upft")
+    c = train.fill_ds_config(str(ROOT / cfg), a, world=8, bf16=True, hidden=64)
+    assert "auto" not in json.dumps(c)
+    assert c["zero_optimization"]["stage"] == 3 and c["bf16"]["enabled"] is True
+    assert c["optimizer"]["params"]["betas"] == [0.9, 0.95] and c["gradient_clipping"] == 1.0
+    assert c["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] is True
+
+
+@pytest.mark.parametrize("reduction", ["sample", "token"])
+def test_plan_covers_each_example_once_and_weights_normalize(reduction):
+    rng = np.random.default_rng(1)
+    examples = [train.Example(np.zeros(int(n), np.int32), int(p)) for n, p in
+                zip(rng.integers(5, 300, 50), rng.integers(0, 5, 50))]
+    batch = list(range(37))
+    a = args_for(micro_batch_tokens=400, loss_reduction=reduction)
+    plans = [train.plan_step(batch, examples, a, 3, r) for r in range(3)]
+    assert len({len(p) for p in plans}) == 1  # same number of micro-batches on every rank (ZeRO-3 collectives)
+    seen = sorted(i for p in plans for mb in p for i in mb)
+    assert seen == batch
+    assert all(sum(len(examples[i].ids) for i in mb) <= 400 for p in plans for mb in p)
+    w = train.token_weights(batch, examples, reduction)
+    assert sum(w[i] * examples[i].n_trained for i in batch) == pytest.approx(1.0)
+    if reduction == "token":
+        assert len(set(w.values())) == 1
+    a.packing = False
+    assert sorted(i for mb in train.plan_step(batch, examples, a, 1, 0) for i in mb) == batch
+
+
+def test_chunked_cross_entropy_matches_loss_and_grad():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(50, 30, generator=g, requires_grad=True)
+    t, w = torch.randint(0, 30, (50,), generator=g), torch.rand(50, generator=g)
+    ref = (torch.nn.functional.cross_entropy(logits, t, reduction="none") * w).sum()
+    (g_ref,) = torch.autograd.grad(ref, logits)
+    got = train.chunked_ce(logits, t, w, chunk=7)
+    (g_got,) = torch.autograd.grad(got, logits)
+    assert torch.allclose(ref, got, atol=1e-5) and torch.allclose(g_ref, g_got, atol=1e-6)
+
+
+@pytest.mark.parametrize("which", ["random_qwen2", "random_llama"])
+def test_packed_loss_equals_separate_and_padded(which, request, tokenizer, tmp_path):
+    from transformers import AutoModelForCausalLM
+    path = request.getfixturevalue(which)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="sdpa").eval()
+    write_data(tmp_path / "d.jsonl", tokenizer, n=4, seed=3)
+    examples, _ = train.load_examples(tokenizer, str(tmp_path / "d.jsonl"), 4096)
+    idx = list(range(len(examples)))
+    pad = tokenizer.pad_token_id
+
+    def per_example(packing, varlen=False):
+        out = []
+        for j in idx:  # weight only example j: its mean token loss
+            w = {i: (1.0 / examples[i].n_trained if i == j else 0.0) for i in idx}
+            with torch.no_grad():
+                out.append(train.micro_batch_loss(model, train.collate(idx, examples, w, packing, pad), "cpu",
+                                                  varlen).item())
+        return np.array(out)
+
+    separate = []
+    for j in idx:
+        with torch.no_grad():
+            separate.append(train.micro_batch_loss(
+                model, train.collate([j], examples, {j: 1.0 / examples[j].n_trained}, True, pad), "cpu",
+                False).item())
+    separate = np.array(separate)
+    assert np.abs(per_example(True) - separate).max() < 1e-4
+    assert np.abs(per_example(False) - separate).max() < 1e-4
+    # a plain causal mask over the packed row lets attention cross examples: the test can tell
+    real = train.block_causal_mask
+    try:
+        train.block_causal_mask = lambda seg: real(torch.zeros_like(seg))
+        assert np.abs(per_example(True) - separate).max() > 1e-3
+    finally:
+        train.block_causal_mask = real
+
+
+# ------------------------------------------------------------------------------------- DeepSpeed subprocesses
+def read_log(d):
+    return common.read_jsonl(os.path.join(d, "train_log.jsonl"))
+
+
+def weights(d):
+    from safetensors.torch import load_file
+    return load_file(os.path.join(d, "model.safetensors"))
+
+
+def deepspeed_run(nproc, *args, port):
+    ds = shutil.which("deepspeed", path=os.path.dirname(sys.executable)) or "deepspeed"
+    e = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false", **DS_ENV}
+    p = subprocess.run([ds, "--num_gpus", str(nproc), "--master_port", str(port), "train.py", *map(str, args)],
+                       cwd=ROOT, env=e, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    return p
+
+
+def assert_same_run(a, b, tol=1e-5):
+    la, lb = read_log(a), read_log(b)
+    assert [r["step"] for r in la] == [r["step"] for r in lb]
+    for ra, rb in zip(la, lb):
+        for k in ("loss", "grad_norm", "lr"):
+            assert ra[k] == pytest.approx(rb[k], rel=tol, abs=1e-9), (k, ra, rb)
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        assert torch.allclose(wa[k], wb[k], rtol=tol, atol=1e-6), k
+
+
+@pytest.mark.slow
+def test_accumulation_equals_data_parallel_and_resume(tmp_path, tokenizer, random_qwen2):
+    """1 process x 2+ micro-batches == 2 ZeRO-3 processes x 1 micro-batch; a stopped-and-resumed run == both."""
+    write_data(tmp_path / "d.jsonl", tokenizer, n=16)
+    common_args = ["--model", random_qwen2, "--data", tmp_path / "d.jsonl", "--global_batch_size", 4,
+                   "--epochs", 1, "--lr", 1e-3, "--save_steps", 2, "--lr_scheduler", "cosine"]
+    one = tmp_path / "one"
+    run_script("train.py", *common_args, "--output_dir", one, "--micro_batch_tokens", 64, "--save_every_epoch",
+               env=DS_ENV)
+    assert (one / "epoch_1" / "model.safetensors").exists() and (one / "epoch_1" / "generation_config.json").exists()
+    assert all(r["micro_batches"] >= 2 for r in read_log(one)) and len(read_log(one)) == 4
+    assert read_log(one)[-1]["loss"] < read_log(one)[0]["loss"]
+
+    two = tmp_path / "two"
+    deepspeed_run(2, *common_args, "--output_dir", two, "--micro_batch_tokens", 4096, port=29631)
+    assert all(r["micro_batches"] == 1 for r in read_log(two))
+    assert_same_run(one, two)
+
+    res = tmp_path / "res"
+    p = run_script("train.py", *common_args, "--output_dir", res, "--micro_batch_tokens", 64,
+                   "--stop_after_steps", 3, env=DS_ENV)
+    assert "stopping after step 3" in p.stdout and not (res / "model.safetensors").exists()
+    assert len(read_log(res)) == 3 and (res / "checkpoints" / "step_2").is_dir()
+    p = run_script("train.py", *common_args, "--output_dir", res, "--micro_batch_tokens", 64, env=DS_ENV,
+                   check=False)
+    assert p.returncode == 2 and "--resume" in p.stderr  # refuses to silently restart over a checkpoint
+    run_script("train.py", *common_args, "--output_dir", res, "--micro_batch_tokens", 64, "--resume", env=DS_ENV)
+    assert_same_run(one, res)  # step 3 was lost with the "kill" and redone from the step-2 checkpoint
+    assert not (res / "checkpoints").exists() and json.loads((res / "meta.json").read_text())["finished"]
+
+
+@pytest.mark.slow
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, tokenizer, random_qwen2):
+    write_data(tmp_path / "d.jsonl", tokenizer, n=12)
+    out = tmp_path / "o"
+    p = run_script("train.py", "--model", random_qwen2, "--data", tmp_path / "d.jsonl", "--output_dir", out,
+                   "--global_batch_size", 4, "--epochs", 1, "--lr", 1e30, "--warmup_ratio", 0, "--save_steps", 1,
+                   # Adam's first step moves Qwen2's q/k biases by ~lr: attention scores overflow -> NaN
+                   "--lr_scheduler", "constant", env=DS_ENV, check=False)
+    assert p.returncode == 2 and "non-finite loss" in p.stderr and "Traceback" not in p.stderr, p.stderr[-2000:]
+    step = int(p.stderr.split("at step ")[1].split()[0])
+    assert step >= 2 and f"step_{step - 1}" in p.stderr
+    assert (out / "checkpoints" / f"step_{step - 1}").is_dir() and len(read_log(out)) == step - 1
+    assert not (out / "model.safetensors").exists()
+
+
+VLLM_SNIPPET = """
+import sys, json
+sys.path.insert(0, {root!r})
+import common
+if __name__ == "__main__":
+    from vllm import SamplingParams
+    llm = common.make_llm({model!r}, seed=0, max_model_len=512)
+    tok = llm.get_tokenizer()
+    ids = common.encode(tok, [common.render_prompt(tok, "What is 2+3?", None)])[0]
+    out = llm.generate([{{"prompt_token_ids": ids}}], SamplingParams(max_tokens=8, temperature=0))
+    print("GENERATED", json.dumps(len(out[0].outputs[0].token_ids)))
+"""
+
+
+@pytest.mark.slow
+def test_zero3_two_processes_tiny_model_learns_and_vllm_loads(tmp_path, tokenizer, tiny_model):
+    write_data(tmp_path / "d.jsonl", tokenizer, n=4, seed=5, long=24)
+    out = tmp_path / "o"
+    deepspeed_run(2, "--model", tiny_model, "--data", tmp_path / "d.jsonl", "--output_dir", out,
+                  "--global_batch_size", 4, "--epochs", 4, "--lr", 1e-4, "--warmup_ratio", 0,
+                  "--lr_scheduler", "constant", "--gradient_checkpointing", port=29641)
+    log = read_log(out)
+    assert len(log) == 4 and log[-1]["loss"] < 0.8 * log[0]["loss"], [r["loss"] for r in log]
+    assert all(0 < r["mfu"] < 1 and r["tokens_per_s"] > 0 for r in log)
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["finished"] and meta["world_size"] == 2 and "git_commit" in meta
+    gen = json.loads((out / "generation_config.json").read_text())
+    assert tokenizer.convert_tokens_to_ids("<|im_end|>") in gen["eos_token_id"]
+    assert (out / "chat_template.jinja").exists()
+    # the written checkpoint is the trained one: transformers reproduces the logged loss trend
+    from transformers import AutoModelForCausalLM
+    m = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    examples, _ = train.load_examples(tokenizer, str(tmp_path / "d.jsonl"), 4096)
+    idx = list(range(len(examples)))
+    with torch.no_grad():
+        final = train.micro_batch_loss(m, train.collate(idx, examples, train.token_weights(idx, examples, "sample"),
+                                                        True, tokenizer.pad_token_id), "cpu", False).item()
+    assert final < log[-1]["loss"]  # one more update than the last logged (pre-update) loss
+    # vLLM (CPU) loads it and generates
+    p = subprocess.run([sys.executable, "-c", VLLM_SNIPPET.format(root=str(ROOT), model=str(out))], cwd=tmp_path,
+                       env={**os.environ, "VLLM_CPU_KV_GB": "1", "TOKENIZERS_PARALLELISM": "false"},
+                       capture_output=True, text=True, timeout=400)
+    assert p.returncode == 0 and "GENERATED" in p.stdout, p.stderr[-3000:]

@@ -1,0 +1,576 @@
+"""Full-parameter SFT with DeepSpeed ZeRO-3: packing, exact loss reduction, resumable. Reads prepare.py output.
+
+    # one node, 8 GPUs (QFFT hyperparameters, QFFT Table 5)
+    deepspeed --num_gpus 8 train.py --model Qwen/Qwen2.5-7B-Instruct --data train.jsonl --output_dir ckpt/qfft \\
+        --preset qfft --gradient_checkpointing --save_every_epoch
+    # UPFT (App. B): PRM12K 2 epochs lr 1e-6 (the preset); LIMO: --epochs 3 --lr 2e-6; R1-distill: --max_len 16384
+    deepspeed --num_gpus 8 train.py --model M --data upft.jsonl --output_dir ckpt/upft --preset upft
+    # several nodes: a hostfile with lines `host slots=8`, same command on the first node
+    deepspeed --hostfile hostfile --master_addr HOST0 train.py ... --deepspeed configs/ds_z3.json
+    # 32B on few GPUs: offload optimizer states and parameters to CPU RAM
+    deepspeed --num_gpus 8 train.py ... --deepspeed configs/ds_z3_offload.json
+    # CPU (tests, laptops): fp32, gloo
+    DS_ACCELERATOR=cpu deepspeed --num_gpus 2 train.py --model models/smollm2-135m-instruct --data d.jsonl --output_dir o
+    python train.py ...            # one process, no launcher (torchrun works too)
+    ... --resume                   # after a kill: continue from the last DeepSpeed checkpoint, same data order
+
+Each example: `prompt` and `completion` tokenized separately (no special tokens added; prepare.py's strings already
+carry the template's), concatenated, cut at --max_len; the loss falls on completion tokens only. An optimizer step
+consumes --global_batch_size EXAMPLES, split over ranks (balanced by tokens) and packed into micro-batches of up
+to --micro_batch_tokens tokens; position ids restart per example and attention never crosses examples
+(FlashAttention-2 varlen on GPU when installed, else SDPA with a block-diagonal causal mask). Loss reduction is
+computed against the global batch, so it does not depend on the number of ranks or micro-batches.
+
+Output: DIR/ (HF checkpoint: safetensors, config, tokenizer, chat template, generation_config), DIR/epoch_{k}/
+with --save_every_epoch, DIR/train_log.jsonl (one line per step), DIR/meta.json, DIR/checkpoints/ (DeepSpeed).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import shutil
+import socket
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import warnings
+
+import numpy as np
+
+import common
+
+# Each paper's hyperparameters. Flags given on the command line override them.
+PRESETS = {
+    # QFFT Table 5 (7B; the 32B runs used global batch 32), via LLaMA-Factory (AdamW defaults, grad clip 1.0)
+    "qfft": dict(lr=1e-5, epochs=6, global_batch_size=8, lr_scheduler="cosine", warmup_ratio=0.1,
+                 weight_decay=1e-4, max_len=16384, adam_beta1=0.9, adam_beta2=0.999, max_grad_norm=1.0),
+    # UPFT App. B / scripts/train_sft.sh (OpenRLHF), PRM12K values: LIMO uses --epochs 3 --lr 2e-6,
+    # R1-distill models --max_len 16384, other data sets --epochs 1
+    "upft": dict(lr=1e-6, epochs=2, global_batch_size=64, lr_scheduler="constant_with_warmup", warmup_ratio=0.03,
+                 weight_decay=0.0, max_len=4096, adam_beta1=0.9, adam_beta2=0.95, max_grad_norm=1.0),
+}
+# Without a preset
+BASE = dict(lr=1e-5, epochs=3, global_batch_size=32, lr_scheduler="cosine", warmup_ratio=0.03, weight_decay=0.0,
+            max_len=16384, adam_beta1=0.9, adam_beta2=0.999, max_grad_norm=1.0)
+# Arguments that do not change the result: a resumed run may change them
+NOT_SETTINGS = {"resume", "overwrite", "stop_after_steps", "local_rank", "save_steps", "save_total_limit",
+                "keep_checkpoints", "deepspeed", "gradient_checkpointing", "micro_batch_tokens",
+                "attn_implementation", "peak_tflops", "save_every_epoch"}
+
+
+@dataclass
+class Args:
+    model: str = field(metadata={"help": "base model: local directory or Hugging Face name"})
+    data: str = field(metadata={"help": "prepare.py output JSONL: records with prompt and completion"})
+    output_dir: str = field(metadata={"help": "where the checkpoint, train_log.jsonl and meta.json go"})
+    deepspeed: str = "configs/ds_z3.json"  # DeepSpeed config ("auto" values are filled from these arguments)
+    preset: Optional[str] = None  # qfft | upft: each paper's hyperparameters (printed at start); flags override
+    # hyperparameters: None = the preset's value, else BASE above
+    epochs: Optional[int] = None
+    lr: Optional[float] = None
+    global_batch_size: Optional[int] = None  # EXAMPLES per optimizer step, over all ranks
+    lr_scheduler: Optional[str] = None  # cosine | constant_with_warmup | linear | constant
+    warmup_ratio: Optional[float] = None
+    weight_decay: Optional[float] = None  # not applied to biases and norm weights
+    adam_beta1: Optional[float] = None
+    adam_beta2: Optional[float] = None
+    adam_eps: float = 1e-8
+    max_grad_norm: Optional[float] = None  # 0 = no clipping
+    max_len: Optional[int] = None  # tokens per example (prompt + completion); longer ones are cut at the end
+    loss_reduction: str = "sample"  # sample: mean token loss per example, averaged over examples | token: per token
+    micro_batch_tokens: int = 16384  # token budget of one packed micro-batch per rank
+    packing: bool = True  # --no_packing: padded micro-batches in data order (the usual baseline)
+    attn_implementation: str = "auto"  # auto: flash_attention_2 on GPU when installed, else sdpa
+    gradient_checkpointing: bool = False
+    max_steps: int = 0  # > 0: train this many optimizer steps (also the schedule's length)
+    seed: int = 42  # data order: a seeded permutation per epoch
+    save_every_epoch: bool = False  # HF checkpoint in DIR/epoch_{k}
+    save_steps: int = 500  # DeepSpeed checkpoint (for --resume) every this many steps, and at each epoch end
+    save_total_limit: int = 1  # DeepSpeed checkpoints kept
+    keep_checkpoints: bool = False  # keep DIR/checkpoints after a finished run (optimizer states are large)
+    resume: bool = False  # continue from the last DeepSpeed checkpoint in DIR/checkpoints
+    overwrite: bool = False  # replace output made with other settings
+    trust_remote_code: bool = False
+    peak_tflops: float = 0.0  # for the MFU estimate; 0 = a table of GPUs, or a rough CPU figure
+    stop_after_steps: int = 0  # for tests: stop after this many steps without saving, as a kill would
+    local_rank: int = -1  # set by the deepspeed launcher
+
+
+# ----------------------------------------------------------------------------------------------------------------
+def resolve(args: Args) -> Args:
+    """Fill hyperparameters left unset from the preset, then BASE."""
+    if args.preset is not None and args.preset not in PRESETS:
+        raise common.DataError(f"--preset {args.preset!r}: choose one of {', '.join(PRESETS)}")
+    if args.loss_reduction not in ("sample", "token"):
+        raise common.DataError(f"--loss_reduction {args.loss_reduction!r}: choose sample or token")
+    src = PRESETS.get(args.preset, {})
+    for k, v in BASE.items():
+        if getattr(args, k) is None:
+            setattr(args, k, src.get(k, v))
+    if args.global_batch_size < 1 or args.micro_batch_tokens < 2 or args.max_len < 2 or args.epochs < 1:
+        raise common.DataError("--global_batch_size, --epochs must be >= 1; --max_len, --micro_batch_tokens >= 2")
+    return args
+
+
+@dataclass
+class Example:
+    ids: np.ndarray  # int32 token ids, prompt then completion
+    n_prompt: int  # tokens of the prompt (no loss)
+
+    @property
+    def n_trained(self) -> int:
+        """Positions whose next-token target is a completion token (the first token of a sequence is never a
+        target: nothing precedes it)."""
+        return len(self.ids) - max(self.n_prompt, 1)
+
+
+def load_examples(tok, path: str, max_len: int):
+    """Tokenize prompt and completion separately, concatenate, cut at max_len. Returns (examples, stats)."""
+    recs = list(common.iter_jsonl(path))
+    if not recs:
+        raise common.DataError(f"{path}: no records")
+    for lineno, rec in recs:
+        for f in ("prompt", "completion"):
+            common.require(rec, f, f"{path}:{lineno}")
+    examples, by_type, dropped, cut = [], {}, 0, 0
+    chunk = 2048
+    for i in range(0, len(recs), chunk):
+        part = [r for _, r in recs[i:i + chunk]]
+        ps = common.encode(tok, [r["prompt"] for r in part]) if any(r["prompt"] for r in part) else [[]] * len(part)
+        cs = common.encode(tok, [r["completion"] for r in part])
+        for r, p, c in zip(part, ps, cs):
+            p = p if r["prompt"] else []
+            ids = (list(p) + list(c))
+            cut += len(ids) > max_len
+            ex = Example(np.asarray(ids[:max_len], dtype=np.int32), len(p))
+            if ex.n_trained <= 0:
+                dropped += 1
+                continue
+            examples.append(ex)
+            t = str(r.get("type", "unknown"))
+            by_type[t] = by_type.get(t, 0) + 1
+    if not examples:
+        raise common.DataError(f"{path}: all {len(recs)} examples have no completion tokens after truncation to "
+                               f"--max_len {max_len}")
+    stats = {"examples": len(examples), "dropped_no_completion_tokens": dropped, "truncated": cut,
+             "by_type": by_type, "tokens": int(sum(len(e.ids) for e in examples)),
+             "trained_tokens": int(sum(e.n_trained for e in examples))}
+    return examples, stats
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The data plan: every rank computes the whole plan (cheap, deterministic), so no collective is needed to agree
+# on how many micro-batches a step has.
+def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
+    return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+def split_ranks(idx: list[int], lengths, world: int) -> list[list[int]]:
+    """Longest first to the rank with the fewest tokens: balanced work per rank."""
+    parts, load = [[] for _ in range(world)], [0] * world
+    for i in sorted(idx, key=lambda i: (-lengths[i], i)):
+        r = min(range(world), key=lambda r: (load[r], r))
+        parts[r].append(i)
+        load[r] += lengths[i]
+    return parts
+
+
+def pack(idx: list[int], lengths, budget: int) -> list[list[int]]:
+    """First-fit decreasing into micro-batches of <= budget tokens (an example longer than budget goes alone)."""
+    bins, room = [], []
+    for i in sorted(idx, key=lambda i: (-lengths[i], i)):
+        for b in range(len(bins)):
+            if lengths[i] <= room[b]:
+                bins[b].append(i)
+                room[b] -= lengths[i]
+                break
+        else:
+            bins.append([i])
+            room.append(budget - lengths[i])
+    return bins
+
+
+def pad_groups(idx: list[int], lengths, budget: int) -> list[list[int]]:
+    """--no_packing: consecutive examples while (count x longest) fits the budget."""
+    groups, cur, longest = [], [], 0
+    for i in idx:
+        m = max(longest, lengths[i])
+        if cur and (len(cur) + 1) * m > budget:
+            groups.append(cur)
+            cur, m = [], lengths[i]
+        cur.append(i)
+        longest = m
+    return groups + ([cur] if cur else [])
+
+
+def token_weights(batch: list[int], examples: list[Example], reduction: str) -> dict[int, float]:
+    """Weight of each trained token of each example so that the sum over the global batch is the loss."""
+    if reduction == "sample":
+        return {i: 1.0 / (examples[i].n_trained * len(batch)) for i in batch}
+    total = sum(examples[i].n_trained for i in batch)
+    return {i: 1.0 / total for i in batch}
+
+
+def plan_step(batch: list[int], examples: list[Example], args: Args, world: int, rank: int) -> list[list[int]]:
+    """This rank's micro-batches for one optimizer step; all ranks get the same count (empty ones pad)."""
+    lengths = {i: len(examples[i].ids) for i in batch}
+    group = pack if args.packing else pad_groups
+    per_rank = [group(p, lengths, args.micro_batch_tokens) for p in split_ranks(batch, lengths, world)]
+    n = max(len(m) for m in per_rank)
+    return per_rank[rank] + [[] for _ in range(n - len(per_rank[rank]))]
+
+
+def collate(micro: list[int], examples: list[Example], weights: dict[int, float], packing: bool, pad_id: int):
+    """Tensors for one micro-batch: input_ids, position_ids, targets (next token, -100 = none) and per-token
+    loss weights. Packed: one row, segment ids for the block-diagonal mask. An empty micro-batch is a 2-token
+    dummy with zero weight (every rank must run the same number of forward/backward passes under ZeRO-3)."""
+    import torch
+    rows = [(examples[i].ids.astype(np.int64), examples[i].n_prompt, weights[i]) for i in micro] or \
+        [(np.array([pad_id, pad_id]), 0, 0.0)]
+    tgts, ws = [], []
+    for ids, n_prompt, w in rows:
+        t = np.full(len(ids), -100, dtype=np.int64)
+        t[:-1] = ids[1:]
+        t[:max(n_prompt, 1) - 1] = -100  # positions predicting a prompt token
+        tgts.append(t)
+        ws.append(np.where(t != -100, w, 0.0))
+    if packing:
+        out = {"input_ids": np.concatenate([r[0] for r in rows])[None],
+               "position_ids": np.concatenate([np.arange(len(r[0])) for r in rows])[None],
+               "targets": np.concatenate(tgts)[None], "weights": np.concatenate(ws)[None],
+               "segments": np.concatenate([np.full(len(r[0]), k) for k, r in enumerate(rows)])}
+    else:
+        L = max(len(r[0]) for r in rows)
+        padr = lambda a, v: np.concatenate([a, np.full(L - len(a), v, dtype=a.dtype)])  # noqa: E731
+        out = {"input_ids": np.stack([padr(r[0], pad_id) for r in rows]),
+               "attention_mask": np.stack([padr(np.ones(len(r[0]), dtype=np.int64), 0) for r in rows]),
+               "targets": np.stack([padr(t, -100) for t in tgts]), "weights": np.stack([padr(w, 0.0) for w in ws])}
+    return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in out.items()}
+
+
+def block_causal_mask(segments):
+    """[1, 1, T, T] boolean: attend to earlier positions of the same example only."""
+    import torch
+    T = segments.shape[0]
+    same = segments[:, None] == segments[None, :]
+    return (same & torch.ones(T, T, dtype=torch.bool, device=segments.device).tril())[None, None]
+
+
+def micro_batch_loss(model, mb: dict, device, varlen: bool):
+    """sum(weight x token cross-entropy) of one micro-batch, computed in fp32 on the completion positions only."""
+    mb = {k: v.to(device) for k, v in mb.items()}
+    targets, weights = mb["targets"], mb["weights"].float()
+    if "segments" in mb:  # packed: one row
+        keep = (targets[0] != -100).nonzero().squeeze(1)
+        kw = {"position_ids": mb["position_ids"]}
+        if not varlen and int(mb["segments"][-1]) > 0:  # several examples: block-diagonal mask (SDPA)
+            kw["attention_mask"] = block_causal_mask(mb["segments"])
+        out = model(input_ids=mb["input_ids"], logits_to_keep=keep, use_cache=False, **kw)
+        logits, t, w = out.logits[0], targets[0, keep], weights[0, keep]
+    else:
+        out = model(input_ids=mb["input_ids"], attention_mask=mb["attention_mask"], use_cache=False)
+        logits, t, w = out.logits.flatten(0, 1), targets.flatten(), weights.flatten()
+    return chunked_ce(logits, t.clamp(min=0), w)
+
+
+def _ce_sum(logits, t, w):
+    import torch.nn.functional as F
+    return (F.cross_entropy(logits.float(), t, reduction="none") * w).sum()
+
+
+def chunked_ce(logits, t, w, chunk: int = 4096):
+    """sum(w x cross-entropy) in fp32, one chunk of positions at a time, each recomputed in backward: the fp32
+    copy and softmax of a 16k x 152k logit matrix (~10 GB each) never exist whole."""
+    from torch.utils.checkpoint import checkpoint
+    if logits.shape[0] <= chunk:
+        return _ce_sum(logits, t, w)
+    return sum(checkpoint(_ce_sum, logits[s:s + chunk], t[s:s + chunk], w[s:s + chunk], use_reentrant=False)
+               for s in range(0, logits.shape[0], chunk))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+def init_distributed():
+    """Works under deepspeed/torchrun (env set) and as a plain `python train.py` (a 1-rank group)."""
+    if "RANK" not in os.environ:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
+                          MASTER_PORT=str(os.environ.get("MASTER_PORT", port)))
+    import deepspeed
+    from deepspeed.accelerator import get_accelerator
+    deepspeed.init_distributed(dist_backend=get_accelerator().communication_backend_name())
+
+
+def fill_ds_config(path: str, args: Args, world: int, bf16: bool, hidden: int) -> dict:
+    try:
+        cfg = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise common.DataError(f"{path}: cannot read the DeepSpeed config ({e})") from None
+    auto = {"train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 1, "train_batch_size": world,
+            "gradient_clipping": args.max_grad_norm, "enabled": bf16, "lr": args.lr,
+            "betas": [args.adam_beta1, args.adam_beta2], "eps": args.adam_eps, "weight_decay": args.weight_decay,
+            "reduce_bucket_size": hidden * hidden, "stage3_prefetch_bucket_size": int(0.9 * hidden * hidden),
+            "stage3_param_persistence_threshold": 10 * hidden}
+
+    def fill(d, where):
+        for k, v in d.items():
+            if isinstance(v, dict):
+                fill(v, f"{where}.{k}")
+            elif v == "auto":
+                if k not in auto:
+                    raise common.DataError(f"{path}: {where}.{k} = 'auto' has no value train.py can fill")
+                d[k] = auto[k]
+    fill(cfg, "config")
+    # One micro-batch per backward; train.py owns the accumulation boundary (variable micro-batches per step).
+    cfg["train_micro_batch_size_per_gpu"], cfg["gradient_accumulation_steps"] = 1, 1
+    cfg["train_batch_size"] = world
+    if cfg.get("zero_optimization", {}).get("stage") != 3:
+        raise common.DataError(f"{path}: train.py expects ZeRO stage 3 (zero_optimization.stage)")
+    return cfg
+
+
+def peak_flops(args: Args, device) -> float:
+    if args.peak_tflops:
+        return args.peak_tflops * 1e12
+    if device.type == "cuda":
+        import torch
+        name = torch.cuda.get_device_name(device)
+        table = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12, "4090": 165e12}
+        return next((v for k, v in table.items() if k in name), 312e12)
+    return (os.cpu_count() or 1) * 2.5e9 * 32  # rough: AVX2 fp32, 2 FMA units x 8 lanes x 2 flops per cycle
+
+
+def save_hf(engine, tok, args: Args, out_dir: Path, rank: int):
+    """Gather the ZeRO-3 shards into one state dict on rank 0 and write a Hugging Face checkpoint."""
+    from transformers import GenerationConfig
+    sd = engine._zero3_consolidated_16bit_state_dict()  # collective: all ranks
+    if rank == 0:
+        tmp = out_dir.with_name(out_dir.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        model = engine.module
+        model.config.use_cache = True
+        model.save_pretrained(tmp, state_dict=sd)
+        tok.save_pretrained(tmp)
+        try:
+            gen = GenerationConfig.from_pretrained(args.model)
+        except Exception:
+            gen = GenerationConfig.from_model_config(model.config)
+        eos = gen.eos_token_id if isinstance(gen.eos_token_id, list) else \
+            [gen.eos_token_id] if gen.eos_token_id is not None else []
+        eot = common.end_of_turn(tok).strip()  # the chat template's end of turn ends generation (<|im_end|>)
+        for t in (tok.eos_token, eot):
+            tid = tok.convert_tokens_to_ids(t) if t else None
+            if tid is not None and tid != tok.unk_token_id and tid not in eos:
+                eos.append(tid)
+        gen.eos_token_id = eos
+        if gen.pad_token_id is None and tok.pad_token_id is not None:
+            gen.pad_token_id = tok.pad_token_id
+        gen.save_pretrained(tmp)
+        # move the files into place (out_dir may hold train_log.jsonl, meta.json, checkpoints/)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for f in tmp.iterdir():
+            os.replace(f, out_dir / f.name)
+        tmp.rmdir()
+    del sd
+
+
+def main():
+    warnings.filterwarnings("ignore", message=r".*is deprecated. Please use `torch.distributed")
+    from transformers import HfArgumentParser
+    (args,) = HfArgumentParser(Args).parse_args_into_dataclasses()
+    args = resolve(args)
+    common.check_model_path(args.model)
+    out = Path(args.output_dir)
+    ckdir = out / "checkpoints"
+    meta_path, log_path = out / "meta.json", out / "train_log.jsonl"
+    settings = {k: v for k, v in dataclasses.asdict(args).items() if k not in NOT_SETTINGS}
+
+    # Decide resume/refuse before any process starts (every rank reads the same files; rank 0 writes).
+    same = common.check_settings(meta_path, settings, args.overwrite, f"training output {out}")
+    meta_old = json.loads(meta_path.read_text()) if same else {}
+    has_ck = (ckdir / "latest").exists() and not args.overwrite
+    if meta_old.get("finished") and not args.overwrite:
+        print(f"{out}: already trained with these settings (pass --overwrite to train again)")
+        return
+    if has_ck and not args.resume:
+        raise common.DataError(f"{out} holds a training checkpoint: pass --resume to continue it, or --overwrite")
+
+    # Data first: bad input fails fast, before any process group or model
+    tok = common.load_tokenizer(args.model, args.trust_remote_code)
+    examples, stats = load_examples(tok, args.data, args.max_len)
+
+    init_distributed()
+    import deepspeed
+    import torch
+    import torch.distributed as dist
+    from deepspeed.accelerator import get_accelerator
+    from transformers import AutoConfig, AutoModelForCausalLM, get_scheduler
+    from transformers.integrations import HfDeepSpeedConfig
+
+    rank, world = dist.get_rank(), dist.get_world_size()
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    acc = get_accelerator()
+    on_gpu = acc.device_name() == "cuda"
+    device = torch.device(acc.device_name(local_rank) if on_gpu else "cpu")
+    if on_gpu:
+        acc.set_device(local_rank)
+    elif "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", world))))
+    log = (lambda *a: print(*a, flush=True)) if rank == 0 else (lambda *a: None)
+
+    if rank == 0:
+        if args.overwrite:
+            shutil.rmtree(ckdir, ignore_errors=True)
+            log_path.unlink(missing_ok=True)
+        hp = {k: getattr(args, k) for k in BASE}
+        log(f"preset {args.preset or 'none'}: " + ", ".join(f"{k}={v}" for k, v in hp.items())
+            + f", loss_reduction={args.loss_reduction}, packing={args.packing}, world_size={world}")
+
+    if stats["dropped_no_completion_tokens"]:
+        log(f"dropped {stats['dropped_no_completion_tokens']} examples with no completion tokens after truncation")
+    log(f"{stats['examples']} examples, {stats['tokens']} tokens ({stats['trained_tokens']} trained), "
+        f"{stats['truncated']} cut at --max_len {args.max_len}, types {stats['by_type']}")
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
+
+    # Model: constructed under ZeRO-3 (HfDeepSpeedConfig alive before from_pretrained -> deepspeed.zero.Init),
+    # so no rank ever holds the whole model.
+    mcfg = AutoConfig.from_pretrained(args.model, trust_remote_code=args.trust_remote_code)
+    hidden = getattr(mcfg, "hidden_size", None) or getattr(mcfg.get_text_config(), "hidden_size", 1024)
+    bf16 = on_gpu and acc.is_bf16_supported()
+    ds_config = fill_ds_config(args.deepspeed, args, world, bf16, hidden)
+    attn = args.attn_implementation
+    if attn == "auto":
+        try:
+            import flash_attn  # noqa: F401
+            attn = "flash_attention_2" if on_gpu else "sdpa"
+        except ImportError:
+            attn = "sdpa"
+    varlen = args.packing and attn.startswith("flash")
+    dschf = HfDeepSpeedConfig(ds_config)  # noqa: F841  (must stay alive while loading)
+    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.bfloat16 if bf16 else torch.float32,
+                                                 attn_implementation=attn, trust_remote_code=args.trust_remote_code)
+    model.config.use_cache = False
+    if args.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    n_params = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())
+    n_layers = getattr(model.config.get_text_config(), "num_hidden_layers", 0)
+
+    # Data plan and schedule
+    n, gbs = len(examples), args.global_batch_size
+    steps_per_epoch = math.ceil(n / gbs)
+    total = args.max_steps if args.max_steps > 0 else steps_per_epoch * args.epochs
+    warmup = math.ceil(args.warmup_ratio * total)
+
+    def batch_of(step: int) -> tuple[int, list[int]]:
+        epoch, s = divmod(step, steps_per_epoch)
+        return epoch, [int(i) for i in epoch_order(n, args.seed, epoch)[s * gbs:(s + 1) * gbs]]
+
+    decay, no_decay, seen = [], [], set()
+    for mname, mod in model.named_modules():
+        for pname, p in mod.named_parameters(recurse=False):
+            if id(p) in seen:  # tied embeddings
+                continue
+            seen.add(id(p))
+            (no_decay if pname == "bias" or "norm" in type(mod).__name__.lower() else decay).append(p)
+    groups = [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    sched = lambda opt: get_scheduler(args.lr_scheduler, opt, num_warmup_steps=warmup,  # noqa: E731
+                                      num_training_steps=total)
+    engine, *_ = deepspeed.initialize(model=model, model_parameters=[g for g in groups if g["params"]],
+                                      config=ds_config, lr_scheduler=sched)
+    log(f"model {args.model}: {n_params / 1e6:.1f}M parameters, attention {attn}{' varlen' if varlen else ''}, "
+        f"{'bf16' if bf16 else 'fp32'}, {total} steps ({steps_per_epoch} per epoch), warmup {warmup}")
+
+    start = 0
+    if args.resume and has_ck:
+        path, client = engine.load_checkpoint(str(ckdir))
+        if path is None:
+            raise common.DataError(f"{ckdir}: could not load the DeepSpeed checkpoint")
+        start = int(client["step"])
+        log(f"resumed from {path} at step {start}")
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        common.write_json(meta_path, common.run_info(args, settings=settings, data=stats, finished=False,
+                                                     world_size=world, versions=common.versions(
+                                                         "torch", "transformers", "deepspeed")))
+        if log_path.exists():  # drop lines of steps that a kill lost
+            kept = [r for r in common.read_jsonl(log_path) if r["step"] <= start] if start else []
+            common.write_jsonl(log_path, kept)
+
+    def save_ds(step: int):
+        engine.save_checkpoint(str(ckdir), tag=f"step_{step}", client_state={"step": step})
+        dist.barrier()
+        if rank == 0:
+            tags = sorted((p for p in ckdir.glob("step_*") if p.is_dir()), key=lambda p: int(p.name[5:]))
+            for p in tags[:-max(1, args.save_total_limit)]:
+                shutil.rmtree(p, ignore_errors=True)
+
+    from tqdm import tqdm
+    bar = tqdm(total=total, initial=start, desc="train", disable=rank != 0, dynamic_ncols=True)
+    peak = peak_flops(args, device)
+    last_saved = start
+    for step in range(start, total):
+        if args.stop_after_steps and step >= args.stop_after_steps:
+            log(f"stopping after step {step} (--stop_after_steps), as a kill would")
+            return
+        epoch, batch = batch_of(step)
+        weights = token_weights(batch, examples, args.loss_reduction)
+        micro = plan_step(batch, examples, args, world, rank)
+        t0 = time.perf_counter()
+        local = torch.zeros(3, dtype=torch.float64)  # loss, tokens, attention flops
+        engine.train()
+        for k, mb in enumerate(micro):
+            engine.set_gradient_accumulation_boundary(k == len(micro) - 1)
+            loss = micro_batch_loss(engine, collate(mb, examples, weights, args.packing, pad_id), device, varlen)
+            # DeepSpeed averages gradients over ranks: scale by world so the result is the global-batch loss
+            engine.backward(loss * world)
+            local[0] += loss.item()
+            local[1] += sum(len(examples[i].ids) for i in mb)
+            local[2] += sum(len(examples[i].ids) ** 2 for i in mb)
+        tot = local.to(device)
+        dist.all_reduce(tot)
+        step_loss, tokens, attn_sq = tot.tolist()
+        if not math.isfinite(step_loss):
+            bar.close()
+            good = (ckdir / "latest").read_text().strip() if (ckdir / "latest").exists() else "none"
+            raise common.DataError(f"non-finite loss ({step_loss}) at step {step + 1} (epoch {epoch + 1}); stopped "
+                                   f"without updating; last good checkpoint: {ckdir}/{good} (lower --lr and --resume)")
+        engine.step()
+        if on_gpu:
+            acc.synchronize()
+        dt = time.perf_counter() - t0
+        gn = engine.get_global_grad_norm()
+        flops = 6 * n_params * tokens + 6 * n_layers * hidden * attn_sq  # causal attention: half of 12*L*h*T^2
+        rec = {"step": step + 1, "epoch": round(epoch + ((step % steps_per_epoch) * gbs + len(batch)) / n, 4), "loss": step_loss,
+               "lr": engine.get_lr()[0], "grad_norm": None if gn is None else float(gn), "examples": len(batch),
+               "micro_batches": len(micro), "tokens": int(tokens), "tokens_per_s": tokens / dt,
+               "mfu": flops / dt / (peak * (world if on_gpu else 1)), "time_s": dt}  # CPU: one machine's peak
+        if rank == 0:
+            common.append_jsonl(log_path, [rec])
+            bar.set_postfix(loss=f"{step_loss:.4f}", tok_s=f"{tokens / dt:.0f}", mfu=f"{rec['mfu']:.1%}")
+            bar.update(1)
+        end_of_epoch = (step + 1) % steps_per_epoch == 0 or step + 1 == total
+        if end_of_epoch and args.save_every_epoch:
+            save_hf(engine, tok, args, out / f"epoch_{(step + 1 + steps_per_epoch - 1) // steps_per_epoch}", rank)
+        if (args.save_steps and (step + 1) % args.save_steps == 0) or (end_of_epoch and step + 1 < total):
+            save_ds(step + 1)
+            last_saved = step + 1
+    bar.close()
+    save_hf(engine, tok, args, out, rank)
+    dist.barrier()
+    if rank == 0:
+        if not args.keep_checkpoints:
+            shutil.rmtree(ckdir, ignore_errors=True)
+        meta = json.loads(meta_path.read_text())
+        meta.update(finished=True, steps=total, last_checkpoint_step=last_saved)
+        common.write_json(meta_path, meta)
+        log(f"done: {total} steps; model in {out}, log in {log_path}")
+
+
+if __name__ == "__main__":
+    common.run_main(main)
