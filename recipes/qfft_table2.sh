@@ -12,7 +12,7 @@
 # Expected wall time on 8xH100 (our estimate, not measured): 7B ~1 h per training run (1k examples x 6 epochs
 # of ~10k-token traces) and ~1.5 h per evaluation (3 benchmarks x 16 samples, up to 32k tokens, TP=1; give each
 # model its own GPUs to evaluate in parallel); 32B roughly 5x.
-# The paper's numbers (Table 2, Qwen2.5-7B-Instruct; Acc / Tokens / RAK; notes/paper_numbers.md has all rows):
+# The paper's numbers (Table 2, Qwen2.5-7B-Instruct; Acc / Tokens / RAK; docs/paper_numbers.md has all rows):
 #            GSM8K              MATH500            AIME25              Average
 #   S1.1 SFT  90.6 / 1.7K / 1.8  80.8 / 5.3K / 3.5  18.2 / 17.7K / 0    63.2 / 8.2K / 1.8
 #   S1.1 QFFT 91.0 / 0.4K / 28.4 80.2 / 2.8K / 47.7 17.2 / 12.8K / 28.0 62.8 / 5.3K / 34.7
