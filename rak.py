@@ -327,6 +327,7 @@ class Table:
     groups: list  # [(group label, [(metric label, csv column, formatter)])]
     rows: list = field(default_factory=list)  # [(run label, {csv column: value}, is_delta)]
     notes: list = field(default_factory=list)
+    dash: set = field(default_factory=set)  # (run label, csv column) cells printed '-' (not applicable), NaN in CSV
 
     def columns(self):
         return [c for _, ms in self.groups for _, c, _ in ms]
@@ -338,7 +339,8 @@ class Table:
 
     def cells(self):
         fmts = [f for _, ms in self.groups for _, _, f in ms]
-        return [[r] + [f(vals.get(c), d) for c, f in zip(self.columns(), fmts)] for r, vals, d in self.rows]
+        return [[r] + ["-" if (r, c) in self.dash else f(vals.get(c), d) for c, f in zip(self.columns(), fmts)]
+                for r, vals, d in self.rows]
 
     def markdown(self) -> str:
         head = ["run"] + [f"{g} {m}".strip() for g, ms in self.groups for m, _, _ in ms]
@@ -439,8 +441,10 @@ def build_tables(names, benches, summ, raks, aes_vals, args, ref, base, aes_base
     groups.append(("Average", [("Acc", "avg_acc", f_acc), ("Tokens", "avg_tokens", f_tok), ("AES", "avg_aes", f_acc)]))
     t3 = Table("table_aes", "Accuracy-Efficiency Score (QFFT Table 3 layout)", groups,
                [(r, vals[r], False) for r in names])
+    t3.dash = {(aes_base, f"{b}_aes") for b in benches} | {(aes_base, "avg_aes")}
     t3.notes = [f"AES (QFFT §4.2) against '{aes_base}' with α={args.alpha:g}, β={args.beta:g}, γ={args.gamma:g}; "
-                f"Average AES is the mean of the per-benchmark AES; the base's own AES cells are empty."] + miss_note
+                f"Average AES is the mean of the per-benchmark AES; the base's own AES cells are '-', as in the "
+                f"paper."] + miss_note
     if not base:
         t3.notes.append("no --baseline given: AES is against the reference; QFFT Table 3 measures it against the "
                         "long-CoT SFT model (pass --baseline).")

@@ -35,6 +35,7 @@ GLOBAL_BATCH=${GLOBAL_BATCH:-8}            # QFFT Table 5: 8 (7B), 32 (32B)
 EPOCHS=${EPOCHS:-6}
 MAX_LEN=${MAX_LEN:-16384}
 DEEPSPEED=${DEEPSPEED:-configs/ds_z3.json}
+GRAD_CKPT=${GRAD_CKPT---gradient_checkpointing}   # 16k-token traces need it on GPU; GRAD_CKPT= turns it off
 BENCHMARKS=${BENCHMARKS:-gsm8k,math500,aime25}
 EVAL_N=${EVAL_N:-16}                       # QFFT §4.1: 16 samples, T=0.6, 32768 tokens
 EVAL_MAX_TOKENS=${EVAL_MAX_TOKENS:-32768}
@@ -63,7 +64,7 @@ for method in sft qfft; do
   step "train $method (QFFT Table 5 hyperparameters)"
   train --model "$MODEL" --data "$OUT/$method.jsonl" --output_dir "$OUT/$method-model" --preset qfft \
     --epochs "$EPOCHS" --global_batch_size "$GLOBAL_BATCH" --max_len "$MAX_LEN" --deepspeed "$DEEPSPEED" \
-    --gradient_checkpointing
+    $GRAD_CKPT
 done
 
 for run in base sft qfft; do

@@ -208,6 +208,9 @@ def test_tables_three_runs(tmp_path, capsys):
     run_main(dirs, out, "--baseline", "sft")
     md = capsys.readouterr().out
     assert "QFFT Table 2" in md and "Δ qfft" in md and "| GSM8K Acc" in md
+    aes_md = md.split("QFFT Table 3")[1].split("###")[0]
+    sft_row = next(line for line in aes_md.splitlines() if line.startswith("| sft "))
+    assert [x.strip() for x in sft_row.split("|")[1:-1]][3::3] == ["-"] * 4  # the AES base's own cells, as in the paper
 
     t2 = pd.read_csv(out / "table_qfft.csv")
     cols = ["run"] + [f"{b}_{m}" for b in ("gsm8k", "math500", "aime25") for m in ("acc", "tokens", "rak")] + \
