@@ -457,9 +457,10 @@ def build_tables(names, benches, summ, raks, aes_vals, args, ref, base, aes_base
                [(r, {**vals[r], **train.get(r, {})}, False) for r in names])
     t1.notes = ["Accuracy in % over all samples."] + miss_note
     if train:
+        t1.dash = {(r, c) for r in names if r not in train for c in ("train_avg_tokens", "train_total_tokens")}
         t1.notes.append("Train: average trained (completion) tokens per example and total trained tokens, from "
-                        "prepare.py's stats (" + ", ".join(f"{r}" for r in train) + "); empty for runs without "
-                        "--train_stats.")
+                        "prepare.py's stats (" + ", ".join(f"{r}" for r in train) + "); '-' for runs without "
+                        "--train_stats (e.g. the untuned base).")
 
     # 4. Long-CoT ratio
     groups = [(label(b), [("", f"{b}_long_cot", f_acc)]) for b in benches] + \

@@ -290,6 +290,9 @@ def test_train_stats_and_plots(tmp_path, capsys):
     assert list(t1.columns) == ["math500_acc", "gsm8k_acc", "avg_acc", "train_avg_tokens", "train_total_tokens"]
     assert t1.loc["qfft", "train_avg_tokens"] == 250 and t1.loc["qfft", "train_total_tokens"] == 1000
     assert t1.loc["sft", "train_total_tokens"] == 3000 and math.isnan(t1.loc["base", "train_avg_tokens"])
+    upft_md = capsys.readouterr().out.split("UPFT Table 1")[1].split("###")[0]
+    base_row = next(line for line in upft_md.splitlines() if line.startswith("| base "))
+    assert [x.strip() for x in base_row.split("|")[1:-1]][-2:] == ["-", "-"]  # untuned: not applicable, not empty
     for png in ("long_cot_by_level.png", "acc_vs_tokens.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and (out / png).stat().st_size > 10_000
     (tmp_path / "bad.json").write_text(json.dumps({"foo": 1}))
