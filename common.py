@@ -90,7 +90,7 @@ def require(rec: dict, field: str, where: str, types=(str,), allow_none: bool = 
     return val
 
 
-def _atomic_write(path, write: Callable) -> None:
+def atomic_write(path, write: Callable) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
@@ -107,11 +107,11 @@ def dumps(rec) -> str:
 
 def write_jsonl(path, records: Iterable[dict]) -> None:
     """Write all records atomically (temporary file, then rename)."""
-    _atomic_write(path, lambda f: f.writelines(dumps(r) + "\n" for r in records))
+    atomic_write(path, lambda f: f.writelines(dumps(r) + "\n" for r in records))
 
 
 def write_json(path, obj) -> None:
-    _atomic_write(path, lambda f: f.write(json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n"))
+    atomic_write(path, lambda f: f.write(json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n"))
 
 
 def append_jsonl(path, records: Iterable[dict]) -> None:

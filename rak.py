@@ -617,20 +617,20 @@ def main(argv=None):
     out.mkdir(parents=True, exist_ok=True)
     written = []
     if "md" in formats:
-        common._atomic_write(out / "tables.md", lambda f: f.write(md))
+        common.atomic_write(out / "tables.md", lambda f: f.write(md))
         written.append(out / "tables.md")
     for t in tables:
         if "csv" in formats:
             df = t.frame()
-            common._atomic_write(out / f"{t.name}.csv", lambda f, df=df: df.to_csv(f, index=False))
+            common.atomic_write(out / f"{t.name}.csv", lambda f, df=df: df.to_csv(f, index=False))
             written.append(out / f"{t.name}.csv")
         if "tex" in formats:
-            common._atomic_write(out / f"{t.name}.tex", lambda f, t=t: f.write(t.latex()))
+            common.atomic_write(out / f"{t.name}.tex", lambda f, t=t: f.write(t.latex()))
             written.append(out / f"{t.name}.tex")
     if detail and "csv" in formats:
         import pandas as pd
         df = pd.DataFrame(detail).drop(columns="degenerate")
-        common._atomic_write(out / "rak_detail.csv", lambda f: df.to_csv(f, index=False))
+        common.atomic_write(out / "rak_detail.csv", lambda f: df.to_csv(f, index=False))
         written.append(out / "rak_detail.csv")
     if args.plots:
         written += make_plots(out, names, benches, summ)
