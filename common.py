@@ -195,28 +195,47 @@ def check_settings(meta_path, settings: dict, overwrite: bool, what: str) -> boo
 # ----------------------------------------------------------------------------------------------------------------
 # Question sources: the benchmark registry, local files and Hugging Face datasets. Every loader returns records
 # {"id": str, "question": str, "gold": str|None, "answer_type": "math"|"mc", ...extras such as "level"}.
+_BOX_CMD = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])")
+
+
+def boxed_spans(text: str) -> list[tuple[int, int]]:
+    """(start, end) of the content of every complete \\boxed{...} / \\fbox{...} in text, in order: braces
+    balanced, spaces allowed before the brace (`\\boxed {12}`), and the brace-less `\\boxed 5` (up to the next
+    space or `$`). A box cut off before its closing brace is not complete and is not listed."""
+    spans = []
+    for m in _BOX_CMD.finditer(text or ""):
+        i = m.end()
+        while i < len(text) and text[i] == " ":
+            i += 1
+        if i < len(text) and text[i] == "{":
+            depth = 0
+            for j in range(i, len(text)):
+                if text[j] == "{":
+                    depth += 1
+                elif text[j] == "}":
+                    depth -= 1
+                    if depth == 0:
+                        spans.append((i + 1, j))
+                        break
+        elif i > m.end():  # \boxed 5
+            k = i
+            while k < len(text) and not text[k].isspace() and text[k] != "$":
+                k += 1
+            if k > i:
+                spans.append((i, k))
+    return spans
+
+
+def last_boxed_span(text: str) -> Optional[tuple[int, int]]:
+    """(start, end) of the content of the last complete box; None if there is none."""
+    spans = boxed_spans(text)
+    return spans[-1] if spans else None
+
+
 def last_boxed(text: str) -> Optional[str]:
-    """Content of the last \\boxed{...} (or \\fbox{...}, or `\\boxed x`) in text, braces balanced; None if none."""
-    if not text:
-        return None
-    idx = max(text.rfind("\\boxed"), text.rfind("\\fbox"))
-    if idx < 0:
-        return None
-    i = idx + (6 if text.startswith("\\boxed", idx) else 5)
-    if i < len(text) and text[i] == " ":  # \boxed 5
-        m = re.match(r" +([^\s$]+)", text[i:])
-        return m.group(1) if m else None
-    if i >= len(text) or text[i] != "{":
-        return None
-    depth, start = 0, i + 1
-    for j in range(i, len(text)):
-        if text[j] == "{":
-            depth += 1
-        elif text[j] == "}":
-            depth -= 1
-            if depth == 0:
-                return text[start:j].strip()
-    return None  # unbalanced: the box was cut off
+    """Content of the last complete \\boxed{...} (or \\fbox{...}, or `\\boxed x`), stripped; None if none."""
+    span = last_boxed_span(text)
+    return text[span[0]:span[1]].strip() if span else None
 
 
 def _num(x) -> str:

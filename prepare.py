@@ -364,25 +364,10 @@ def grade_groups(groups: list[dict], workers: int, dropped: Counter) -> list[dic
     return groups
 
 
-_BOXED = re.compile(r"\\(?:boxed|fbox)\s*\{")
-
-
-def last_boxed_span(text: str) -> Optional[tuple[int, int]]:
-    """(start, end) of the content of the last \\boxed{...}, braces balanced; None if there is none."""
-    starts = [m.end() for m in _BOXED.finditer(text)]
-    for s in reversed(starts):
-        depth = 1
-        for i in range(s, len(text)):
-            depth += {"{": 1, "}": -1}.get(text[i], 0)
-            if depth == 0:
-                return s, i
-    return None
-
-
 def noise_wrong_answer(response: str, rng: random.Random, gold: Optional[str] = None) -> Optional[str]:
     """Level II: the last number inside the last \\boxed{} changed to another number (digit count kept when it
     has leading zeros); a \\boxed{} without digits gets a random integer. None when there is no \\boxed{}."""
-    span = last_boxed_span(response)
+    span = common.last_boxed_span(response)
     if span is None:
         return None
     s, e = span

@@ -128,6 +128,15 @@ def test_last_boxed():
     assert c.last_boxed("\\boxed 5") == "5"
     assert c.last_boxed("no box") is None
     assert c.last_boxed("\\boxed{cut") is None
+    # one parser for every stage: spaces before the brace, brace-less boxes, a cut-off last box skipped
+    assert c.last_boxed("\\boxed {12}") == "12"
+    assert c.last_boxed("so \\boxed 5.") == "5."
+    assert c.last_boxed("\\fbox{7} then \\boxed{cut") == "7"
+    assert c.last_boxed("\\boxedx{3}") is None
+    text = "a \\boxed{1} b \\boxed{\\frac{1}{2}}"
+    assert [text[s:e] for s, e in c.boxed_spans(text)] == ["1", "\\frac{1}{2}"]
+    s, e = c.last_boxed_span(text)
+    assert text[s:e] == "\\frac{1}{2}"
 
 
 def test_reflection_detector():
