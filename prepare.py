@@ -658,6 +658,13 @@ def check_args(args: Args) -> None:
         bad(f"--preset must be qfft or upft, got '{args.preset}'")
     if args.max_len < 1:
         bad("--max_len must be positive")
+    if args.batch_size < 1:
+        bad(f"--batch_size must be >= 1, got {args.batch_size}")
+    if args.grade_workers < 0:
+        bad(f"--grade_workers must be >= 0 (0: one per core), got {args.grade_workers}")
+    if args.max_questions is not None and args.max_questions < 1:
+        bad(f"--max_questions must be >= 1, got {args.max_questions}")
+    common.check_writable(args.output, "--output")
     if args.mode == "mix" and not 0 <= args.alpha <= 1:
         bad(f"--alpha must be in [0, 1], got {args.alpha}")
     if args.mode == "upft":
@@ -697,8 +704,7 @@ def fingerprint(args: Args, tokenizer) -> dict:
 
 
 def main():
-    from transformers import HfArgumentParser
-    (args,) = HfArgumentParser(Args).parse_args_into_dataclasses()
+    args = common.parse_args(Args)
     check_args(args)
     out = Path(args.output)
     meta_path, stats_path = Path(f"{out}.meta.json"), Path(f"{out}.stats.json")

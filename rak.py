@@ -545,10 +545,13 @@ def make_plots(out: Path, names, benches, summ) -> list[Path]:
 
 # ----------------------------------------------------------------------------------------------------------------
 def main(argv=None):
-    from transformers import HfArgumentParser
-    (args,) = HfArgumentParser(Args).parse_args_into_dataclasses(argv)
+    args = common.parse_args(Args, argv)
     if not args.runs:
         raise common.DataError("--runs: give at least one NAME=DIR")
+    for name in ("alpha", "beta", "gamma"):
+        if not getattr(args, name) >= 0:
+            raise common.DataError(f"--{name} must be >= 0 (an AES weight), got {getattr(args, name)}")
+    common.check_writable(args.out, "--out", folder=True)
     if args.solvable not in ("index", "mean"):
         raise common.DataError(f"--solvable {args.solvable}: expected 'index' or 'mean'")
     formats = [f.strip() for f in args.format.split(",") if f.strip()]

@@ -93,6 +93,7 @@ def check_args(a: Args) -> None:
         raise common.DataError(f"--output {a.output}: write plain .jsonl (chunks are appended as they finish)")
     if a.num_shards < 1 or not 0 <= a.shard_index < a.num_shards:
         raise common.DataError(f"--shard_index {a.shard_index} must be in [0, --num_shards {a.num_shards})")
+    common.check_writable(a.output, "--output")
     if a.merge_shards:
         return
     if not a.model or not a.data:
@@ -105,6 +106,10 @@ def check_args(a: Args) -> None:
         raise common.DataError(f"--limit must be >= 1, got {a.limit}")
     if a.temperature < 0 or (a.top_p is not None and not 0 < a.top_p <= 1):
         raise common.DataError("--temperature must be >= 0 and --top_p in (0, 1]")
+    if a.top_k is not None and a.top_k < -1:
+        raise common.DataError(f"--top_k must be >= 1, or 0 / -1 for no top-k, got {a.top_k}")
+    if a.max_model_len is not None and a.max_model_len < 2:
+        raise common.DataError(f"--max_model_len must be >= 2, got {a.max_model_len}")
 
 
 def sampling_settings(a: Args) -> dict:
@@ -235,9 +240,8 @@ def merge_shards(a: Args) -> None:
 
 
 def main() -> None:
-    from transformers import HfArgumentParser
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    (a,) = HfArgumentParser(Args).parse_args_into_dataclasses()
+    a = common.parse_args(Args)
     check_args(a)
     if a.merge_shards:
         return merge_shards(a)
@@ -252,6 +256,8 @@ def main() -> None:
     out = shard_path(a.output, a.shard_index, a.num_shards)
     meta = meta_path(out)
     settings = settings_of(a, system_prompt)
+    if meta.exists() and not (out.exists() and out.stat().st_size):
+        meta.unlink()  # left by a run that failed before its first chunk: nothing to resume or protect
     resume = common.check_settings(meta, settings, a.overwrite, f"{out}")
     if not resume and out.exists() and out.stat().st_size and not a.overwrite:
         raise common.DataError(f"{out} exists without {meta.name}; pass --overwrite to replace it")
@@ -275,8 +281,9 @@ def main() -> None:
         if too_long:
             raise common.DataError(f"{a.data}: question '{too_long[0][0]}' has a {too_long[0][1]}-token prompt, "
                                    f">= --max_model_len {a.max_model_len} ({len(too_long)} such questions)")
-    log.info("prompt of %s (%d tokens):\n%s", todo[0]["id"], len(prompt_ids[0]),
-             common.render_prompt(tokenizer, todo[0]["question"], system_prompt))
+    # the template only, never a question's text (GPQA must not reach a log)
+    log.info("prompt template (first question %s: %d tokens):\n%s", todo[0]["id"], len(prompt_ids[0]),
+             common.render_prompt(tokenizer, "<question>", system_prompt))
     llm = common.make_llm(a.model, seed=a.seed, tensor_parallel_size=a.tensor_parallel_size,
                           max_model_len=a.max_model_len, trust_remote_code=a.trust_remote_code)
     params = make_sampling_params(settings)

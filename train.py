@@ -54,6 +54,7 @@ PRESETS = {
     "upft": dict(lr=1e-6, epochs=2, global_batch_size=64, lr_scheduler="constant_with_warmup", warmup_ratio=0.03,
                  weight_decay=0.0, max_len=4096, adam_beta1=0.9, adam_beta2=0.95, max_grad_norm=1.0),
 }
+SCHEDULERS = ("cosine", "constant_with_warmup", "linear", "constant")
 # Without a preset
 BASE = dict(lr=1e-5, epochs=3, global_batch_size=32, lr_scheduler="cosine", warmup_ratio=0.03, weight_decay=0.0,
             max_len=16384, adam_beta1=0.9, adam_beta2=0.999, max_grad_norm=1.0)
@@ -114,6 +115,21 @@ def resolve(args: Args) -> Args:
             setattr(args, k, src.get(k, v))
     if args.global_batch_size < 1 or args.micro_batch_tokens < 2 or args.max_len < 2 or args.epochs < 1:
         raise common.DataError("--global_batch_size, --epochs must be >= 1; --max_len, --micro_batch_tokens >= 2")
+    if args.lr_scheduler not in SCHEDULERS:
+        raise common.DataError(f"--lr_scheduler {args.lr_scheduler!r}: choose one of {', '.join(SCHEDULERS)}")
+    checks = [("lr", args.lr > 0, "> 0"), ("warmup_ratio", 0 <= args.warmup_ratio <= 1, "in [0, 1]"),
+              ("max_grad_norm", args.max_grad_norm >= 0, ">= 0 (0: no clipping)"),
+              ("weight_decay", args.weight_decay >= 0, ">= 0"), ("adam_beta1", 0 <= args.adam_beta1 < 1, "in [0, 1)"),
+              ("adam_beta2", 0 <= args.adam_beta2 < 1, "in [0, 1)"), ("adam_eps", args.adam_eps > 0, "> 0"),
+              ("max_steps", args.max_steps >= 0, ">= 0"), ("save_steps", args.save_steps >= 1, ">= 1"),
+              ("save_total_limit", args.save_total_limit >= 1, ">= 1"),
+              ("stop_after_steps", args.stop_after_steps >= 0, ">= 0"), ("peak_tflops", args.peak_tflops >= 0, ">= 0")]
+    for name, ok, rule in checks:
+        if not ok:
+            raise common.DataError(f"--{name} must be {rule}, got {getattr(args, name)}")
+    if args.attn_implementation not in ("auto", "sdpa", "eager", "flash_attention_2"):
+        raise common.DataError(f"--attn_implementation {args.attn_implementation!r}: choose auto, sdpa, eager or "
+                               f"flash_attention_2")
     return args
 
 
@@ -310,8 +326,10 @@ def init_distributed():
 def fill_ds_config(path: str, args: Args, world: int, bf16: bool, hidden: int) -> dict:
     try:
         cfg = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as e:
+    except (OSError, ValueError) as e:
         raise common.DataError(f"{path}: cannot read the DeepSpeed config ({e})") from None
+    if not isinstance(cfg, dict):
+        raise common.DataError(f"{path}: the DeepSpeed config must be a JSON object")
     auto = {"train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 1, "train_batch_size": world,
             "gradient_clipping": args.max_grad_norm, "enabled": bf16, "lr": args.lr,
             "betas": [args.adam_beta1, args.adam_beta2], "eps": args.adam_eps, "weight_decay": args.weight_decay,
@@ -330,7 +348,8 @@ def fill_ds_config(path: str, args: Args, world: int, bf16: bool, hidden: int) -
     # One micro-batch per backward; train.py owns the accumulation boundary (variable micro-batches per step).
     cfg["train_micro_batch_size_per_gpu"], cfg["gradient_accumulation_steps"] = 1, 1
     cfg["train_batch_size"] = world
-    if cfg.get("zero_optimization", {}).get("stage") != 3:
+    zero = cfg.get("zero_optimization")
+    if not isinstance(zero, dict) or zero.get("stage") != 3:
         raise common.DataError(f"{path}: train.py expects ZeRO stage 3 (zero_optimization.stage)")
     return cfg
 
@@ -382,18 +401,22 @@ def save_hf(engine, tok, args: Args, out_dir: Path, rank: int):
 
 def main():
     warnings.filterwarnings("ignore", message=r".*is deprecated. Please use `torch.distributed")
-    from transformers import HfArgumentParser
-    (args,) = HfArgumentParser(Args).parse_args_into_dataclasses()
+    args = common.parse_args(Args)
     args = resolve(args)
+    fill_ds_config(args.deepspeed, args, 1, False, 1)  # a bad DeepSpeed config fails now, not after the model loads
     common.check_model_path(args.model)
     out = Path(args.output_dir)
+    common.check_writable(out, "--output_dir", folder=True)
     ckdir = out / "checkpoints"
     meta_path, log_path = out / "meta.json", out / "train_log.jsonl"
     settings = {k: v for k, v in dataclasses.asdict(args).items() if k not in NOT_SETTINGS}
 
     # Decide resume/refuse before any process starts (every rank reads the same files; rank 0 writes).
-    same = common.check_settings(meta_path, settings, args.overwrite, f"training output {out}")
-    meta_old = json.loads(meta_path.read_text()) if same else {}
+    # A meta.json with neither a checkpoint nor a finished model is left by a run that failed before its first
+    # save: it protects nothing and does not block a corrected command.
+    stale = meta_path.exists() and not (ckdir / "latest").exists() and not (out / "config.json").exists()
+    same = common.check_settings(meta_path, settings, args.overwrite or stale, f"training output {out}")
+    meta_old = common.read_json(meta_path, "metadata") if same else {}
     has_ck = (ckdir / "latest").exists() and not args.overwrite
     if meta_old.get("finished") and not args.overwrite:
         print(f"{out}: already trained with these settings (pass --overwrite to train again)")
