@@ -62,8 +62,8 @@ class Args:
     max_tokens: Optional[int] = None        # new tokens per sample (None: the protocol's)
     max_model_len: Optional[int] = None     # vLLM context length (None: the model's)
     limit: Optional[int] = None             # the first K questions of each benchmark (smoke tests)
-    data: Optional[str] = None              # for ONE benchmark: a file with its schema (gpqa: the GPQA diamond file,
-    #                                         else $GPQA_PATH)
+    data: Optional[str] = None              # for ONE benchmark (or for gpqa among several): a file with its schema
+    #                                         (gpqa: the GPQA diamond file, else $GPQA_PATH)
     system_prompt: Optional[str] = None     # a text, 'eval' or 'none' (None: the protocol's, 'eval' =
     #                                         common.EVAL_SYSTEM_PROMPT)
     no_system_prompt: bool = False          # no system message
@@ -231,8 +231,10 @@ def resolve_protocol(args: Args) -> Args:
     return args
 
 
-def load_benchmark(bench: str, args: Args) -> list[dict]:
-    return common.load_questions(bench, limit=args.limit, data_path=args.data)
+def load_benchmark(bench: str, args: Args, benches: list[str]) -> list[dict]:
+    """--data is the file of the only benchmark given, or of gpqa among several (the GPQA file)."""
+    data = args.data if len(benches) == 1 or bench == "gpqa" else None
+    return common.load_questions(bench, limit=args.limit, data_path=data)
 
 
 def grade_only(args: Args, out_dir: Path) -> None:
@@ -471,9 +473,9 @@ def main():
     out_dir = Path(args.output_dir or Path("runs") / "eval" / Path(args.model.rstrip("/")).name)
     common.check_writable(out_dir, "--output_dir", folder=True)
     benches = parse_benchmarks(args.benchmarks)
-    if args.data and len(benches) != 1:
-        raise DataError("--data points ONE benchmark at another file; run one benchmark per --data "
-                        "(for gpqa among others: GPQA_PATH=FILE)")
+    if args.data and len(benches) != 1 and "gpqa" not in benches:
+        raise DataError("--data points ONE benchmark at another file (the only one given, or gpqa among others); "
+                        "run one benchmark per --data")
     args = resolve_protocol(args)
     system_prompt = common.resolve_system_prompt(args.system_prompt or PROTOCOLS[args.protocol]["system_prompt"],
                                                  args.no_system_prompt)
@@ -487,7 +489,7 @@ def main():
                 "top_p": args.top_p, "max_tokens": args.max_tokens, "max_model_len": args.max_model_len,
                 "system_prompt": system_prompt, "seed": args.seed, "limit": args.limit, "data": args.data,
                 "reflect_words": words}
-    questions = {b: load_benchmark(b, args) for b in benches}  # bad data fails here, before anything is touched
+    questions = {b: load_benchmark(b, args, benches) for b in benches}  # bad data fails here, before anything is touched
     fresh, finished = plan(args, out_dir, settings)
     pending, complete = {}, []
     for b in benches:
