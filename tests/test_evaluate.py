@@ -3,6 +3,7 @@ vLLM CPU: outputs with every field, --grade_only reproducing `correct`, resume w
 resume, settings mismatch refused. Two engine starts in all."""
 import json
 import math
+import sys
 import time
 from itertools import combinations
 
@@ -10,6 +11,7 @@ import pytest
 
 import common
 import evaluate
+from common import DataError
 from conftest import run_script
 
 ENV = {"VLLM_CPU_KV_GB": "1"}
@@ -191,13 +193,133 @@ def test_end_to_end_tiny(tmp_path, tiny_model):
     p = run_script(*cmd, env=ENV, check=False)
     assert p.returncode == 2 and "reflect_words: 'the,a' -> 'wait'" in p.stderr
 
-    # partial resume: a lost benchmark is generated again, the finished one is not (engine start 2)
+    # partial resume: a lost benchmark is generated again, the finished one is not (engine start 2); questions kept
+    # in its partial file (an interrupted run) are not generated again
     cmd += ["--reflect_words", "the,a"]
     gsm_before = (out / "gsm8k.jsonl").read_bytes()
+    math_before = common.read_jsonl(out / "math500.jsonl")
+    common.write_jsonl(out / "math500.partial.jsonl", math_before[:2])
     (out / "math500.jsonl").unlink()
     p = run_script(*cmd, env=ENV)
-    assert "gsm8k: already done, skipped" in p.stdout and "for math500" in p.stdout
+    assert "gsm8k: already done, skipped" in p.stdout and "generating 2 prompts x 2 samples for math500" in p.stdout
     assert (out / "gsm8k.jsonl").read_bytes() == gsm_before
-    assert len(common.read_jsonl(out / "math500.jsonl")) == 4
+    math_after = common.read_jsonl(out / "math500.jsonl")
+    assert [r["id"] for r in math_after] == [r["id"] for r in math_before] and math_after[:2] == math_before[:2]
+    assert not (out / "math500.partial.jsonl").exists()
     assert set(json.loads((out / "metrics.json").read_text())) == {"gsm8k", "math500"}
     assert any(x for r in common.read_jsonl(out / "math500.jsonl") for x in r["long_cot"])
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Resume per question, and no result deleted before its replacement is written (issue 15 §5, §7). generate() is
+# replaced by a stand-in that answers through the real partial-file path (keep_finished / on_done): no engine.
+class Killed(Exception):
+    pass
+
+
+def fake_generate(calls: list, kill_after=None, answer="gold"):
+    def gen(args, out_dir, tok, pending, system_prompt, pattern, start, on_done):
+        calls.append({b: [q["id"] for q in qs] for b, qs in pending.items()})
+        start()
+        k = 0
+        for b, qs in pending.items():
+            for q in qs:
+                if kill_after is not None and k == kill_after:
+                    raise Killed
+                rec = {"id": q["id"], "question": q["question"], "gold": q["gold"], "answer_type": q["answer_type"],
+                       **({"level": q["level"]} if "level" in q else {}),
+                       "responses": [f"wait, \\boxed{{{q['gold'] if answer == 'gold' else answer}}}", "none"],
+                       "num_tokens": [5, 1], "finish_reasons": ["stop", "length"]}
+                evaluate.keep_finished(args, out_dir, b, [rec], pattern)
+                k += 1
+            on_done(b)
+    return gen
+
+
+def run_eval(monkeypatch, *argv):
+    monkeypatch.setattr(sys, "argv", ["evaluate.py", *map(str, argv)])
+    evaluate.main()
+
+
+def test_resume_keeps_finished_questions(tmp_path, tiny_model, monkeypatch):
+    out, ref = tmp_path / "ev", tmp_path / "ref"
+    args = ["--model", tiny_model, "--benchmarks", "gsm8k,math500", "--limit", "5", "--n", "2", "--grade_workers", "1"]
+    calls = []
+    monkeypatch.setattr(evaluate, "generate", fake_generate(calls, kill_after=7))
+    with pytest.raises(Killed):  # killed at the 3rd math500 question
+        run_eval(monkeypatch, *args, "--output_dir", out)
+    assert (out / "gsm8k.jsonl").exists() and not (out / "math500.jsonl").exists()
+    assert len(common.read_jsonl(out / "math500.partial.jsonl")) == 2
+    assert json.loads((out / "meta.json").read_text())["finished"] == ["gsm8k"]
+    with open(out / "math500.partial.jsonl", "a") as f:
+        f.write('{"id": "torn by the kill')  # a torn last line is cut off
+    (out / "metrics.json").write_text("{not json")  # rebuilt from the files
+
+    monkeypatch.setattr(evaluate, "generate", fake_generate(calls))
+    run_eval(monkeypatch, *args, "--output_dir", out)
+    ids = [q["id"] for q in common.load_questions("math500", limit=5)]
+    assert calls[-1] == {"math500": ids[2:]}  # only the unfinished questions
+    recs = common.read_jsonl(out / "math500.jsonl")
+    assert [r["id"] for r in recs] == ids and not (out / "math500.partial.jsonl").exists()
+    assert all(r["correct"] == [True, False] and r["long_cot"] == [True, False] for r in recs)
+    run_eval(monkeypatch, *args, "--output_dir", ref)  # the same run, never interrupted
+    for b in ("gsm8k", "math500"):
+        assert (out / f"{b}.jsonl").read_bytes() == (ref / f"{b}.jsonl").read_bytes()
+    assert json.loads((out / "metrics.json").read_text()) == json.loads((ref / "metrics.json").read_text())
+
+    # a complete partial file whose final file was never written (a kill in between): no engine needed
+    common.write_jsonl(out / "math500.partial.jsonl", common.read_jsonl(out / "math500.jsonl"))
+    (out / "math500.jsonl").unlink()
+    meta = json.loads((out / "meta.json").read_text())
+    common.write_json(out / "meta.json", {**meta, "finished": ["gsm8k"]})
+    n = len(calls)
+    run_eval(monkeypatch, *args, "--output_dir", out)
+    assert len(calls) == n and (out / "math500.jsonl").read_bytes() == (ref / "math500.jsonl").read_bytes()
+
+
+def _old_results(d):
+    d.mkdir()
+    old = {"gsm8k.jsonl": '{"id": "old"}\n', "aime24.jsonl": '{"id": "other"}\n', "metrics.json": '{"gsm8k": {}}\n'}
+    for name, text in old.items():
+        (d / name).write_text(text)
+    return {name: (d / name).read_bytes() for name in old}
+
+
+def test_results_without_meta_are_never_deleted_first(tmp_path, tiny_model, monkeypatch):
+    out = tmp_path / "ev"
+    before = _old_results(out)
+    calls = []
+    monkeypatch.setattr(evaluate, "generate", fake_generate(calls, kill_after=1, answer="nope"))
+    args = ["--benchmarks", "gsm8k", "--limit", "3", "--n", "2", "--output_dir", out]
+    # no --overwrite: refused, nothing touched
+    with pytest.raises(DataError, match="but no meta.json: pass --overwrite"):
+        run_eval(monkeypatch, "--model", tiny_model, *args)
+    assert {f: (out / f).read_bytes() for f in before} == before and not calls
+    # --overwrite, but a model that does not load: refused before anything is touched
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    with pytest.raises(DataError, match="cannot load tokenizer"):
+        run_eval(monkeypatch, "--model", broken, *args, "--overwrite")
+    assert {f: (out / f).read_bytes() for f in before} == before and not calls
+    # --overwrite, killed mid-way: the old gsm8k result stays until its replacement is written
+    with pytest.raises(Killed):
+        run_eval(monkeypatch, "--model", tiny_model, *args, "--overwrite")
+    assert {f: (out / f).read_bytes() for f in before} == before
+    # resumed to the end: gsm8k replaced; aime24 (not asked for) left alone
+    monkeypatch.setattr(evaluate, "generate", fake_generate(calls, answer="nope"))
+    run_eval(monkeypatch, "--model", tiny_model, *args, "--overwrite")
+    assert [r["id"] for r in common.read_jsonl(out / "gsm8k.jsonl")] == ["0", "1", "2"]
+    assert (out / "aime24.jsonl").read_bytes() == before["aime24.jsonl"]
+    assert json.loads((out / "metrics.json").read_text())["gsm8k"]["acc"] == 0.0
+
+
+def test_meta_of_a_failed_start_does_not_block(tmp_path, tiny_model, monkeypatch):
+    out = tmp_path / "ev"
+    out.mkdir()
+    (out / "meta.json").write_text(json.dumps({"settings": {"n": 99}}))  # no results: the run died at its start
+    calls = []
+    monkeypatch.setattr(evaluate, "generate", fake_generate(calls))
+    run_eval(monkeypatch, "--model", tiny_model, "--benchmarks", "gsm8k", "--limit", "2", "--n", "2",
+             "--output_dir", out)
+    assert len(common.read_jsonl(out / "gsm8k.jsonl")) == 2
+    assert json.loads((out / "meta.json").read_text())["settings"]["n"] == 2
