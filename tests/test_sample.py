@@ -99,6 +99,25 @@ def test_sampling_defaults_follow_upft_and_generation_config(tiny_model):
     assert sample.settings_of(a, None)["system_prompt"] is None
 
 
+def test_no_question_text_in_the_log(tmp_path, tiny_model, monkeypatch, capsys, caplog):
+    """GPQA must never be printed: the logged prompt is the template, never a question (stops at the engine)."""
+    secret = "Which SECRET-GPQA-LIKE compound is the most stable?"
+    gpqa = _write(tmp_path / "gpqa.jsonl", [{"id": "g1", "question": secret, "correct_answer": "A1",
+                                            "incorrect_answers": ["B1", "C1", "D1"]}])
+    monkeypatch.setenv("GPQA_PATH", str(gpqa))
+
+    class Engine(Exception):
+        pass
+    monkeypatch.setattr(common, "make_llm", lambda *a, **k: (_ for _ in ()).throw(Engine()))
+    monkeypatch.setattr(sys, "argv", ["sample.py", "--model", tiny_model, "--data", "gpqa", "--output",
+                                      str(tmp_path / "s.jsonl")])
+    caplog.set_level("INFO")
+    with pytest.raises(Engine):
+        sample.main()
+    logged = caplog.text + capsys.readouterr().err
+    assert "prompt template" in logged and "SECRET-GPQA" not in logged and "A1" not in logged
+
+
 # ----------------------------------------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_sample_kill_resume_settings_and_merge(tmp_path, tiny_model, tokenizer):
