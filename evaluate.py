@@ -24,7 +24,7 @@ import re
 import sys
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
@@ -60,6 +60,7 @@ class Args:
     system_prompt: Optional[str] = None     # a text, 'eval' or 'none' (None: the protocol's, 'eval' =
     #                                         common.EVAL_SYSTEM_PROMPT)
     no_system_prompt: bool = False          # no system message
+    chat_template: Optional[str] = field(default=None, metadata={"help": common.CHAT_TEMPLATE_HELP})
     reflect_words: Optional[str] = None     # long-CoT keywords, comma-separated, whole word, any case (None: 'wait';
     #                                         with --grade_only: the ones the run used)
     tensor_parallel_size: int = 1           # GPUs per engine
@@ -256,6 +257,7 @@ def generate(args: Args, out_dir: Path, todo: dict[str, list[dict]], system_prom
     from tqdm import tqdm
     from vllm import SamplingParams
     tok = common.load_tokenizer(args.model, args.trust_remote_code)
+    common.set_chat_template(tok, args.chat_template)
     llm = common.make_llm(args.model, seed=args.seed, tensor_parallel_size=args.tensor_parallel_size,
                           max_model_len=args.max_model_len, trust_remote_code=args.trust_remote_code)
     params = SamplingParams(n=args.n, temperature=args.temperature, top_p=args.top_p, max_tokens=args.max_tokens)
@@ -337,7 +339,8 @@ def main():
     settings = {"model": args.model, "protocol": args.protocol, "n": args.n, "temperature": args.temperature,
                 "top_p": args.top_p, "max_tokens": args.max_tokens, "max_model_len": args.max_model_len,
                 "system_prompt": system_prompt, "seed": args.seed, "limit": args.limit, "data": args.data,
-                "reflect_words": words}
+                "reflect_words": words,
+                **({"chat_template": common.set_chat_template(None, args.chat_template)} if args.chat_template else {})}
     questions = {b: load_benchmark(b, args) for b in benches}  # bad data fails here, before anything is touched
     meta_path = out_dir / "meta.json"
     resume = common.check_settings(meta_path, settings, args.overwrite, f"evaluation output {out_dir}")

