@@ -9,9 +9,10 @@
         --input runs/self_samples.jsonl --output runs/upft.jsonl --model Qwen/Qwen2.5-Math-7B-Instruct
     # Ablations: mix (QFFT Fig. 2b), RFT / SFT-Shortest / DPO pairs, noise levels II-IV, low-resource
     python prepare.py --mode mix --alpha 0.5 ...
-    python prepare.py --mode rft --select shortest ...      # --pairs: {"prompt","chosen","rejected"}
+    python prepare.py --mode rft --select first ...         # UPFT's RFT: one correct response per question
+    python prepare.py --mode rft --select shortest ...      # SFT-Shortest; --pairs: {"prompt","chosen","rejected"}
     python prepare.py --mode noise --level 3 --noise_form qfft ...
-    python prepare.py --mode qfft --max_questions 100 ...
+    python prepare.py --mode qfft --max_questions 10 --responses all ...   # 10 questions x 10 responses (§6.3)
 
 Input: sample.py output (one record per question with `responses`; `--responses first|all|shortest|longest`),
 any local file / Hugging Face dataset with question and response fields, or the built-in adapters

@@ -11,8 +11,8 @@ plus OUT.jsonl.meta.json (arguments, settings, model, vLLM version, git commit, 
     # QFFT/SFT: long-CoT traces from a teacher trained without a system prompt, 2 GPUs tensor parallel
     python sample.py --model deepseek-ai/DeepSeek-R1-Distill-Qwen-32B --data prm12k --no_system_prompt \
         --tensor_parallel_size 2 --max_model_len 20000 --output runs/r1.jsonl
-    # RFT baseline: 8 samples per question
-    python sample.py --model M --data gsm8k_train --n 8 --temperature 0.7 --output runs/rft.jsonl
+    # UPFT's RFT baseline: 16 samples per question (then prepare.py --mode rft --select first); SFT-Shortest: --n 10
+    python sample.py --model M --data prm12k --n 16 --output runs/rft.jsonl
     # 8 GPUs, data parallel: one shard per GPU (writes runs/r1.shard{i}of8.jsonl), then merge losslessly
     for i in 0 1 2 3 4 5 6 7; do CUDA_VISIBLE_DEVICES=$i python sample.py --model M --data prm12k \
         --output runs/r1.jsonl --num_shards 8 --shard_index $i & done; wait
