@@ -49,7 +49,12 @@ def check(cmd):
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_every_recipe_command_parses(tmp_path, recipe):
     seen = set()
-    for env in ({}, {"MODEL": LLAMA}, {"MODEL": QMATH, "DATA": "limo"}, {"MODEL": R1}):
+    tiny = dict(MODEL="models/smollm2-135m-instruct", NUM_QUESTIONS=8, SAMPLE_MAX_TOKENS=48, EPOCHS=1, GLOBAL_BATCH=8,
+                MAX_LEN=512, NUM_GPUS=1, EVAL_LIMIT=4, EVAL_N=2, EVAL_MAX_TOKENS=32, BENCHMARKS="gsm8k", GRAD_CKPT="")
+    if recipe.startswith("qfft"):  # `make demo`'s QFFT form: the tiny model is its own teacher
+        tiny.update(DATA="teacher", TEACHER=tiny["MODEL"], QUESTIONS="gsm8k_train", BASE=tiny["MODEL"],
+                    RELEASED=f"s1={tiny['MODEL']}")
+    for env in ({}, {"MODEL": LLAMA}, {"MODEL": QMATH, "DATA": "limo"}, {"MODEL": R1}, tiny):
         if "upft" not in recipe and env.get("MODEL") in (LLAMA, R1):
             continue
         for cmd in dry_run(tmp_path, recipe, **env):
