@@ -485,7 +485,7 @@ def set_chat_template(tokenizer, path: Optional[str]) -> Optional[str]:
     from jinja2 import TemplateSyntaxError
     from jinja2.sandbox import ImmutableSandboxedEnvironment
     try:
-        ImmutableSandboxedEnvironment().parse(text)
+        ImmutableSandboxedEnvironment(extensions=["jinja2.ext.loopcontrols"]).parse(text)  # as transformers compiles
     except TemplateSyntaxError as e:
         raise DataError(f"{path}:{e.lineno}: not a valid Jinja chat template ({e.message})") from None
     if tokenizer is not None:

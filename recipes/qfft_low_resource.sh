@@ -48,8 +48,8 @@ python sample.py --model "$TEACHER" --data "$OUT/questions.jsonl" --n "$LOW_RESP
   --max_tokens "$SAMPLE_MAX_TOKENS" --tensor_parallel_size "$TP" --output "$OUT/traces.jsonl"
 
 step "prepare SFT and QFFT: every response of the $LOW_QUESTIONS questions"
-python prepare.py --mode sft --preset qfft --max_questions "$LOW_QUESTIONS" --responses all --input "$OUT/traces.jsonl" \
-  --model "$MODEL" --max_len "$MAX_LEN" --output "$OUT/sft.jsonl"
+python prepare.py --mode sft --preset qfft --max_questions "$LOW_QUESTIONS" --responses all \
+  --input "$OUT/traces.jsonl" --model "$MODEL" --max_len "$MAX_LEN" --output "$OUT/sft.jsonl"
 python prepare.py --mode qfft --max_questions "$LOW_QUESTIONS" --responses all --input "$OUT/traces.jsonl" \
   --model "$MODEL" --max_len "$MAX_LEN" --output "$OUT/qfft.jsonl"
 
