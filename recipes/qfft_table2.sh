@@ -43,21 +43,11 @@ EVAL_LIMIT=${EVAL_LIMIT:-}                 # first K questions per benchmark (em
 OUT=${OUT:-runs/qfft_table2/$(basename "$MODEL")-$DATA}
 mkdir -p "$OUT"
 
-limit() { [ -n "$1" ] && echo "--limit $1" || true; }
+qfft_source   # SRC, and SFT_SYSTEM: LIMO's file carries the eval system prompt, s1K none (SFT_SYSTEM_PROMPT overrides)
 
-case "$DATA" in
-  s1k)  SRC=simplescaling/s1K-1.1 ;;
-  limo) SRC=GAIR/LIMO ;;
-  teacher)
-    step "sample long-CoT traces from the teacher $TEACHER"
-    python sample.py --model "$TEACHER" --data "$QUESTIONS" $(limit "$NUM_QUESTIONS") --no_system_prompt \
-      --max_tokens "$SAMPLE_MAX_TOKENS" --tensor_parallel_size "$TP" --output "$OUT/traces.jsonl"
-    SRC=$OUT/traces.jsonl ;;
-  *) echo "DATA must be s1k, limo or teacher" >&2; exit 2 ;;
-esac
-
-step "prepare SFT (question kept, the model's default system prompt) and QFFT (question removed) data"
-python prepare.py --mode sft --preset qfft --input "$SRC" --model "$MODEL" --max_len "$MAX_LEN" --output "$OUT/sft.jsonl"
+step "prepare SFT (question kept, system prompt '$SFT_SYSTEM') and QFFT (question removed) data"
+python prepare.py --mode sft --preset qfft --system_prompt "$SFT_SYSTEM" --input "$SRC" --model "$MODEL" \
+  --max_len "$MAX_LEN" --output "$OUT/sft.jsonl"
 python prepare.py --mode qfft --input "$SRC" --model "$MODEL" --max_len "$MAX_LEN" --output "$OUT/qfft.jsonl"
 
 for method in sft qfft; do

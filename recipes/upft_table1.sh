@@ -6,8 +6,11 @@
 #   bash recipes/upft_table1.sh                                                  # Llama-3.1-8B-Instruct, PRM12K, L=8
 #   MODEL=Qwen/Qwen2.5-Math-7B-Instruct PREFIX_LEN=32 bash recipes/upft_table1.sh
 #   MODEL=Qwen/Qwen2.5-Math-7B-Instruct PREFIX_LEN=32 DATA=limo bash recipes/upft_table1.sh   # p=0.3, lr 2e-6, 3 ep
-#   MODEL=deepseek-ai/DeepSeek-R1-Distill-Qwen-7B PREFIX_LEN=128 DATA=limo MAX_LEN=16384 SYSTEM_PROMPT=none \
-#       bash recipes/upft_table1.sh
+#   MODEL=deepseek-ai/DeepSeek-R1-Distill-Qwen-7B PREFIX_LEN=128 DATA=limo bash recipes/upft_table1.sh
+# Prompts per model family as UPFT's code (recipes/lib.sh upft_prompt): Llama-3.1 with configs/upft_llama31.jinja
+# and no system prompt, R1-distill with configs/upft_deepseek_r1.jinja and none, Qwen2.5-Math its own template
+# with the eval prompt; the same in sampling, training data and evaluation. PREFIX_RULE=words FULL_PICK=last give
+# UPFT's code's prefix text and full-trace choice instead of the paper's (docs/paper_numbers.md, "Issue 12").
 # GPQA diamond is gated and never committed: export GPQA_PATH=/path/gpqa_diamond.jsonl (or log in to the hub).
 #
 # GPUs: one node of 8x80GB. Expected wall time on 8xH100 (our estimate, not measured): sampling 12k PRM
@@ -38,12 +41,15 @@ FULL_RATIO=${FULL_RATIO:-$d_ratio}         # p: 0.1 (PRM), 0.3 (LIMO)
 LR=${LR:-$d_lr}                            # 1e-6 (PRM), 2e-6 (LIMO)
 EPOCHS=${EPOCHS:-$d_epochs}                # 2 (PRM), 3 (LIMO)
 NUM_QUESTIONS=${NUM_QUESTIONS:-}           # first K training questions (empty: all)
-SYSTEM_PROMPT=${SYSTEM_PROMPT:-eval}       # eval (UPFT's qwen-math prompt) | none (R1-distill)
+upft_prompt "$MODEL"                       # CHAT_TEMPLATE(_ARGS), SYSTEM_PROMPT per model family (overridable)
+PREFIX_RULE=${PREFIX_RULE:-tokens}         # tokens (the paper: first L tokens) | words (UPFT's code)
+FULL_PICK=${FULL_PICK:-random}             # random (seeded round(p*N)) | last (UPFT's code: the last records)
 SAMPLE_MAX_TOKENS=${SAMPLE_MAX_TOKENS:-16384}
 NUM_GPUS=${NUM_GPUS:-8}
 TP=${TP:-1}
 GLOBAL_BATCH=${GLOBAL_BATCH:-64}
-MAX_LEN=${MAX_LEN:-4096}                   # 16384 for R1-distill
+if [ "$DATA" = limo ] || [[ $CHAT_TEMPLATE == *deepseek* ]]; then d_len=16384; else d_len=4096; fi
+MAX_LEN=${MAX_LEN:-$d_len}                 # UPFT App. B: 4096 (PRM), 16384 (LIMO, R1-distill)
 DEEPSPEED=${DEEPSPEED:-configs/ds_z3.json}
 BENCHMARKS=${BENCHMARKS:-gsm8k,math500,aime24,gpqa}
 EVAL_N=${EVAL_N:-1}                        # UPFT's protocol: greedy, n=1, 16384 tokens
@@ -52,19 +58,19 @@ EVAL_LIMIT=${EVAL_LIMIT:-}
 OUT=${OUT:-runs/upft_table1/$(basename "$MODEL")-$DATA}
 mkdir -p "$OUT"
 
-limit() { [ -n "$1" ] && echo "--limit $1" || true; }
 case "$DATA" in prm12k) SRC=prm12k ;; limo) SRC=GAIR/LIMO ;; *) echo "DATA must be prm12k or limo" >&2; exit 2 ;; esac
 
 step "sample ONE self-generated solution per question from $MODEL (no labels used)"
 python sample.py --model "$MODEL" --data "$SRC" $(limit "$NUM_QUESTIONS") --n 1 --temperature 0.6 \
-  --system_prompt "$SYSTEM_PROMPT" --max_tokens "$SAMPLE_MAX_TOKENS" --tensor_parallel_size "$TP" \
-  --output "$OUT/self.jsonl"
+  --system_prompt "$SYSTEM_PROMPT" $CHAT_TEMPLATE_ARGS --max_tokens "$SAMPLE_MAX_TOKENS" \
+  --tensor_parallel_size "$TP" --output "$OUT/self.jsonl"
 
 step "prepare UPFT (prefix L=$PREFIX_LEN, full ratio p=$FULL_RATIO) and SFT (full solutions) from the same samples"
-python prepare.py --mode upft --preset upft --system_prompt "$SYSTEM_PROMPT" --prefix_len "$PREFIX_LEN" \
-  --full_ratio "$FULL_RATIO" --input "$OUT/self.jsonl" --model "$MODEL" --max_len "$MAX_LEN" --output "$OUT/upft.jsonl"
-python prepare.py --mode sft --preset upft --system_prompt "$SYSTEM_PROMPT" --input "$OUT/self.jsonl" \
-  --model "$MODEL" --max_len "$MAX_LEN" --output "$OUT/sft.jsonl"
+python prepare.py --mode upft --preset upft --system_prompt "$SYSTEM_PROMPT" $CHAT_TEMPLATE_ARGS \
+  --prefix_len "$PREFIX_LEN" --prefix_rule "$PREFIX_RULE" --full_pick "$FULL_PICK" --full_ratio "$FULL_RATIO" \
+  --input "$OUT/self.jsonl" --model "$MODEL" --max_len "$MAX_LEN" --output "$OUT/upft.jsonl"
+python prepare.py --mode sft --preset upft --system_prompt "$SYSTEM_PROMPT" $CHAT_TEMPLATE_ARGS \
+  --input "$OUT/self.jsonl" --model "$MODEL" --max_len "$MAX_LEN" --output "$OUT/sft.jsonl"
 
 for method in upft sft; do
   step "train $method (UPFT App. B hyperparameters: lr $LR, $EPOCHS epochs, global batch $GLOBAL_BATCH)"
@@ -76,7 +82,7 @@ for run in base sft upft; do
   model=$MODEL; [ "$run" = base ] || model=$OUT/$run-model
   step "evaluate $run (UPFT protocol: greedy, n=$EVAL_N, $EVAL_MAX_TOKENS tokens)"
   python evaluate.py --model "$model" --protocol upft --benchmarks "$BENCHMARKS" --n "$EVAL_N" \
-    --max_tokens "$EVAL_MAX_TOKENS" --system_prompt "$SYSTEM_PROMPT" $(limit "$EVAL_LIMIT") \
+    --max_tokens "$EVAL_MAX_TOKENS" --system_prompt "$SYSTEM_PROMPT" $CHAT_TEMPLATE_ARGS $(limit "$EVAL_LIMIT") \
     --tensor_parallel_size "$TP" --output_dir "$OUT/eval-$run"
 done
 

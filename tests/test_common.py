@@ -144,3 +144,30 @@ def test_reflection_detector():
     assert c.first_reflection("ok. Wait, no", pat) == 4
     assert c.first_reflection("awaiting the bus", pat) is None
     assert c.first_reflection("x", c.reflect_pattern("hmm, alternatively")) is None
+
+
+def test_chat_template_file_in_every_stage(tiny_model, tmp_path):
+    """c.set_chat_template: sample.py, prepare.py and evaluate.py take --chat_template FILE; a missing or broken
+    file stops each of them with one line (exit 2) before any engine starts."""
+    from transformers import AutoTokenizer
+    from conftest import run_script
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    digest = c.set_chat_template(tok, str(c.ROOT / "configs" / "upft_llama31.jinja"))
+    assert len(digest) == 16 and c.render_prompt(tok, "Q", None).endswith(
+        "<|start_header_id|>system<|end_header_id|>\n\n<|eot_id|><|start_header_id|>user<|end_header_id|>\n\nQ"
+        "<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n")
+    assert c.end_of_turn(tok) == "<|eot_id|>" and c.set_chat_template(tok, None) is None
+    bad = tmp_path / "bad.jinja"
+    bad.write_text("{{ messages[0]['content'] ")
+    with pytest.raises(c.DataError, match=r"bad\.jinja:1: not a valid Jinja chat template"):
+        c.set_chat_template(None, str(bad))
+    # (prepare.py's CLI: tests/test_prepare.py::test_chat_template_file)
+    for script, args, path, msg in (
+            ("sample.py", ["--data", "math500", "--limit", "1", "--output", tmp_path / "s.jsonl"], bad,
+             "not a valid Jinja chat template"),
+            ("evaluate.py", ["--benchmarks", "math500", "--limit", "1", "--output_dir", tmp_path / "e"],
+             tmp_path / "no.jinja", "cannot read the chat template")):
+        p = run_script(script, "--model", tiny_model, "--chat_template", path, *args, check=False, timeout=300)
+        last = p.stderr.strip().splitlines()[-1]
+        assert p.returncode == 2 and last.startswith("error: ") and msg in last, (script, p.stderr[-500:])
+    assert not (tmp_path / "e").exists() and not (tmp_path / "s.jsonl").exists()

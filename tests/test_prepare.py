@@ -69,7 +69,8 @@ def test_sft_rule_and_system_prompt_presets(tokenizer, tiny_model, sample):
         for i, r in enumerate(recs):
             assert r["type"] == "sft"
             assert r["prompt"] == common.render_prompt(tokenizer, f"What is {i}+{i}?", system)
-            assert r["completion"] == sentence(i) + EOT
+            # UPFT's code ends its SFT examples at the end of turn without the newline (train_utils/sft_dataset.py)
+            assert r["completion"] == sentence(i) + (EOS if preset == "upft" else EOT)
     assert "SmolLM" in recs[0]["prompt"] or "Be brief." in recs[0]["prompt"]
 
 
@@ -97,7 +98,7 @@ def test_upft_prefix_and_full_examples(tokenizer, tiny_model, tmp_path):
         assert common.UPFT_PREFIX_INSTRUCTION not in r["prompt"]
         assert r["prompt"] == common.render_prompt(tokenizer, f"What is {r['id'][1:]}+{r['id'][1:]}?",
                                                    common.EVAL_SYSTEM_PROMPT)
-        assert r["completion"] == by_id[r["id"]] + EOT
+        assert r["completion"] == by_id[r["id"]] + EOS  # UPFT strips the end of turn's newline
     # seeded: same seed, same split; another seed, another split
     again, _ = run(tokenizer, args)
     assert again == recs
@@ -233,21 +234,49 @@ def test_max_questions_keeps_all_responses(tokenizer, tiny_model, sample):
 
 # ---------------------------------------------------------------------------------------------------------------
 # Length, stats, adapters
-def test_max_len_drop_and_truncate(tokenizer, tiny_model, sample):
+def test_max_len_cut_by_default_and_drop_long(tokenizer, tiny_model, sample):
     recs, _ = run(tokenizer, make_args(tiny_model, sample, mode="sft"))
     lens = [len(enc(tokenizer, r["prompt"])) + len(enc(tokenizer, r["completion"])) for r in recs]
     limit = max(lens) - 1
-    kept, stats = run(tokenizer, make_args(tiny_model, sample, mode="sft", max_len=limit))
+    kept, stats = run(tokenizer, make_args(tiny_model, sample, mode="sft", max_len=limit, drop_long=True))
     assert 0 < len(kept) < 20
     assert len(kept) == sum(n <= limit for n in lens) and stats["dropped"]["over_max_len"] == 20 - len(kept)
-    cut, stats = run(tokenizer, make_args(tiny_model, sample, mode="sft", max_len=limit, truncate=True))
-    assert len(cut) == 20 and stats["truncated"] == 20 - len(kept)
-    for r, full in zip(cut, recs):
+    # default: cut as LLaMA-Factory cuts to cutoff_len (the completion, end of turn included; no EOS added)
+    cut, stats = run(tokenizer, make_args(tiny_model, sample, mode="sft", max_len=limit))
+    assert len(cut) == 20 and stats["truncated"] == 20 - len(kept) and "over_max_len" not in stats["dropped"]
+    for r, full, n0 in zip(cut, recs, lens):
         n = len(enc(tokenizer, r["prompt"])) + len(enc(tokenizer, r["completion"]))
-        assert n <= limit and full["completion"].startswith(r["completion"])
-    # mix/upft: N = examples whose full form fits, so the split stays exact
-    mixed, stats = run(tokenizer, make_args(tiny_model, sample, mode="mix", alpha=0.5, max_len=limit))
+        assert full["completion"].startswith(r["completion"]) and n == min(n0, limit)
+    # mix with --drop_long: N = examples whose with-question form fits, so the split stays exact
+    mixed, stats = run(tokenizer, make_args(tiny_model, sample, mode="mix", alpha=0.5, max_len=limit,
+                                            drop_long=True))
     assert len(mixed) == len(kept) and sum(r["type"] == "sft" for r in mixed) == round(0.5 * len(kept))
+
+
+def test_upft_cut_forces_eos_and_prefixes_ignore_full_length(tokenizer, tiny_model, tmp_path):
+    """UPFT's SFTDataset: tokenized with truncation to max_len, the last token forced to EOS; a prefix example never
+    depends on the length of the whole response (the old code dropped it when the FULL form was too long)."""
+    long = sentence(7) * 6
+    path = write_sample(tmp_path / "l.jsonl", n=10, responses=lambda i: [long if i % 2 else sentence(i)])
+    args = dict(mode="upft", preset="upft", prefix_len=8, full_ratio=0.5)
+    full_len = {}
+    for r in run(tokenizer, make_args(tiny_model, path, **args))[0]:
+        full_len[r["id"]] = len(enc(tokenizer, r["prompt"])) + len(enc(tokenizer, r["completion"]))
+    plen = len(enc(tokenizer, common.render_prompt(tokenizer, "What is 1+1?", common.EVAL_SYSTEM_PROMPT)))
+    limit = plen + 60  # shorter than the long responses, longer than any prefix example
+    recs, stats = run(tokenizer, make_args(tiny_model, path, max_len=limit, **args))
+    assert len(recs) == 10 and stats["types"] == {"full": 5, "prefix": 5} and stats["truncated"] >= 1
+    for r in recs:
+        ids = enc(tokenizer, r["prompt"]) + enc(tokenizer, r["completion"])
+        assert len(ids) <= limit and ids[-1] == tokenizer.eos_token_id
+        if r["type"] == "full" and full_len[r["id"]] > limit:
+            assert len(ids) == limit  # cut to max_len, the last token being EOS
+    dropped, stats = run(tokenizer, make_args(tiny_model, path, max_len=limit, drop_long=True, **args))
+    assert stats["types"]["prefix"] == 5 and stats["dropped"]["over_max_len"] >= 1
+    # QFFT: the bare response cut, nothing added
+    q, stats = run(tokenizer, make_args(tiny_model, path, mode="qfft", max_len=30))
+    assert len(q) == 10 and all(len(enc(tokenizer, r["completion"])) == 30 for r in q)
+    assert all(not r["completion"].endswith(EOS) for r in q)
 
 
 def test_stats_totals_equal_sums_over_examples(tokenizer, tiny_model, sample):
@@ -372,3 +401,104 @@ def test_cli_subprocess(tiny_model, sample, tmp_path, monkeypatch):
     assert p.returncode == 2 and p.stderr.strip().splitlines() == [
         f"error: {bad}:1: field 'responses[0]' must be str, got int"]
     assert not (tmp_path / "b.jsonl").exists()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Issue 12: the official code's rules (UPFT 1KE-JI/UPFT, QFFT's LLaMA-Factory fork)
+def test_rft_select_first_random_and_responses_is_rejected(tokenizer, tiny_model, tmp_path):
+    def resps(i):
+        return [f"It is \\boxed{{{2 * i + 1}}}.", f"So \\boxed{{{2 * i}}}.", sentence(i), None]
+    path = write_sample(tmp_path / "r.jsonl", n=6, responses=resps)
+    first, stats = run(tokenizer, make_args(tiny_model, path, mode="rft", select="first"))
+    assert [r["completion"] for r in first] == [f"So \\boxed{{{2 * i}}}." + EOT for i in range(6)]
+    assert [r["id"] for r in first] == [f"q{i}" for i in range(6)] and stats["examples"] == 6  # one per question
+    rnd, _ = run(tokenizer, make_args(tiny_model, path, mode="rft", select="random"))
+    assert len(rnd) == 6 and all(r["completion"] in (f"So \\boxed{{{2 * i}}}." + EOT, sentence(i) + EOT)
+                                 for i, r in enumerate(rnd))
+    assert run(tokenizer, make_args(tiny_model, path, mode="rft", select="random"))[0] == rnd
+    picks = {tuple(r["completion"] for r in run(tokenizer, make_args(tiny_model, path, mode="rft", select="random",
+                                                                        seed=s))[0]) for s in range(6)}
+    assert len(picks) > 1  # seeded, not always the same response
+    with pytest.raises(common.DataError, match="--responses does not apply to --mode rft"):
+        run(tokenizer, make_args(tiny_model, path, mode="rft", responses="first"))
+
+
+def test_noise_level2_changes_every_restatement(tokenizer, tiny_model, tmp_path):
+    text = ("So the answer is 025. Thus 025 is the correct answer, and 1025 stays. \\boxed{025}\n"
+            "**Final Answer**\n\\boxed{025}")
+    new = prepare.noise_wrong_answer(text, random.Random(1), gold="25")
+    v = common.last_boxed(new)
+    assert v != "025" and len(v) == 3 and "025" not in new.replace("1025", "")
+    assert new == text.replace("1025", "@").replace("025", v).replace("@", "1025")
+    path = write_sample(tmp_path / "n.jsonl", n=4, responses=lambda i: [text])
+    recs, _ = run(tokenizer, make_args(tiny_model, path, mode="noise", level=2))
+    assert all("025" not in r["completion"].replace("1025", "") for r in recs)
+
+
+def test_noise_level3_is_a_seeded_random_cut_near_half(tokenizer, tiny_model, tmp_path):
+    text = " ".join(f"Sentence number {k} is here." for k in range(40))
+    cuts = {prepare.noise_half(text, random.Random(s)) for s in range(20)}
+    assert len(cuts) > 1 and all(text.startswith(c) and c.endswith(".") for c in cuts)
+    assert all(0.4 * len(text) <= len(c) <= 0.6 * len(text) for c in cuts)
+    path = write_sample(tmp_path / "h.jsonl", n=6, responses=lambda i: [text])
+    a, _ = run(tokenizer, make_args(tiny_model, path, mode="noise", level=3))
+    assert a == run(tokenizer, make_args(tiny_model, path, mode="noise", level=3))[0]
+    assert len({r["completion"] for r in a}) > 1  # each example its own cut
+
+
+def test_upft_prefix_rule_words_and_full_pick_last(tokenizer, tiny_model, tmp_path):
+    resp = "<think>\nOkay, so   I need\n\nto find x. " + sentence(2)
+    path = write_sample(tmp_path / "w.jsonl", n=10, responses=lambda i: [resp if i != 4 else "Two words."])
+    L = 8
+    recs, stats = run(tokenizer, make_args(tiny_model, path, mode="upft", preset="upft", prefix_len=L,
+                                           full_ratio=0.3, prefix_rule="words", full_pick="last"))
+    assert [r["type"] for r in recs] == ["prefix"] * 7 + ["full"] * 3  # UPFT: i < int((1 - p) * N) are prefixes
+    words = " ".join(resp.split()[:L]) + " "
+    ids = enc(tokenizer, words)
+    assert len(ids) > L
+    for r in recs[:7]:
+        got = enc(tokenizer, r["completion"])
+        if r["id"] == "q4":
+            assert r["completion"] == "Two words. " + EOS
+        else:
+            assert got == ids[:L] + enc(tokenizer, EOS) and r["completion"].startswith("<think> Okay,")
+    tok, _ = run(tokenizer, make_args(tiny_model, path, mode="upft", preset="upft", prefix_len=L, full_ratio=0.3))
+    assert [r["completion"] for r in tok if r["type"] == "prefix"][0].startswith("<think>\n")  # the paper's rule
+
+
+def test_mix_render_bare_is_qwen_qfft(tokenizer, tiny_model, sample):
+    recs, _ = run(tokenizer, make_args(tiny_model, sample, mode="mix", alpha=0.5, mix_render="bare"))
+    with_q = [r for r in recs if r["type"] == "sft"]
+    assert len(with_q) == 10
+    for r in with_q:  # `qwen_qfft`: user and assistant slots are "{{content}}", no system, no EOS
+        i = int(r["id"][1:])
+        assert r["prompt"] == f"What is {i}+{i}?" and r["completion"] == sentence(i)
+
+
+def test_trained_tokens_skip_the_first_token_of_prompt_less_examples(tokenizer, tiny_model, sample):
+    recs, stats = run(tokenizer, make_args(tiny_model, sample, mode="qfft"))
+    assert stats["trained_tokens"] == sum(len(enc(tokenizer, r["completion"])) - 1 for r in recs)
+
+
+def test_chat_template_file(tokenizer, tiny_model, sample, tmp_path, monkeypatch, capsys):
+    """--chat_template FILE through common.set_chat_template: UPFT's Llama-3.1 template (empty system turn, no date
+    lines) reaches the training text; a missing or broken file is a one-line error."""
+    out = tmp_path / "t.jsonl"
+    argv = ["prepare.py", "--input", sample, "--output", str(out), "--model", tiny_model, "--mode", "sft",
+            "--system_prompt", "none", "--chat_template", "configs/upft_llama31.jinja"]
+    monkeypatch.setattr(sys, "argv", argv)
+    prepare.main()
+    r = json.loads(out.read_text().splitlines()[0])
+    assert r["prompt"].endswith("<|start_header_id|>system<|end_header_id|>\n\n<|eot_id|><|start_header_id|>user"
+                                "<|end_header_id|>\n\nWhat is 0+0?<|eot_id|><|start_header_id|>assistant"
+                                "<|end_header_id|>\n\n")
+    assert "Cutting Knowledge" not in r["prompt"] and r["completion"] == sentence(0) + "<|eot_id|>"
+    bad = tmp_path / "bad.jinja"
+    bad.write_text("{% if messages %}\nno end")
+    for path, msg in ((bad, r"bad\.jinja:\d+: not a valid Jinja chat template"),
+                      (tmp_path / "none.jinja", r"none\.jinja: cannot read the chat template")):
+        with pytest.raises(common.DataError, match=msg):
+            common.set_chat_template(tokenizer.__class__.from_pretrained(tiny_model), str(path))
+    r = run_script("prepare.py", "--input", sample, "--output", tmp_path / "x.jsonl", "--model", tiny_model,
+                   "--chat_template", bad, check=False)
+    assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith("error: ")

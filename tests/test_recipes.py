@@ -48,3 +48,15 @@ def test_upft_recipe_at_tiny_scale(tmp_path, tiny_model):
     # other settings are refused, not silently mixed with the old outputs
     p3 = run_recipe("upft_table1.sh", out, **{**tiny, "PREFIX_LEN": 16})
     assert p3.returncode != 0 and "--overwrite" in (p3.stdout + p3.stderr)
+
+
+def test_qfft_released_recipe_at_tiny_scale(tmp_path, tiny_model):
+    """Evaluation only (no training): the cheapest real run of a new recipe. The tiny model stands in for both the
+    Instruct reference and a released QFFT checkpoint; RAK of the reference against itself is 100."""
+    out = tmp_path / "released"
+    p = run_recipe("qfft_released.sh", out, BASE=tiny_model, RELEASED=f"s1={tiny_model}", EVAL_LIMIT=3, EVAL_N=2,
+                   EVAL_MAX_TOKENS=24, BENCHMARKS="gsm8k")
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    rows = {r["run"]: r for r in csv.DictReader(open(out / "tables" / "table_qfft.csv"))}
+    assert {"base", "s1"} <= set(rows) and "gsm8k_rak" in rows["s1"]
+    assert "QFFT Table 2" in p.stdout
