@@ -384,12 +384,23 @@ def main():
     warnings.filterwarnings("ignore", message=r".*is deprecated. Please use `torch.distributed")
     from transformers import HfArgumentParser
     (args,) = HfArgumentParser(Args).parse_args_into_dataclasses()
+    common.exit_with_launcher()  # under deepspeed/torchrun: this rank dies with its launcher, even on kill -9
     args = resolve(args)
     common.check_model_path(args.model)
     out = Path(args.output_dir)
     ckdir = out / "checkpoints"
     meta_path, log_path = out / "meta.json", out / "train_log.jsonl"
+    # One run per output dir: the global rank 0 holds the lock (a second launch's rank 0 is refused at once and
+    # its launcher stops the other ranks); the other ranks of this run follow their rank 0.
+    if int(os.environ.get("RANK", "0")) == 0:
+        common.lock_output(out, f"training output {out}")
     settings = {k: v for k, v in dataclasses.asdict(args).items() if k not in NOT_SETTINGS}
+    # the train data and a local base model, fingerprinted: a file rewritten or a model re-trained at the same
+    # path is not "already trained" and is not resumed
+    if not Path(args.data).is_file():
+        raise common.DataError(f"{args.data}: file not found")
+    settings.update(data_fingerprint=common.file_fingerprint(args.data),
+                    model_fingerprint=common.model_fingerprint(args.model))
 
     # Decide resume/refuse before any process starts (every rank reads the same files; rank 0 writes).
     same = common.check_settings(meta_path, settings, args.overwrite, f"training output {out}")
