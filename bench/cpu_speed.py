@@ -15,8 +15,9 @@ Thread settings (--threads):
   reserve0  no reserved core, OpenMP bound to every core (VLLM_CPU_NUM_OF_RESERVED_CPU=0)
   nobind    no binding, OMP_NUM_THREADS = all cores (VLLM_CPU_OMP_THREADS_BIND=nobind)
 --emulate_no_bf16 adds rows run with ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 (oneDNN and PyTorch's own
-kernels limited to AVX2, as on a CPU without AVX-512/AMX). vLLM-CPU's own C++ kernels ignore both, so the rows
-are only an approximation of an AVX2-only CPU (docs/cpu.md).
+kernels limited to AVX2, as on a CPU without AVX-512/AMX). This is NOT a faithful AVX2-only CPU: vLLM-CPU's own
+kernels ignore both variables, and on an AMX machine bf16 then dies with SIGILL (docs/cpu.md). Measure on a real
+AVX2-only machine instead.
 """
 from __future__ import annotations
 
