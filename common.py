@@ -731,7 +731,8 @@ def grade_many(items: list[tuple[str, Optional[str], str]], workers: int = 0, ti
 
 # ----------------------------------------------------------------------------------------------------------------
 # One run per output, and nothing left running when a run dies (docs/processes.md).
-_LOCKS: dict[str, Any] = {}
+_LOCKS: dict[str, Any] = {}  # lock file -> its open file (held until exit)
+_REAPER: list = []  # the watchdog process of reap_children_on_death, once started
 
 
 def lock_output(output, what: str = "") -> Path:
@@ -826,11 +827,11 @@ def reap_children_on_death() -> None:
     tracker) do not outlive it, also when it is killed with SIGKILL and cannot clean up: a small watchdog process
     (`_reaper`) kills them within about a second of its death. Works whatever start method (fork/spawn) and
     device vLLM uses, with no code in the children. Linux only (/proc); a no-op elsewhere. Idempotent."""
-    if "reaper" in _LOCKS or not Path("/proc/self/stat").exists():
+    if _REAPER or not Path("/proc/self/stat").exists():
         return
     code = f"import sys; sys.path.insert(0, {str(ROOT)!r}); import common; common._reaper({os.getpid()})"
-    _LOCKS["reaper"] = subprocess.Popen([sys.executable, "-S", "-c", code], stdin=subprocess.DEVNULL,
-                                        stdout=subprocess.DEVNULL, close_fds=True)
+    _REAPER.append(subprocess.Popen([sys.executable, "-S", "-c", code], stdin=subprocess.DEVNULL,
+                                   stdout=subprocess.DEVNULL, close_fds=True))
 
 
 LAUNCHERS = ("deepspeed", "deepspeed.launcher.launch", "deepspeed.launcher.runner", "torchrun",

@@ -20,6 +20,37 @@ def test_launcher_ancestors_without_a_launcher_is_empty():
     assert common.launcher_ancestors() == [] and common.exit_with_launcher() == []  # pytest is no launcher
 
 
+STAGE = """
+import subprocess, sys, time
+sys.path.insert(0, {root!r})
+import common
+common.reap_children_on_death()
+kid = subprocess.Popen([sys.executable, "-c", "import subprocess, sys, time; "
+                        "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); time.sleep(60)"])
+time.sleep(1.5)  # the reaper has seen the tree
+print("READY", flush=True)
+time.sleep(60)
+"""
+
+
+def test_children_and_grandchildren_die_with_a_killed_parent():
+    """The watchdog of common.reap_children_on_death (what make_llm starts before vLLM's engine processes)."""
+    p = subprocess.Popen([sys.executable, "-c", STAGE.format(root=str(ROOT))], stdout=subprocess.PIPE, text=True,
+                         start_new_session=True)
+    try:
+        assert p.stdout.readline().strip() == "READY"
+        assert len(session_processes(p.pid)) == 4  # the "stage", its reaper, a child and a grandchild
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+        left = wait_until_gone(p.pid, 5.0)
+    finally:
+        try:
+            os.killpg(p.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    assert not left, left
+
+
 @pytest.mark.slow
 def test_kill_deepspeed_launcher_stops_its_ranks_then_resume(tmp_path, tokenizer, random_qwen2):
     write_data(tmp_path / "d.jsonl", tokenizer, n=48)
