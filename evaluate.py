@@ -32,7 +32,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Literal, Optional
 
 import common
 from common import DataError
@@ -71,6 +71,11 @@ class Args:
     reflect_words: Optional[str] = None     # long-CoT keywords, comma-separated, whole word, any case (None: 'wait';
     #                                         with --grade_only: the ones the run used)
     tensor_parallel_size: int = 1           # GPUs per engine
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = field(
+        default="auto", metadata={"help": "model dtype in vLLM. auto: the model's on GPU; on CPU float32 unless the "
+                                          "CPU has native bf16 (common.cpu_dtype, printed)"})
+    gpu_memory_utilization: float = field(default=0.9, metadata={"help": "share of GPU memory vLLM may use (GPU "
+                                                                         "only; on CPU see VLLM_CPU_KV_GB)"})
     seed: int = 42                          # engine seed (vLLM on CPU has no per-request seeds)
     overwrite: bool = False                 # replace outputs made with another model/settings
     grade_only: bool = False                # re-grade DIR/<benchmark>.jsonl without a model
@@ -367,7 +372,8 @@ def generate(args: Args, out_dir: Path, tok, pending: dict[str, list[dict]], sys
     from tqdm import tqdm
     from vllm import SamplingParams
     llm = common.make_llm(args.model, seed=args.seed, tensor_parallel_size=args.tensor_parallel_size,
-                          max_model_len=args.max_model_len, trust_remote_code=args.trust_remote_code)
+                          max_model_len=args.max_model_len, trust_remote_code=args.trust_remote_code,
+                          dtype=args.dtype, gpu_memory_utilization=args.gpu_memory_utilization)
     params = SamplingParams(n=args.n, temperature=args.temperature, top_p=args.top_p, max_tokens=args.max_tokens)
     owner: list[tuple[str, int]] = []
     prompts = []
@@ -468,12 +474,16 @@ def main():
     if args.grade_only:
         if not args.output_dir:
             raise DataError("--output_dir is required with --grade_only")
+        common.lock_output(Path(args.output_dir), f"evaluation output {args.output_dir}")  # one run per directory
         return grade_only(args, Path(args.output_dir))
     if not args.model:
         raise DataError("--model is required (or --grade_only)")
     common.check_model_path(args.model)
+    if not 0 < args.gpu_memory_utilization <= 1:
+        raise DataError(f"--gpu_memory_utilization must be in (0, 1], got {args.gpu_memory_utilization}")
     out_dir = Path(args.output_dir or Path("runs") / "eval" / Path(args.model.rstrip("/")).name)
     common.check_writable(out_dir, "--output_dir", folder=True)
+    common.lock_output(out_dir, f"evaluation output {out_dir}")  # one run per output directory
     benches = parse_benchmarks(args.benchmarks)
     if args.data and len(benches) != 1 and "gpqa" not in benches:
         raise DataError("--data points ONE benchmark at another file (the only one given, or gpqa among others); "
@@ -490,7 +500,8 @@ def main():
     settings = {"model": args.model, "protocol": args.protocol, "n": args.n, "temperature": args.temperature,
                 "top_p": args.top_p, "max_tokens": args.max_tokens, "max_model_len": args.max_model_len,
                 "system_prompt": system_prompt, "seed": args.seed, "limit": args.limit, "data": args.data,
-                "reflect_words": words,
+                "reflect_words": words, "model_fingerprint": common.model_fingerprint(args.model),
+                "data_fingerprint": common.data_fingerprint(args.data) if args.data else None,
                 **({"chat_template": common.set_chat_template(None, args.chat_template)} if args.chat_template else {})}
     questions = {b: load_benchmark(b, args, benches) for b in benches}  # bad data fails here, before anything is touched
     fresh, finished = plan(args, out_dir, settings)

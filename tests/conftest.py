@@ -2,6 +2,7 @@
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -54,3 +55,29 @@ def run_script(*args, env=None, timeout=900, check=True):
     if check and p.returncode != 0:
         raise AssertionError(f"{args} exited {p.returncode}\nstdout:\n{p.stdout[-4000:]}\nstderr:\n{p.stderr[-6000:]}")
     return p
+
+
+def session_processes(sid: int) -> dict[int, str]:
+    """{pid: command line} of the live (not zombie) processes of session `sid` (a run started with
+    start_new_session=True has sid == its pid): what is left of a run after it was killed."""
+    out = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{d}/stat").read_text()
+            cmd = Path(f"/proc/{d}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        f = stat[stat.rindex(")") + 2:].split()
+        if f[0] not in "ZX" and int(f[3]) == sid:
+            out[int(d)] = cmd.strip() or stat[stat.index("(") + 1:stat.rindex(")")]
+    return out
+
+
+def wait_until_gone(sid: int, seconds: float = 5.0) -> dict[int, str]:
+    """Wait up to `seconds` for session `sid` to have no live process; returns what is still alive."""
+    deadline = time.time() + seconds
+    while (left := session_processes(sid)) and time.time() < deadline:
+        time.sleep(0.1)
+    return left

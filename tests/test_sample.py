@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, run_script
+from conftest import ROOT, run_script, session_processes, wait_until_gone
 
 import common
 import sample
@@ -128,7 +128,8 @@ def test_sample_kill_resume_settings_and_merge(tmp_path, tiny_model, tokenizer):
             "--chunk_size", "2"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false", "VLLM_CPU_KV_GB": "1"}
 
-    # 1) engine start 1: kill -9 (the whole process group, engine core included) once the first chunk is on disk
+    # 1) engine start 1: kill -9 of sample.py alone (not its process group) once the first chunk is on disk: its
+    #    vLLM EngineCore and Worker processes and the resource tracker must go with it within seconds (issue 15 §2)
     with open(tmp_path / "run1.log", "w") as log:
         proc = subprocess.Popen([sys.executable, "sample.py", *map(str, args)], cwd=ROOT, env=env, stdout=log,
                                 stderr=subprocess.STDOUT, start_new_session=True)
@@ -140,11 +141,16 @@ def test_sample_kill_resume_settings_and_merge(tmp_path, tiny_model, tokenizer):
                 time.sleep(0.02)
         finally:
             if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
+                engine = [c for c in session_processes(proc.pid).values() if "EngineCore" in c]
+                os.kill(proc.pid, signal.SIGKILL)
             proc.wait()
+            left = wait_until_gone(proc.pid, 5.0)
+            if left:
+                os.killpg(proc.pid, signal.SIGKILL)
     first = _lines(out)
     assert 2 <= len(first) < 8, (len(first), (tmp_path / "run1.log").read_text()[-3000:])
     assert proc.returncode == -signal.SIGKILL
+    assert engine and not left, (engine, left)  # there was an engine process; nothing of the run survived 5 s
 
     # 2) engine start 2: the same command resumes; every id exactly once, the killed run's chunks kept as they were
     p = run_script("sample.py", *args, env={"VLLM_CPU_KV_GB": "1"})

@@ -1,0 +1,34 @@
+"""The CPU dtype and thread rules (issue 15 §1), with faked CPU flags: no model, no engine."""
+import pytest
+
+import common
+
+ZEN1 = "fpu vme sse sse2 ssse3 sse4_1 sse4_2 avx f16c avx2 fma bmi2 sha_ni"  # AMD EPYC 7001: AVX2, no AVX-512
+ICELAKE = ZEN1 + " avx512f avx512bw avx512vl avx512_vnni"                    # AVX-512 but no bf16
+SPR = ICELAKE + " avx512_bf16 amx_tile amx_bf16 amx_int8"                    # Sapphire Rapids: AMX
+GRAVITON3 = "fp asimd evtstrm aes sha1 sha2 crc32 atomics fphp asimdhp sve bf16 i8mm"  # aarch64
+
+
+def fake_cpuinfo(tmp_path, key, flags):
+    p = tmp_path / "cpuinfo"
+    p.write_text(f"processor\t: 0\nmodel name\t: X\n{key}\t\t: {flags}\n\nprocessor\t: 1\n{key}\t\t: {flags}\n")
+    return str(p)
+
+
+@pytest.mark.parametrize("key,flags,want", [("flags", ZEN1, "float32"), ("flags", ICELAKE, "float32"),
+                                            ("flags", SPR, "bfloat16"), ("Features", GRAVITON3, "bfloat16"),
+                                            ("flags", "", "float32")])
+def test_cpu_dtype_follows_native_bf16(tmp_path, key, flags, want):
+    fl = common.cpu_flags(fake_cpuinfo(tmp_path, key, flags))
+    assert fl == set(flags.split())
+    dtype, why = common.cpu_dtype("auto", fl)
+    assert dtype == want
+    assert ("natively" in why) == (want == "bfloat16") and ("emulated" in why) == (want == "float32")
+
+
+def test_cpu_dtype_flag_overrides_and_is_checked():
+    for d in ("bfloat16", "float16", "float32"):
+        assert common.cpu_dtype(d, set(ZEN1.split())) == (d, f"--dtype {d}")
+    with pytest.raises(common.DataError, match="--dtype 'fp8'"):
+        common.cpu_dtype("fp8")
+    assert common.cpu_flags("/nonexistent/cpuinfo") == set()
