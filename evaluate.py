@@ -24,9 +24,9 @@ import re
 import sys
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional
 
 import common
 from common import DataError
@@ -43,32 +43,41 @@ PROTOCOLS = {
 
 @dataclass
 class Args:
-    model: Optional[str] = None             # model path or hub name (not needed with --grade_only)
-    benchmarks: str = "gsm8k,math500"       # comma-separated: gsm8k, math500, aime24, aime25, amc23, minerva,
-    #                                         minerva_short, mmlu_pro, gpqa
-    output_dir: Optional[str] = None        # DIR: <benchmark>.jsonl, metrics.json, meta.json
-    protocol: str = "qfft"                  # qfft (n 16, T 0.6, top-p 1, 32768 tokens) or upft (greedy, n 1, 16384);
-    #                                         the flags below override it
-    n: Optional[int] = None                 # samples per question (None: the protocol's)
-    temperature: Optional[float] = None     # None: the protocol's
-    top_p: Optional[float] = None           # None: the protocol's
-    max_tokens: Optional[int] = None        # new tokens per sample (None: the protocol's)
-    max_model_len: Optional[int] = None     # vLLM context length (None: the model's)
-    limit: Optional[int] = None             # the first K questions of each benchmark (smoke tests)
-    data: Optional[str] = None              # for ONE benchmark: a file with its schema (gpqa: the GPQA diamond file,
-    #                                         else $GPQA_PATH)
-    system_prompt: Optional[str] = None     # a text, 'eval' or 'none' (None: the protocol's, 'eval' =
-    #                                         common.EVAL_SYSTEM_PROMPT)
-    no_system_prompt: bool = False          # no system message
-    reflect_words: Optional[str] = None     # long-CoT keywords, comma-separated, whole word, any case (None: 'wait';
-    #                                         with --grade_only: the ones the run used)
-    tensor_parallel_size: int = 1           # GPUs per engine
-    seed: int = 42                          # engine seed (vLLM on CPU has no per-request seeds)
-    overwrite: bool = False                 # replace outputs made with another model/settings
-    grade_only: bool = False                # re-grade DIR/<benchmark>.jsonl without a model
-    grade_workers: int = 0                  # grader processes (0: one per CPU core)
-    grade_timeout: int = common.GRADE_TIMEOUT  # seconds per math-verify call
-    trust_remote_code: bool = False         # allow custom model code (untrusted input otherwise)
+    model: Optional[str] = field(default=None, metadata={"help": "model path or hub name (not needed with "
+                                                                 "--grade_only)"})
+    benchmarks: str = field(default="gsm8k,math500", metadata={"help": "comma-separated: gsm8k, math500, aime24, "
+                                                                       "aime25, amc23, minerva, minerva_short, "
+                                                                       "mmlu_pro, gpqa"})
+    output_dir: Optional[str] = field(default=None, metadata={"help": "DIR: <benchmark>.jsonl, metrics.json, "
+                                                                      "meta.json"})
+    protocol: Literal["qfft", "upft"] = field(
+        default="qfft", metadata={"help": "qfft (n 16, T 0.6, top-p 1, 32768 tokens) or upft (greedy, n 1, 16384); "
+                                          "the flags below override it"})
+    n: Optional[int] = field(default=None, metadata={"help": "samples per question (None: the protocol's)"})
+    temperature: Optional[float] = field(default=None, metadata={"help": "sampling temperature, 0 = greedy (None: the "
+                                                                         "protocol's)"})
+    top_p: Optional[float] = field(default=None, metadata={"help": "nucleus sampling (None: the protocol's)"})
+    max_tokens: Optional[int] = field(default=None, metadata={"help": "new tokens per sample (None: the protocol's)"})
+    max_model_len: Optional[int] = field(default=None, metadata={"help": "vLLM context length (None: the model's)"})
+    limit: Optional[int] = field(default=None, metadata={"help": "the first K questions of each benchmark (smoke "
+                                                                 "tests)"})
+    data: Optional[str] = field(default=None, metadata={"help": "for ONE benchmark: a file with its schema (gpqa: "
+                                                                "the GPQA diamond file, else $GPQA_PATH)"})
+    system_prompt: Optional[str] = field(
+        default=None, metadata={"help": "a text, 'eval' or 'none' (None: the protocol's, 'eval' = "
+                                        "common.EVAL_SYSTEM_PROMPT)"})
+    no_system_prompt: bool = field(default=False, metadata={"help": "no system message"})
+    reflect_words: Optional[str] = field(
+        default=None, metadata={"help": "long-CoT keywords, comma-separated, whole word, any case (None: 'wait'; "
+                                        "with --grade_only: the ones the run used)"})
+    tensor_parallel_size: int = field(default=1, metadata={"help": "GPUs per engine"})
+    seed: int = field(default=42, metadata={"help": "engine seed (vLLM on CPU has no per-request seeds)"})
+    overwrite: bool = field(default=False, metadata={"help": "replace outputs made with another model/settings"})
+    grade_only: bool = field(default=False, metadata={"help": "re-grade DIR/<benchmark>.jsonl without a model"})
+    grade_workers: int = field(default=0, metadata={"help": "grader processes (0: one per CPU core)"})
+    grade_timeout: int = field(default=common.GRADE_TIMEOUT, metadata={"help": "seconds per math-verify call"})
+    trust_remote_code: bool = field(default=False, metadata={"help": "allow custom model code (untrusted input "
+                                                                     "otherwise)"})
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -32,7 +32,7 @@ import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional
 
 import common
 
@@ -52,37 +52,63 @@ class Args:
                                          "(GAIR/LIMO, simplescaling/s1K-1.1, ...)"})
     output: str = field(metadata={"help": "output JSONL; sidecars OUTPUT.stats.json and OUTPUT.meta.json"})
     model: str = field(metadata={"help": "model whose tokenizer and chat template the training text is made for"})
-    mode: str = "sft"                       # sft | qfft | mix | upft | rft | noise
-    seed: int = 42                          # every random choice (mix, upft, noise, max_questions) derives from it
+    mode: Literal["sft", "qfft", "mix", "upft", "rft", "noise"] = field(
+        default="sft", metadata={"help": "sft: question + response (chat template) | qfft: response only, no "
+                                         "question | mix: sft for a fraction --alpha, qfft for the rest | upft: "
+                                         "prefixes of --prefix_len tokens, --full_ratio full | rft: correct "
+                                         "responses only (--select, --pairs) | noise: --level II-IV noisy data"})
+    seed: int = field(default=42, metadata={"help": "every random choice (mix, upft, noise, max_questions) derives "
+                                                    "from it"})
     # --- input
-    format: str = "auto"                    # auto | sample (sample.py) | generic | limo | s1k
-    split: str = "train"                    # split of a Hugging Face dataset
-    question_field: Optional[str] = None    # generic: default first of question/problem/prompt/instruction
-    response_field: Optional[str] = None    # generic: default first of response/solution/completion/output
-    answer_field: Optional[str] = None      # generic: gold answer (rft), default first of answer/gold/final_answer
-    id_field: Optional[str] = None          # generic: default "id"; without one, a hash of the question
-    responses: str = "first"                # per question: first | all | shortest | longest (in tokens)
-    drop_unfinished: bool = False           # drop sample.py responses whose finish_reason is "length"
-    max_questions: Optional[int] = None     # keep N seeded questions and all their responses (QFFT §6.3)
+    format: Literal["auto", "sample", "generic", "limo", "s1k"] = field(
+        default="auto", metadata={"help": "auto | sample (sample.py) | generic | limo | s1k"})
+    split: str = field(default="train", metadata={"help": "split of a Hugging Face dataset"})
+    question_field: Optional[str] = field(
+        default=None, metadata={"help": "generic: default first of question/problem/prompt/instruction"})
+    response_field: Optional[str] = field(
+        default=None, metadata={"help": "generic: default first of response/solution/completion/output"})
+    answer_field: Optional[str] = field(default=None, metadata={"help": "generic: gold answer (rft), default first "
+                                                                        "of answer/gold/final_answer"})
+    id_field: Optional[str] = field(default=None, metadata={"help": "generic: default \"id\"; without one, a hash "
+                                                                    "of the question"})
+    responses: Literal["first", "all", "shortest", "longest"] = field(
+        default="first", metadata={"help": "per question: first | all | shortest | longest (in tokens)"})
+    drop_unfinished: bool = field(default=False, metadata={"help": "drop sample.py responses whose finish_reason is "
+                                                                   "\"length\""})
+    max_questions: Optional[int] = field(
+        default=None, metadata={"help": "keep N seeded questions and all their responses (QFFT §6.3)"})
     # --- formatting
-    preset: Optional[str] = None            # qfft: system 'default' (LLaMA-Factory `qwen`); upft: 'eval' (qwen-math)
-    system_prompt: Optional[str] = None     # TEXT | none | default | eval (unset: from --preset, else 'default')
-    qfft_eos: bool = False                  # qfft rule: append the tokenizer's EOS (the released code does not)
-    trust_remote_code: bool = False
+    preset: Optional[Literal["qfft", "upft"]] = field(
+        default=None, metadata={"help": "qfft: system 'default' (LLaMA-Factory `qwen`); upft: 'eval' (qwen-math)"})
+    system_prompt: Optional[str] = field(
+        default=None, metadata={"help": "TEXT | none | default | eval (unset: from --preset, else 'default')"})
+    qfft_eos: bool = field(default=False, metadata={"help": "qfft rule: append the tokenizer's EOS (the released "
+                                                            "code does not)"})
+    trust_remote_code: bool = field(default=False, metadata={"help": "allow model code from the hub (untrusted "
+                                                                     "otherwise)"})
     # --- mode options
-    alpha: float = 0.5                      # mix: fraction of examples that keep their question (sft rule)
-    prefix_len: Optional[int] = None        # upft: L (paper: 8 Llama-3.1-8B, 32 Qwen2.5-Math-7B, 128 R1-distill)
-    full_ratio: float = 0.1                 # upft: fraction p of full-response examples (paper: 0.1; 0.3 for LIMO)
-    select: str = "all"                     # rft: all | shortest | longest correct response(s) per question
-    pairs: bool = False                     # rft: {"prompt","chosen": shortest correct,"rejected": longest correct}
-    grade_workers: int = 0                  # rft: grader processes (0: one per core)
-    level: Optional[int] = None             # noise: 2 wrong final answer | 3 cut at half | 4 shuffled responses
-    noise_form: str = "sft"                 # noise: sft | qfft rule for the noisy examples
+    alpha: float = field(default=0.5, metadata={"help": "mix: fraction of examples that keep their question (sft "
+                                                        "rule)"})
+    prefix_len: Optional[int] = field(default=None, metadata={"help": "upft: L (paper: 8 Llama-3.1-8B, 32 "
+                                                                      "Qwen2.5-Math-7B, 128 R1-distill)"})
+    full_ratio: float = field(default=0.1, metadata={"help": "upft: fraction p of full-response examples (paper: "
+                                                             "0.1; 0.3 for LIMO)"})
+    select: Literal["all", "shortest", "longest"] = field(
+        default="all", metadata={"help": "rft: all | shortest | longest correct response(s) per question"})
+    pairs: bool = field(default=False, metadata={"help": "rft: DPO pairs {prompt, chosen: shortest correct, "
+                                                         "rejected: longest correct}"})
+    grade_workers: int = field(default=0, metadata={"help": "rft: grader processes (0: one per core)"})
+    level: Optional[Literal[2, 3, 4]] = field(
+        default=None, metadata={"help": "noise: 2 wrong final answer | 3 cut at half | 4 shuffled responses"})
+    noise_form: Literal["sft", "qfft"] = field(
+        default="sft", metadata={"help": "noise: sft | qfft rule for the noisy examples"})
     # --- length
-    max_len: int = 16384                    # prompt + completion tokens; longer examples are dropped (counted) ...
-    truncate: bool = False                  # ... or their completion is cut to fit (no EOS after the cut)
-    batch_size: int = 1000                  # texts per tokenizer call
-    overwrite: bool = False
+    max_len: int = field(default=16384, metadata={"help": "prompt + completion tokens; longer examples are dropped "
+                                                          "(counted), or cut with --truncate"})
+    truncate: bool = field(default=False, metadata={"help": "cut the completion of a longer example to fit --max_len "
+                                                            "(no EOS after the cut) instead of dropping it"})
+    batch_size: int = field(default=1000, metadata={"help": "texts per tokenizer call"})
+    overwrite: bool = field(default=False, metadata={"help": "replace output made with other settings"})
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -36,7 +36,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional
 
 import warnings
 
@@ -68,37 +68,67 @@ class Args:
     model: str = field(metadata={"help": "base model: local directory or Hugging Face name"})
     data: str = field(metadata={"help": "prepare.py output JSONL: records with prompt and completion"})
     output_dir: str = field(metadata={"help": "where the checkpoint, train_log.jsonl and meta.json go"})
-    deepspeed: str = "configs/ds_z3.json"  # DeepSpeed config ("auto" values are filled from these arguments)
-    preset: Optional[str] = None  # qfft | upft: each paper's hyperparameters (printed at start); flags override
+    deepspeed: str = field(
+        default="configs/ds_z3.json", metadata={"help": "DeepSpeed config (\"auto\" values are filled from these "
+                                                        "arguments)"})
+    preset: Optional[Literal["qfft", "upft"]] = field(
+        default=None, metadata={"help": "qfft | upft: each paper's hyperparameters (printed at start); flags "
+                                        "override"})
     # hyperparameters: None = the preset's value, else BASE above
-    epochs: Optional[int] = None
-    lr: Optional[float] = None
-    global_batch_size: Optional[int] = None  # EXAMPLES per optimizer step, over all ranks
-    lr_scheduler: Optional[str] = None  # cosine | constant_with_warmup | linear | constant
-    warmup_ratio: Optional[float] = None
-    weight_decay: Optional[float] = None  # not applied to biases and norm weights
-    adam_beta1: Optional[float] = None
-    adam_beta2: Optional[float] = None
-    adam_eps: float = 1e-8
-    max_grad_norm: Optional[float] = None  # 0 = no clipping
-    max_len: Optional[int] = None  # tokens per example (prompt + completion); longer ones are cut at the end
-    loss_reduction: str = "sample"  # sample: mean token loss per example, averaged over examples | token: per token
-    micro_batch_tokens: int = 16384  # token budget of one packed micro-batch per rank
-    packing: bool = True  # --no_packing: padded micro-batches in data order (the usual baseline)
-    attn_implementation: str = "auto"  # auto: flash_attention_2 on GPU when installed, else sdpa
-    gradient_checkpointing: bool = False
-    max_steps: int = 0  # > 0: train this many optimizer steps (also the schedule's length)
-    seed: int = 42  # data order: a seeded permutation per epoch
-    save_every_epoch: bool = False  # HF checkpoint in DIR/epoch_{k}
-    save_steps: int = 500  # DeepSpeed checkpoint (for --resume) every this many steps, and at each epoch end
-    save_total_limit: int = 1  # DeepSpeed checkpoints kept
-    keep_checkpoints: bool = False  # keep DIR/checkpoints after a finished run (optimizer states are large)
-    resume: bool = False  # continue from the last DeepSpeed checkpoint in DIR/checkpoints
-    overwrite: bool = False  # replace output made with other settings
-    trust_remote_code: bool = False
-    peak_tflops: float = 0.0  # for the MFU estimate; 0 = a table of GPUs, or a rough CPU figure
-    stop_after_steps: int = 0  # for tests: stop after this many steps without saving, as a kill would
-    local_rank: int = -1  # set by the deepspeed launcher
+    epochs: Optional[int] = field(default=None, metadata={"help": "passes over the data (default: the preset's, "
+                                                                  "else 3)"})
+    lr: Optional[float] = field(default=None, metadata={"help": "peak learning rate (default: the preset's, else "
+                                                                "1e-5)"})
+    global_batch_size: Optional[int] = field(
+        default=None, metadata={"help": "EXAMPLES per optimizer step, over all ranks (default: the preset's, else "
+                                        "32)"})
+    lr_scheduler: Optional[Literal["cosine", "constant_with_warmup", "linear", "constant"]] = field(
+        default=None, metadata={"help": "learning-rate schedule after warmup (default: the preset's, else cosine)"})
+    warmup_ratio: Optional[float] = field(
+        default=None, metadata={"help": "fraction of the steps with linear warmup (default: the preset's, else "
+                                        "0.03)"})
+    weight_decay: Optional[float] = field(
+        default=None, metadata={"help": "AdamW weight decay, not applied to biases and norm weights (default: the "
+                                        "preset's, else 0)"})
+    adam_beta1: Optional[float] = field(default=None, metadata={"help": "AdamW beta1 (default: the preset's, else "
+                                                                        "0.9)"})
+    adam_beta2: Optional[float] = field(default=None, metadata={"help": "AdamW beta2 (default: the preset's, else "
+                                                                        "0.999)"})
+    adam_eps: float = field(default=1e-8, metadata={"help": "AdamW epsilon"})
+    max_grad_norm: Optional[float] = field(
+        default=None, metadata={"help": "gradient clipping norm, 0 = no clipping (default: the preset's, else 1.0)"})
+    max_len: Optional[int] = field(default=None, metadata={"help": "tokens per example (prompt + completion); "
+                                                                   "longer ones are cut at the end (default: the "
+                                                                   "preset's, else 16384)"})
+    loss_reduction: Literal["sample", "token"] = field(
+        default="sample", metadata={"help": "sample: mean token loss per example, averaged over examples | token: "
+                                            "per token"})
+    micro_batch_tokens: int = field(default=16384, metadata={"help": "token budget of one packed micro-batch per rank"})
+    packing: bool = field(default=True, metadata={"help": "--no_packing: padded micro-batches in data order (the "
+                                                          "usual baseline)"})
+    attn_implementation: Literal["auto", "flash_attention_2", "sdpa", "eager"] = field(
+        default="auto", metadata={"help": "auto: flash_attention_2 on GPU when installed, else sdpa"})
+    gradient_checkpointing: bool = field(
+        default=False, metadata={"help": "recompute activations in the backward pass (less memory, slower)"})
+    max_steps: int = field(default=0, metadata={"help": "> 0: train this many optimizer steps (also the schedule's "
+                                                        "length)"})
+    seed: int = field(default=42, metadata={"help": "data order: a seeded permutation per epoch"})
+    save_every_epoch: bool = field(default=False, metadata={"help": "HF checkpoint in DIR/epoch_{k}"})
+    save_steps: int = field(default=500, metadata={"help": "DeepSpeed checkpoint (for --resume) every this many "
+                                                           "steps, and at each epoch end"})
+    save_total_limit: int = field(default=1, metadata={"help": "DeepSpeed checkpoints kept"})
+    keep_checkpoints: bool = field(default=False, metadata={"help": "keep DIR/checkpoints after a finished run "
+                                                                    "(optimizer states are large)"})
+    resume: bool = field(default=False, metadata={"help": "continue from the last DeepSpeed checkpoint in "
+                                                          "DIR/checkpoints"})
+    overwrite: bool = field(default=False, metadata={"help": "replace output made with other settings"})
+    trust_remote_code: bool = field(default=False, metadata={"help": "allow model code from the hub (untrusted "
+                                                                     "otherwise)"})
+    peak_tflops: float = field(default=0.0, metadata={"help": "for the MFU estimate; 0 = a table of GPUs, or a "
+                                                              "rough CPU figure"})
+    stop_after_steps: int = field(default=0, metadata={"help": "for tests: stop after this many steps without "
+                                                               "saving, as a kill would"})
+    local_rank: int = field(default=-1, metadata={"help": "set by the deepspeed launcher"})
 
 
 # ----------------------------------------------------------------------------------------------------------------
