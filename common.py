@@ -49,6 +49,21 @@ def run_main(main: Callable[[], Any]) -> None:
         sys.exit(130)
 
 
+def parse_args(args_class, doc: Optional[str] = None, argv: Optional[list[str]] = None):
+    """Parse the command line into a stage's Args dataclass. `--help` prints the stage's docstring (its commands),
+    then every flag with its help, default and allowed values (Literal fields: a bad value is refused, the choices
+    listed). Field metadata "aliases" adds HF/TRL-style names (`--learning_rate` for `--lr`)."""
+    import argparse
+    from transformers import HfArgumentParser
+
+    class Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+        pass
+
+    (args,) = HfArgumentParser(args_class, description=doc, formatter_class=Formatter).parse_args_into_dataclasses(
+        argv)
+    return args
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # JSONL I/O
 def _open(path: Path, mode: str = "rt"):

@@ -62,7 +62,8 @@ class Args:
     limit: Optional[int] = field(default=None, metadata={"help": "the first K questions of each benchmark (smoke "
                                                                  "tests)"})
     data: Optional[str] = field(default=None, metadata={"help": "for ONE benchmark: a file with its schema (gpqa: "
-                                                                "the GPQA diamond file, else $GPQA_PATH)"})
+                                                                "the GPQA diamond file, else $GPQA_PATH)",
+                                                        "aliases": ["--benchmark_file"]})
     system_prompt: Optional[str] = field(
         default=None, metadata={"help": "a text, 'eval' or 'none' (None: the protocol's, 'eval' = "
                                         "common.EVAL_SYSTEM_PROMPT)"})
@@ -206,8 +207,6 @@ def parse_benchmarks(spec: str) -> list[str]:
 
 
 def resolve_protocol(args: Args) -> Args:
-    if args.protocol not in PROTOCOLS:
-        raise DataError(f"--protocol: unknown protocol '{args.protocol}'; known: {', '.join(PROTOCOLS)}")
     proto = PROTOCOLS[args.protocol]
     filled = {k: (getattr(args, k) if getattr(args, k) is not None else v) for k, v in proto.items()}
     args = dataclasses.replace(args, **filled)
@@ -322,8 +321,7 @@ def finish_benchmark(args, out_dir: Path, bench: str, qs: list[dict], outs: dict
 
 
 def main():
-    from transformers import HfArgumentParser
-    (args,) = HfArgumentParser(Args).parse_args_into_dataclasses()
+    args = common.parse_args(Args, __doc__)
     if not args.output_dir:
         raise DataError("--output_dir is required")
     out_dir = Path(args.output_dir)

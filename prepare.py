@@ -104,7 +104,8 @@ class Args:
         default="sft", metadata={"help": "noise: sft | qfft rule for the noisy examples"})
     # --- length
     max_len: int = field(default=16384, metadata={"help": "prompt + completion tokens; longer examples are dropped "
-                                                          "(counted), or cut with --truncate"})
+                                                          "(counted), or cut with --truncate",
+                                                  "aliases": ["--max_length"]})
     truncate: bool = field(default=False, metadata={"help": "cut the completion of a longer example to fit --max_len "
                                                             "(no EOS after the cut) instead of dropping it"})
     batch_size: int = field(default=1000, metadata={"help": "texts per tokenizer call"})
@@ -674,14 +675,6 @@ def make_stats(args: Args, tokens: Tokens, records: list[dict], dropped: Counter
 def check_args(args: Args) -> None:
     def bad(msg):
         raise common.DataError(msg)
-    if args.mode not in MODES:
-        bad(f"--mode must be one of {', '.join(MODES)}, got '{args.mode}'")
-    if args.format not in FORMATS:
-        bad(f"--format must be one of {', '.join(FORMATS)}, got '{args.format}'")
-    if args.responses not in ("first", "all", "shortest", "longest"):
-        bad(f"--responses must be first, all, shortest or longest, got '{args.responses}'")
-    if args.preset not in (None, "qfft", "upft"):
-        bad(f"--preset must be qfft or upft, got '{args.preset}'")
     if args.max_len < 1:
         bad("--max_len must be positive")
     if args.mode == "mix" and not 0 <= args.alpha <= 1:
@@ -692,15 +685,11 @@ def check_args(args: Args) -> None:
                 "Qwen2.5-Math-7B-Instruct, 128 for DeepSeek-R1-Distill-Qwen-7B)")
         if not 0 <= args.full_ratio <= 1:
             bad(f"--full_ratio must be in [0, 1], got {args.full_ratio}")
-    if args.mode == "rft" and args.select not in ("all", "shortest", "longest"):
-        bad(f"--select must be all, shortest or longest, got '{args.select}'")
     if args.pairs and args.mode != "rft":
         bad("--pairs works with --mode rft")
     if args.mode == "noise":
-        if args.level not in (2, 3, 4):
-            bad(f"--mode noise needs --level 2, 3 or 4, got {args.level}")
-        if args.noise_form not in ("sft", "qfft"):
-            bad(f"--noise_form must be sft or qfft, got '{args.noise_form}'")
+        if args.level is None:
+            bad("--mode noise needs --level 2, 3 or 4")
 
 
 def fingerprint(args: Args, tokenizer) -> dict:
@@ -723,8 +712,7 @@ def fingerprint(args: Args, tokenizer) -> dict:
 
 
 def main():
-    from transformers import HfArgumentParser
-    (args,) = HfArgumentParser(Args).parse_args_into_dataclasses()
+    args = common.parse_args(Args, __doc__)
     check_args(args)
     out = Path(args.output)
     meta_path, stats_path = Path(f"{out}.meta.json"), Path(f"{out}.stats.json")

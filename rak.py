@@ -35,7 +35,7 @@ import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional
 
 import numpy as np
 
@@ -60,7 +60,7 @@ class Args:
     out: str = _f("results", "output directory for the CSV / LaTeX / Markdown tables and the figures")
     format: str = _f("md,csv,tex", "table files to write (the Markdown tables are always printed)")
     plots: bool = _f(False, "also draw long_cot_by_level.png and acc_vs_tokens.png (needs matplotlib)")
-    solvable: str = _f("index", "'index': a question is solvable at sample i when the reference's i-th sample is "
+    solvable: Literal["index", "mean"] = _f("index", "'index': a question is solvable at sample i when the reference's i-th sample is "
                                 "correct (QFFT); 'mean': when the reference's mean accuracy on it is >= 0.5")
     alpha: float = _f(0.1, "AES weight of the length reduction")
     beta: float = _f(0.1, "AES weight of an accuracy gain")
@@ -545,12 +545,9 @@ def make_plots(out: Path, names, benches, summ) -> list[Path]:
 
 # ----------------------------------------------------------------------------------------------------------------
 def main(argv=None):
-    from transformers import HfArgumentParser
-    (args,) = HfArgumentParser(Args).parse_args_into_dataclasses(argv)
+    args = common.parse_args(Args, __doc__, argv)
     if not args.runs:
         raise common.DataError("--runs: give at least one NAME=DIR")
-    if args.solvable not in ("index", "mean"):
-        raise common.DataError(f"--solvable {args.solvable}: expected 'index' or 'mean'")
     formats = [f.strip() for f in args.format.split(",") if f.strip()]
     bad = [f for f in formats if f not in FORMATS]
     if bad:

@@ -235,9 +235,8 @@ def merge_shards(a: Args) -> None:
 
 
 def main() -> None:
-    from transformers import HfArgumentParser
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    (a,) = HfArgumentParser(Args).parse_args_into_dataclasses()
+    a = common.parse_args(Args, __doc__)
     check_args(a)
     if a.merge_shards:
         return merge_shards(a)

@@ -76,14 +76,15 @@ class Args:
                                         "override"})
     # hyperparameters: None = the preset's value, else BASE above
     epochs: Optional[int] = field(default=None, metadata={"help": "passes over the data (default: the preset's, "
-                                                                  "else 3)"})
+                                                                  "else 3)", "aliases": ["--num_train_epochs"]})
     lr: Optional[float] = field(default=None, metadata={"help": "peak learning rate (default: the preset's, else "
-                                                                "1e-5)"})
+                                                                "1e-5)", "aliases": ["--learning_rate"]})
     global_batch_size: Optional[int] = field(
         default=None, metadata={"help": "EXAMPLES per optimizer step, over all ranks (default: the preset's, else "
                                         "32)"})
     lr_scheduler: Optional[Literal["cosine", "constant_with_warmup", "linear", "constant"]] = field(
-        default=None, metadata={"help": "learning-rate schedule after warmup (default: the preset's, else cosine)"})
+        default=None, metadata={"help": "learning-rate schedule after warmup (default: the preset's, else cosine)",
+                                "aliases": ["--lr_scheduler_type"]})
     warmup_ratio: Optional[float] = field(
         default=None, metadata={"help": "fraction of the steps with linear warmup (default: the preset's, else "
                                         "0.03)"})
@@ -94,12 +95,13 @@ class Args:
                                                                         "0.9)"})
     adam_beta2: Optional[float] = field(default=None, metadata={"help": "AdamW beta2 (default: the preset's, else "
                                                                         "0.999)"})
-    adam_eps: float = field(default=1e-8, metadata={"help": "AdamW epsilon"})
+    adam_eps: float = field(default=1e-8, metadata={"help": "AdamW epsilon", "aliases": ["--adam_epsilon"]})
     max_grad_norm: Optional[float] = field(
         default=None, metadata={"help": "gradient clipping norm, 0 = no clipping (default: the preset's, else 1.0)"})
     max_len: Optional[int] = field(default=None, metadata={"help": "tokens per example (prompt + completion); "
                                                                    "longer ones are cut at the end (default: the "
-                                                                   "preset's, else 16384)"})
+                                                                   "preset's, else 16384)",
+                                                           "aliases": ["--max_length"]})
     loss_reduction: Literal["sample", "token"] = field(
         default="sample", metadata={"help": "sample: mean token loss per example, averaged over examples | token: "
                                             "per token"})
@@ -134,10 +136,6 @@ class Args:
 # ----------------------------------------------------------------------------------------------------------------
 def resolve(args: Args) -> Args:
     """Fill hyperparameters left unset from the preset, then BASE."""
-    if args.preset is not None and args.preset not in PRESETS:
-        raise common.DataError(f"--preset {args.preset!r}: choose one of {', '.join(PRESETS)}")
-    if args.loss_reduction not in ("sample", "token"):
-        raise common.DataError(f"--loss_reduction {args.loss_reduction!r}: choose sample or token")
     src = PRESETS.get(args.preset, {})
     for k, v in BASE.items():
         if getattr(args, k) is None:
@@ -412,8 +410,7 @@ def save_hf(engine, tok, args: Args, out_dir: Path, rank: int):
 
 def main():
     warnings.filterwarnings("ignore", message=r".*is deprecated. Please use `torch.distributed")
-    from transformers import HfArgumentParser
-    (args,) = HfArgumentParser(Args).parse_args_into_dataclasses()
+    args = common.parse_args(Args, __doc__)
     args = resolve(args)
     common.check_model_path(args.model)
     out = Path(args.output_dir)
