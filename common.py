@@ -116,6 +116,18 @@ def atomic_write(path, write: Callable) -> None:
     os.replace(tmp, path)
 
 
+def atomic_write_bytes(path, write: Callable) -> None:
+    """atomic_write for binary content (images): write(f) gets a binary file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
 def dumps(rec) -> str:
     return json.dumps(rec, ensure_ascii=False)
 
@@ -205,6 +217,89 @@ def check_settings(meta_path, settings: dict, overwrite: bool, what: str) -> boo
         raise DataError(f"{what} was made with other settings ({'; '.join(diff)}); "
                         f"pass --overwrite to replace it, or choose another output")
     return True
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The Hugging Face hub: --push_to_hub on train.py (a model), prepare.py and sample.py (a dataset).
+PAPERS_BIBTEX = """```bibtex
+@misc{liu2025qfft,
+  title={QFFT, Question-Free Fine-Tuning for Adaptive Reasoning},
+  author={Wanlong Liu and Junxiao Xu and Fei Yu and Yukang Lin and Ke Ji and Wenyu Chen and Yan Xu and Yasheng Wang
+          and Lifeng Shang and Benyou Wang},
+  year={2025}, eprint={2506.12860}, archivePrefix={arXiv}, primaryClass={cs.CL}
+}
+@article{ji2025first,
+  title={The First Few Tokens Are All You Need: An Efficient and Effective Unsupervised Prefix Fine-Tuning Method
+         for Reasoning Models},
+  author={Ji, Ke and Xu, Jiahao and Liang, Tian and Liu, Qiuzhi and He, Zhiwei and Chen, Xingyu and Liu, Xiaoyuan and
+          Wang, Zhijie and Chen, Junying and Wang, Benyou and others},
+  journal={arXiv preprint arXiv:2503.02875}, year={2025}
+}
+```
+"""
+
+
+def check_hub(repo: str) -> None:
+    """Fail before the work starts when --push_to_hub could not succeed: a bad name, offline mode, no token, or
+    an unreachable hub (HF_ENDPOINT). Never a silent no-op."""
+    if not re.fullmatch(r"[\w.-]+/[\w.-]+", repo or ""):
+        raise DataError(f"--push_to_hub {repo!r}: expected a repository name USER/NAME")
+    import huggingface_hub
+    from huggingface_hub import constants
+    if constants.HF_HUB_OFFLINE:
+        raise DataError("--push_to_hub: HF_HUB_OFFLINE is set, the hub cannot be reached; unset it or drop the flag")
+    if not huggingface_hub.get_token():
+        raise DataError("--push_to_hub: no Hugging Face token (set HF_TOKEN or run `hf auth login`)")
+    import urllib.request
+    try:
+        urllib.request.urlopen(constants.ENDPOINT, timeout=10).close()
+    except OSError as e:
+        code = getattr(e, "code", None)
+        if code is None:  # an HTTP error status still means the hub answered
+            raise DataError(f"--push_to_hub: cannot reach {constants.ENDPOINT} ({e}); offline?") from None
+
+
+def push_to_hub(repo: str, source, card: str, repo_type: str = "model", ignore: Optional[list[str]] = None) -> str:
+    """Create `repo` (if needed) and upload `source` with `card` as its README.md: a directory (a checkpoint; the
+    card is written into it), or a list of files (an output and its sidecars, uploaded side by side). Returns the
+    repository URL; any hub error is a DataError."""
+    import shutil
+    import tempfile
+    from huggingface_hub import HfApi
+    with tempfile.TemporaryDirectory() as tmp:
+        if isinstance(source, (list, tuple)):
+            folder = Path(tmp)
+            for f in source:
+                shutil.copy2(f, folder / Path(f).name)
+        else:
+            folder = Path(source)
+        (folder / "README.md").write_text(card, encoding="utf-8")
+        api = HfApi()  # HF_ENDPOINT and HF_TOKEN from the environment
+        try:
+            url = api.create_repo(repo, repo_type=repo_type, exist_ok=True)
+            api.upload_folder(repo_id=repo, repo_type=repo_type, folder_path=str(folder), ignore_patterns=ignore,
+                              commit_message="qfft-upft upload")
+        except Exception as e:
+            msg = str(e).splitlines()[0] if str(e) else ""
+            raise DataError(f"--push_to_hub {repo}: {type(e).__name__}: {msg}") from None
+    print(f"pushed to {url}")
+    return str(url)
+
+
+def push_output(repo: str, out, sidecars: list, what: str) -> str:
+    """--push_to_hub of a JSONL output (prepare.py, sample.py) as a dataset: the file, its sidecars and a card
+    made from OUT.meta.json. `datasets.load_dataset(REPO)` then reads the JSONL."""
+    sidecars = [Path(p) for p in sidecars if Path(p).exists()]
+    meta = next((json.loads(p.read_text()) for p in sidecars if p.name.endswith(".meta.json")), {})
+    return push_to_hub(repo, [Path(out), *sidecars], dataset_card(meta, repo, what), repo_type="dataset")
+
+
+def dataset_card(meta: dict, repo: str, what: str) -> str:
+    """README.md for a dataset pushed from prepare.py / sample.py: the command, the arguments, the papers."""
+    args = meta.get("args", {})
+    return (f"---\ntags: [qfft-upft]\n---\n\n# {repo}\n\n{what}, made with qfft-upft (git `{meta.get('git_commit')}`):"
+            f"\n\n```\n{meta.get('command')}\n```\n\n| argument | value |\n|---|---|\n"
+            + "".join(f"| {k} | {v} |\n" for k, v in args.items()) + "\n" + PAPERS_BIBTEX)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -43,7 +43,7 @@ QUESTION_FIELDS = ("question", "problem", "prompt", "instruction")
 RESPONSE_FIELDS = ("response", "solution", "completion", "output", "generation")
 ANSWER_FIELDS = ("answer", "gold", "final_answer")
 # Settings that do not change the output (excluded from the up-to-date check).
-NOT_SETTINGS = ("output", "overwrite", "grade_workers", "batch_size")
+NOT_SETTINGS = ("output", "overwrite", "grade_workers", "batch_size", "push_to_hub")
 
 
 @dataclass
@@ -110,6 +110,9 @@ class Args:
                                                             "(no EOS after the cut) instead of dropping it"})
     batch_size: int = field(default=1000, metadata={"help": "texts per tokenizer call"})
     overwrite: bool = field(default=False, metadata={"help": "replace output made with other settings"})
+    push_to_hub: Optional[str] = field(
+        default=None, metadata={"help": "REPO (user/name): upload OUTPUT and its sidecars as a dataset, with a card "
+                                        "from OUTPUT.meta.json (HF_TOKEN; HF_ENDPOINT for a private hub)"})
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -716,12 +719,16 @@ def main():
     check_args(args)
     out = Path(args.output)
     meta_path, stats_path = Path(f"{out}.meta.json"), Path(f"{out}.stats.json")
+    if args.push_to_hub:
+        common.check_hub(args.push_to_hub)
+    push = (lambda: common.push_output(args.push_to_hub, out, [stats_path, meta_path], "Training data (prepare.py)")
+            ) if args.push_to_hub else (lambda: None)
     tokenizer = common.load_tokenizer(args.model, args.trust_remote_code)
     settings = {k: v for k, v in dataclasses.asdict(args).items() if k not in NOT_SETTINGS}
     settings.update(fingerprint(args, tokenizer))
     if common.check_settings(meta_path, settings, args.overwrite, f"{out}") and out.exists() and stats_path.exists():
         print(f"{out} is up to date (same settings and input); pass --overwrite to rebuild it")
-        return
+        return push()
 
     groups, dropped, n_records = load_groups(args)
     groups = take_questions(groups, args.max_questions, args.seed)
@@ -739,6 +746,7 @@ def main():
           f"dropped {stats['dropped_total']}{' ' + str(stats['dropped']) if stats['dropped'] else ''}; "
           f"trained tokens {stats['trained_tokens']}, "
           f"mean prompt/completion tokens {stats['prompt_tokens_mean']}/{stats['completion_tokens_mean']}")
+    push()
 
 
 if __name__ == "__main__":

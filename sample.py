@@ -66,6 +66,9 @@ class Args:
                                                                 "into --output (checks settings and ids)"})
     trust_remote_code: bool = field(default=False, metadata={"help": "allow model code from the hub"})
     overwrite: bool = field(default=False, metadata={"help": "replace output made with other settings"})
+    push_to_hub: Optional[str] = field(
+        default=None, metadata={"help": "REPO (user/name): upload the finished --output and its meta as a dataset "
+                                        "(sharded runs: with --merge_shards); HF_TOKEN, HF_ENDPOINT"})
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -93,6 +96,10 @@ def check_args(a: Args) -> None:
         raise common.DataError(f"--output {a.output}: write plain .jsonl (chunks are appended as they finish)")
     if a.num_shards < 1 or not 0 <= a.shard_index < a.num_shards:
         raise common.DataError(f"--shard_index {a.shard_index} must be in [0, --num_shards {a.num_shards})")
+    if a.push_to_hub:
+        if a.num_shards > 1 and not a.merge_shards:
+            raise common.DataError("--push_to_hub: push the merged output (--merge_shards --push_to_hub REPO)")
+        common.check_hub(a.push_to_hub)
     if a.merge_shards:
         return
     if not a.model or not a.data:
@@ -232,6 +239,12 @@ def merge_shards(a: Args) -> None:
         versions=metas[0].get("versions"), questions=len(questions),
         samples=sum(m.get("samples", 0) for m in metas), tokens=sum(m.get("tokens", 0) for m in metas)))
     print(f"merged {n} shards: {len(questions)} questions -> {out}")
+    push(a, out)
+
+
+def push(a: Args, out: Path) -> None:
+    if a.push_to_hub:
+        common.push_output(a.push_to_hub, out, [meta_path(out)], f"Samples of {a.model or 'a model'} (sample.py)")
 
 
 def main() -> None:
@@ -265,7 +278,7 @@ def main() -> None:
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_text("")
         print(f"questions: {len(questions)}, all already sampled in {out}")
-        return
+        return push(a, out)
 
     tokenizer = common.load_tokenizer(a.model, a.trust_remote_code)
     prompt_ids = encode_prompts(tokenizer, todo, system_prompt)
@@ -295,6 +308,7 @@ def main() -> None:
         this_run={**stats, "prompts_per_s": stats["questions"] / secs, "tokens_per_s": stats["tokens"] / secs}))
     print(f"questions: {stats['questions']}, samples: {stats['samples']}, generated tokens: {stats['tokens']}, "
           f"tokens/s: {stats['tokens'] / secs:.1f} ({secs:.1f} s) -> {out}")
+    push(a, out)
 
 
 if __name__ == "__main__":

@@ -60,7 +60,7 @@ BASE = dict(lr=1e-5, epochs=3, global_batch_size=32, lr_scheduler="cosine", warm
 # Arguments that do not change the result: a resumed run may change them
 NOT_SETTINGS = {"resume", "overwrite", "stop_after_steps", "local_rank", "save_steps", "save_total_limit",
                 "keep_checkpoints", "deepspeed", "gradient_checkpointing", "micro_batch_tokens",
-                "attn_implementation", "peak_tflops", "save_every_epoch"}
+                "attn_implementation", "peak_tflops", "save_every_epoch", "report_to", "push_to_hub"}
 
 
 @dataclass
@@ -131,6 +131,13 @@ class Args:
     stop_after_steps: int = field(default=0, metadata={"help": "for tests: stop after this many steps without "
                                                                "saving, as a kill would"})
     local_rank: int = field(default=-1, metadata={"help": "set by the deepspeed launcher"})
+    report_to: Literal["none", "tensorboard", "wandb"] = field(
+        default="none", metadata={"help": "also log every train_log.jsonl field per step (rank 0), the arguments "
+                                          "and data stats as config: tensorboard (event files in DIR/tensorboard) "
+                                          "or wandb (WANDB_PROJECT, default qfft-upft; WANDB_MODE=offline works)"})
+    push_to_hub: Optional[str] = field(
+        default=None, metadata={"help": "REPO (user/name): upload the finished checkpoint with a model card from "
+                                        "meta.json (HF_TOKEN; HF_ENDPOINT for a private hub)"})
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -408,6 +415,82 @@ def save_hf(engine, tok, args: Args, out_dir: Path, rank: int):
     del sd
 
 
+class Tracker:
+    """--report_to: every numeric train_log.jsonl field per step to TensorBoard or W&B (rank 0 only)."""
+
+    def __init__(self, kind: str, out: Path, config: dict, resume: bool):
+        self.kind, self.run = kind, None
+        if kind == "tensorboard":
+            from torch.utils.tensorboard import SummaryWriter
+            self.run = SummaryWriter(log_dir=str(out / "tensorboard"))
+            self.run.add_text("config", "```\n" + json.dumps(config, indent=2, default=str) + "\n```")
+        elif kind == "wandb":
+            import wandb
+            self.run = wandb.init(project=os.environ.get("WANDB_PROJECT", "qfft-upft"), name=out.name,
+                                  dir=str(out), config=json.loads(json.dumps(config, default=str)),
+                                  id=common.stable_id(str(out.resolve())), resume="allow" if resume else None)
+
+    @staticmethod
+    def check(kind: str) -> None:
+        """Fail before training when the backend is missing."""
+        mod = {"tensorboard": "tensorboard", "wandb": "wandb"}.get(kind)
+        if mod:
+            try:
+                __import__(mod)
+            except ImportError:
+                raise common.DataError(f"--report_to {kind}: the package is not installed (pip install {mod})") \
+                    from None
+
+    def log(self, rec: dict) -> None:
+        scalars = {k: v for k, v in rec.items() if k != "step" and isinstance(v, (int, float))}
+        if self.kind == "tensorboard":
+            for k, v in scalars.items():
+                self.run.add_scalar(f"train/{k}", v, rec["step"])
+        elif self.kind == "wandb":
+            self.run.log({f"train/{k}": v for k, v in scalars.items()}, step=rec["step"])
+
+    def close(self) -> None:
+        if self.run is not None:
+            (self.run.close if self.kind == "tensorboard" else self.run.finish)()
+
+
+def plot_loss(log_path: Path, png: Path) -> Optional[Path]:
+    """DIR/train_loss.png: loss and learning rate per step, from train_log.jsonl (LLaMA-Factory's plot_loss)."""
+    recs = common.read_jsonl(log_path) if log_path.exists() else []
+    if not recs:
+        return None
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    steps = [r["step"] for r in recs]
+    fig, (a, b) = plt.subplots(2, 1, figsize=(7, 5), sharex=True)
+    a.plot(steps, [r["loss"] for r in recs], lw=1)
+    a.set_ylabel("loss")
+    a.set_title(f"training loss: {png.parent.name}")
+    b.plot(steps, [r["lr"] for r in recs], lw=1, color="tab:orange")
+    b.set_ylabel("learning rate")
+    b.set_xlabel("step")
+    fig.tight_layout()
+    common.atomic_write_bytes(png, lambda f: fig.savefig(f, format="png"))
+    plt.close(fig)
+    return png
+
+
+def model_card(meta: dict, repo: str) -> str:
+    """README.md for the hub: base model, preset and hyperparameters, data stats, the papers."""
+    a, data = meta.get("args", {}), meta.get("data", {})
+    hp = {k: a.get(k) for k in BASE}
+    return (f"---\nbase_model: {a.get('model')}\nlibrary_name: transformers\ntags: [qfft-upft, sft]\n---\n\n"
+            f"# {repo}\n\nFull-parameter SFT of `{a.get('model')}` with "
+            f"[qfft-upft](https://github.com/) train.py (preset `{a.get('preset') or 'none'}`, git "
+            f"`{meta.get('git_commit')}`), on `{a.get('data')}`.\n\n"
+            "| hyperparameter | value |\n|---|---|\n" + "".join(f"| {k} | {v} |\n" for k, v in hp.items())
+            + f"| loss_reduction | {a.get('loss_reduction')} |\n| steps | {meta.get('steps')} |\n\n"
+            f"Training data: {data.get('examples')} examples, {data.get('tokens')} tokens "
+            f"({data.get('trained_tokens')} trained), types {data.get('by_type')}.\n\n"
+            + common.PAPERS_BIBTEX)
+
+
 def main():
     warnings.filterwarnings("ignore", message=r".*is deprecated. Please use `torch.distributed")
     args = common.parse_args(Args, __doc__)
@@ -427,6 +510,9 @@ def main():
         return
     if has_ck and not args.resume:
         raise common.DataError(f"{out} holds a training checkpoint: pass --resume to continue it, or --overwrite")
+    Tracker.check(args.report_to)
+    if args.push_to_hub:
+        common.check_hub(args.push_to_hub)
 
     # Data first: bad input fails fast, before any process group or model
     tok = common.load_tokenizer(args.model, args.trust_remote_code)
@@ -528,6 +614,8 @@ def main():
         if log_path.exists():  # drop lines of steps that a kill lost
             kept = [r for r in common.read_jsonl(log_path) if r["step"] <= start] if start else []
             common.write_jsonl(log_path, kept)
+    tracker = Tracker(args.report_to if rank == 0 else "none", out, {"args": dataclasses.asdict(args), "data": stats},
+                      resume=start > 0)
 
     def save_ds(step: int):
         engine.save_checkpoint(str(ckdir), tag=f"step_{step}", client_state={"step": step})
@@ -544,6 +632,7 @@ def main():
     for step in range(start, total):
         if args.stop_after_steps and step >= args.stop_after_steps:
             log(f"stopping after step {step} (--stop_after_steps), as a kill would")
+            tracker.close()
             return
         epoch, batch = batch_of(step)
         weights = token_weights(batch, examples, args.loss_reduction)
@@ -579,6 +668,7 @@ def main():
                "mfu": flops / dt / (peak * (world if on_gpu else 1)), "time_s": dt}  # CPU: one machine's peak
         if rank == 0:
             common.append_jsonl(log_path, [rec])
+            tracker.log(rec)
             bar.set_postfix(loss=f"{step_loss:.4f}", tok_s=f"{tokens / dt:.0f}", mfu=f"{rec['mfu']:.1%}")
             bar.update(1)
         end_of_epoch = (step + 1) % steps_per_epoch == 0 or step + 1 == total
@@ -596,7 +686,11 @@ def main():
         meta = json.loads(meta_path.read_text())
         meta.update(finished=True, steps=total, last_checkpoint_step=last_saved)
         common.write_json(meta_path, meta)
-        log(f"done: {total} steps; model in {out}, log in {log_path}")
+        tracker.close()
+        log(f"done: {total} steps; model in {out}, log in {log_path}, curve in {plot_loss(log_path, out / 'train_loss.png')}")
+        if args.push_to_hub:
+            common.push_to_hub(args.push_to_hub, out, model_card(meta, args.push_to_hub), repo_type="model",
+                               ignore=["checkpoints/**", "epoch_*/**", "tensorboard/**", "wandb/**"])
 
 
 if __name__ == "__main__":
