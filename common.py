@@ -166,6 +166,19 @@ def load_finished(path) -> dict[str, dict]:
     return done
 
 
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    """The one Markdown table renderer (evaluate.py's metrics, rak.py's tables): cells as given, the first column
+    left-aligned, the others right-aligned, padded to line up in a terminal."""
+    cols = list(zip(header, *rows))
+    widths = [max(len(str(x)) for x in col) for col in cols]
+
+    def line(xs):
+        return "| " + " | ".join(str(x).ljust(w) if i == 0 else str(x).rjust(w)
+                                 for i, (x, w) in enumerate(zip(xs, widths))) + " |"
+    rule = "|" + "|".join(("-" * (w + 1) + ":") if i else ("-" * (w + 2)) for i, w in enumerate(widths)) + "|"
+    return "\n".join([line(header), rule] + [line(r) for r in rows])
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Run metadata: every stage writes its arguments and the git commit next to its output, and refuses to mix
 # output made with other settings unless --overwrite.

@@ -21,7 +21,6 @@ import dataclasses
 import json
 import math
 import re
-import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -160,15 +159,13 @@ def compute_metrics(records: list[dict]) -> dict:
 
 
 def markdown_table(metrics: dict[str, dict]) -> str:
-    """Benchmarks as rows; the scalar metrics as columns (pandas, rendered without the tabulate dependency)."""
+    """Benchmarks as rows; the scalar metrics as columns (common.markdown_table)."""
     import pandas as pd
     df = pd.DataFrame({b: {k: v for k, v in m.items() if not isinstance(v, dict)} for b, m in metrics.items()}).T
     df = df[[c for c in df.columns if c not in ("n", "num_questions")] + ["n", "num_questions"]]
     cells = [[str(b)] + ["" if pd.isna(v) else (f"{v:g}" if isinstance(v, float) else str(v)) for v in row]
              for b, row in zip(df.index, df.itertuples(index=False))]
-    head = ["benchmark"] + list(df.columns)
-    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
-    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in cells])
+    return common.markdown_table(["benchmark"] + list(df.columns), cells)
 
 
 # ----------------------------------------------------------------------------------------------------------------

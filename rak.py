@@ -60,8 +60,9 @@ class Args:
     out: str = _f("results", "output directory for the CSV / LaTeX / Markdown tables and the figures")
     format: str = _f("md,csv,tex", "table files to write (the Markdown tables are always printed)")
     plots: bool = _f(False, "also draw long_cot_by_level.png and acc_vs_tokens.png (needs matplotlib)")
-    solvable: Literal["index", "mean"] = _f("index", "'index': a question is solvable at sample i when the reference's i-th sample is "
-                                "correct (QFFT); 'mean': when the reference's mean accuracy on it is >= 0.5")
+    solvable: Literal["index", "mean"] = _f("index", "'index': a question is solvable at sample i when the "
+                                                     "reference's i-th sample is correct (QFFT); 'mean': when the "
+                                                     "reference's mean accuracy on it is >= 0.5")
     alpha: float = _f(0.1, "AES weight of the length reduction")
     beta: float = _f(0.1, "AES weight of an accuracy gain")
     gamma: float = _f(1.0, "AES weight of an accuracy loss")
@@ -344,35 +345,37 @@ class Table:
 
     def markdown(self) -> str:
         head = ["run"] + [f"{g} {m}".strip() for g, ms in self.groups for m, _, _ in ms]
-        body = self.cells()
-        widths = [max(len(x) for x in col) for col in zip(head, *body)]
-        line = lambda xs: "| " + " | ".join(x.ljust(w) if i == 0 else x.rjust(w)
-                                            for i, (x, w) in enumerate(zip(xs, widths))) + " |"
-        out = [f"### {self.title}", "", line(head),
-               "|" + "|".join(("-" * (w + 1) + ":") if i else ("-" * (w + 2)) for i, w in enumerate(widths)) + "|"]
-        out += [line(r) for r in body]
+        out = [f"### {self.title}", "", common.markdown_table(head, self.cells())]
         out += [""] + [f"- {n}" for n in self.notes]
         return "\n".join(out).rstrip() + "\n"
 
     def latex(self) -> str:
-        esc = lambda s: (s.replace("\\", "\\textbackslash{}").replace("&", "\\&").replace("%", "\\%")
-                         .replace("_", "\\_").replace("#", "\\#").replace("Δ", "$\\Delta$").replace("≥", "$\\geq$")
-                         .replace("κ", "$\\kappa$"))
-        spec = "l" + "".join("|" + "r" * len(ms) for _, ms in self.groups)
-        top = " & ".join([""] + [f"\\multicolumn{{{len(ms)}}}{{c}}{{{esc(g)}}}" for g, ms in self.groups])
-        rules = "".join(f"\\cmidrule(lr){{{s}-{s + len(ms) - 1}}}" for s, (_, ms) in
-                        zip(np.cumsum([2] + [len(ms) for _, ms in self.groups[:-1]]), self.groups))
-        sub = " & ".join(["Run"] + [esc(m) for _, ms in self.groups for m, _, _ in ms])
-        head = [top.replace(" & ", "Run & ", 1) + " \\\\"] if not any(m for _, ms in self.groups for m, _, _ in ms) \
-            else [top + " \\\\", rules, sub + " \\\\"]
-        out = ["\\begin{table}[t]", "\\centering", f"\\caption{{{esc(self.title)}}}", f"\\begin{{tabular}}{{{spec}}}",
-               "\\toprule", *head, "\\midrule"]
-        out += [" & ".join(esc(c) for c in row) + " \\\\" for row in self.cells()]
-        out += ["\\bottomrule", "\\end{tabular}"]
+        """booktabs LaTeX through pandas (Styler.to_latex): the groups as multicolumn headers, the notes below."""
+        import pandas as pd
+        cols = pd.MultiIndex.from_tuples([("", "Run")] + [(g, m) for g, ms in self.groups for m, _, _ in ms])
+        df = pd.DataFrame(self.cells(), columns=cols)
+        if not any(m for _, ms in self.groups for m, _, _ in ms):  # one header row: the group labels
+            df.columns = ["Run"] + [g for g, _ in self.groups]
+        sty = df.style.hide(axis="index").format(escape="latex").format_index(escape="latex", axis=1)
+        tex = sty.to_latex(hrules=True, multicol_align="c", caption=_latex_escape(self.title), position="t",
+                           position_float="centering", column_format="l" + "r" * (len(df.columns) - 1))
         if self.notes:
-            out += ["\\par\\smallskip\\footnotesize", " \\\\\n".join(esc(n) for n in self.notes)]
-        out += ["\\end{table}"]
-        return "\n".join(out) + "\n"
+            tex = tex.replace("\\end{table}", "\\par\\smallskip\\footnotesize\n"
+                              + " \\\\\n".join(_latex_escape(n) for n in self.notes) + "\n\\end{table}")
+        return _latex_math(tex)
+
+
+def _latex_escape(s: str) -> str:
+    from pandas.io.formats.style_render import _escape_latex
+    return _escape_latex(s)
+
+
+def _latex_math(tex: str) -> str:
+    """The few non-ASCII symbols of the tables as math (pdflatex has no glyphs for them)."""
+    for a, b in (("Δ", "$\\Delta$"), ("≥", "$\\geq$"), ("κ", "$\\kappa$"), ("α", "$\\alpha$"),
+                 ("β", "$\\beta$"), ("γ", "$\\gamma$")):
+        tex = tex.replace(a, b)
+    return tex
 
 
 def _avg(vals: list) -> float:
@@ -384,7 +387,7 @@ def build_tables(names, benches, summ, raks, aes_vals, args, ref, base, aes_base
     missing = [(r, b) for r in names for b in benches if b not in summ[r]]
     miss_note = ([f"empty: no results for {', '.join(f'{r}/{b}' for r, b in missing)}; averages that would "
                   f"include them are left empty"] if missing else [])
-    label = lambda b: LABELS.get(b, b)
+    label = lambda b: LABELS.get(b, b)  # noqa: E731
 
     def metrics_of(r):
         v = {}

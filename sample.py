@@ -36,7 +36,8 @@ log = logging.getLogger("sample")
 
 @dataclass
 class Args:
-    model: Optional[str] = field(default=None, metadata={"help": "model path or hub name (required unless --merge_shards)"})
+    model: Optional[str] = field(default=None, metadata={"help": "model path or hub name (required unless "
+                                                                 "--merge_shards)"})
     data: Optional[str] = field(default=None, metadata={"help": "registry name (prm12k, gsm8k_train, math500, ...), "
                                                             "a .jsonl/.json/.parquet/.csv file, or a HF dataset"})
     output: Optional[str] = field(default=None, metadata={"help": "output JSONL (required)"})
@@ -50,8 +51,10 @@ class Args:
     limit: Optional[int] = field(default=None, metadata={"help": "first K questions only (before sharding)"})
     n: int = field(default=1, metadata={"help": "samples per question"})
     temperature: float = field(default=0.6, metadata={"help": "UPFT's sampler"})
-    top_p: Optional[float] = field(default=None, metadata={"help": "default: the model's generation_config.json, else 1.0"})
-    top_k: Optional[int] = field(default=None, metadata={"help": "default: the model's generation_config.json, else off"})
+    top_p: Optional[float] = field(default=None, metadata={"help": "default: the model's generation config (local "
+                                                                   "or hub), else 1.0"})
+    top_k: Optional[int] = field(default=None, metadata={"help": "default: the model's generation config (local or "
+                                                                 "hub), else off"})
     max_tokens: int = field(default=16384, metadata={"help": "generated tokens per sample"})
     system_prompt: str = field(default="eval", metadata={"help": common.SYSTEM_PROMPT_HELP})
     no_system_prompt: bool = field(default=False, metadata={"help": "no system message (R1-distill teachers)"})

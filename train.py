@@ -10,7 +10,8 @@
     # 32B on few GPUs: offload optimizer states and parameters to CPU RAM
     deepspeed --num_gpus 8 train.py ... --deepspeed configs/ds_z3_offload.json
     # CPU (tests, laptops): fp32, gloo
-    DS_ACCELERATOR=cpu deepspeed --num_gpus 2 train.py --model models/smollm2-135m-instruct --data d.jsonl --output_dir o
+    DS_ACCELERATOR=cpu deepspeed --num_gpus 2 train.py --model models/smollm2-135m-instruct --data d.jsonl \\
+        --output_dir o
     python train.py ...            # one process, no launcher (torchrun works too)
     ... --resume                   # after a kill: continue from the last DeepSpeed checkpoint, same data order
 
@@ -32,7 +33,6 @@ import math
 import os
 import shutil
 import socket
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -585,7 +585,7 @@ def main():
         return epoch, [int(i) for i in epoch_order(n, args.seed, epoch)[s * gbs:(s + 1) * gbs]]
 
     decay, no_decay, seen = [], [], set()
-    for mname, mod in model.named_modules():
+    for _, mod in model.named_modules():
         for pname, p in mod.named_parameters(recurse=False):
             if id(p) in seen:  # tied embeddings
                 continue
@@ -662,7 +662,8 @@ def main():
         dt = time.perf_counter() - t0
         gn = engine.get_global_grad_norm()
         flops = 6 * n_params * tokens + 6 * n_layers * hidden * attn_sq  # causal attention: half of 12*L*h*T^2
-        rec = {"step": step + 1, "epoch": round(epoch + ((step % steps_per_epoch) * gbs + len(batch)) / n, 4), "loss": step_loss,
+        rec = {"step": step + 1, "epoch": round(epoch + ((step % steps_per_epoch) * gbs + len(batch)) / n, 4),
+               "loss": step_loss,
                "lr": engine.get_lr()[0], "grad_norm": None if gn is None else float(gn), "examples": len(batch),
                "micro_batches": len(micro), "tokens": int(tokens), "tokens_per_s": tokens / dt,
                "mfu": flops / dt / (peak * (world if on_gpu else 1)), "time_s": dt}  # CPU: one machine's peak
@@ -687,7 +688,8 @@ def main():
         meta.update(finished=True, steps=total, last_checkpoint_step=last_saved)
         common.write_json(meta_path, meta)
         tracker.close()
-        log(f"done: {total} steps; model in {out}, log in {log_path}, curve in {plot_loss(log_path, out / 'train_loss.png')}")
+        png = plot_loss(log_path, out / "train_loss.png")
+        log(f"done: {total} steps; model in {out}, log in {log_path}, curve in {png}")
         if args.push_to_hub:
             common.push_to_hub(args.push_to_hub, out, model_card(meta, args.push_to_hub), repo_type="model",
                                ignore=["checkpoints/**", "epoch_*/**", "tensorboard/**", "wandb/**"])

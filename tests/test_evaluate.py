@@ -79,7 +79,8 @@ def test_compute_metrics_hand_made():
     assert m["by_level"]["5"] == {"acc": None, "long_cot_ratio": None, "num_questions": 0}
     assert "by_level" not in evaluate.compute_metrics([_rec([True])])
     table = evaluate.markdown_table({"math500": m})
-    assert table.splitlines()[0].startswith("| benchmark | acc |") and "| math500 | 33.33 |" in table
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in table.splitlines()]
+    assert cells[0][:2] == ["benchmark", "acc"] and cells[2][:2] == ["math500", "33.33"]
 
 
 def test_mc_no_answer_is_a_missing_letter():

@@ -1,5 +1,4 @@
 """Training you can watch and share: train_loss.png, TensorBoard events, --push_to_hub against a local hub mock."""
-import json
 
 import pytest
 
