@@ -747,11 +747,22 @@ def grade_many(items: list[tuple[str, Optional[str], str]], workers: int = 0, ti
 # ----------------------------------------------------------------------------------------------------------------
 # vLLM
 def generation_defaults(model: str) -> dict:
-    """temperature/top_p/top_k from the model's generation_config.json, when it has them."""
+    """temperature/top_p/top_k from the model's generation_config.json, when it has them: a local directory or a
+    hub name alike (transformers' GenerationConfig.from_pretrained, as vLLM's LLM.get_default_sampling_params
+    reads it; the hub's copy is cached). {} when the model has none, or the hub cannot be reached."""
     p = Path(model) / "generation_config.json"
-    if not p.exists():
+    if p.exists():
+        cfg = json.loads(p.read_text())
+    elif Path(model).exists():
         return {}
-    cfg = json.loads(p.read_text())
+    else:
+        try:
+            from transformers import GenerationConfig
+            cfg = GenerationConfig.from_pretrained(model).to_diff_dict()
+        except Exception as e:  # no generation_config.json, or offline without a cached copy
+            print(f"{model}: no generation config read ({str(e).splitlines()[0][:200] if str(e) else e!r})",
+                  file=sys.stderr)
+            return {}
     return {k: cfg[k] for k in ("temperature", "top_p", "top_k") if k in cfg}
 
 

@@ -118,11 +118,17 @@ def check_args(a: Args) -> None:
 
 
 def sampling_settings(a: Args) -> dict:
-    """What the sampler does: explicit flags, else the model's generation_config.json (top_p/top_k)."""
+    """What the sampler does: explicit flags, else the model's generation config (top_p/top_k; a local directory
+    and a hub name give the same), else top-p 1 and no top-k. Printed, with where each value came from."""
     gen = common.generation_defaults(a.model)
-    return {"n": a.n, "temperature": a.temperature, "max_tokens": a.max_tokens,
-            "top_p": a.top_p if a.top_p is not None else float(gen.get("top_p", 1.0)),
-            "top_k": a.top_k if a.top_k is not None else int(gen.get("top_k") or 0)}
+    s = {"n": a.n, "temperature": a.temperature, "max_tokens": a.max_tokens,
+         "top_p": a.top_p if a.top_p is not None else float(gen.get("top_p", 1.0)),
+         "top_k": a.top_k if a.top_k is not None else int(gen.get("top_k") or 0)}
+    src = {k: "flag" if getattr(a, k) is not None else "model's generation config" if k in gen else "default"
+           for k in ("top_p", "top_k")}
+    print(f"sampling: n={s['n']} temperature={s['temperature']} max_tokens={s['max_tokens']} "
+          f"top_p={s['top_p']} ({src['top_p']}) top_k={s['top_k'] or 'off'} ({src['top_k']})", flush=True)
+    return s
 
 
 def settings_of(a: Args, system_prompt: Optional[str]) -> dict:
