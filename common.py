@@ -493,6 +493,12 @@ def read_records(source: str, split: str = "train") -> list[tuple[str, dict]]:
     return recs
 
 
+# Field names tried, in order, when a file or HF dataset does not say (--question_field / --answer_field): the same
+# in every stage (sample.py, evaluate.py --data, prepare.py).
+QUESTION_FIELDS = ("question", "problem", "prompt", "instruction")
+ANSWER_FIELDS = ("answer", "gold", "final_answer")
+
+
 def _pick(rec: dict, given: Optional[str], candidates: tuple[str, ...]) -> Optional[str]:
     if given:
         return given
@@ -535,14 +541,14 @@ def load_questions(source: str, *, question_field: Optional[str] = None, answer_
     else:
         wheres = []
         for where, rec in read_records(source, split):
-            qf = _pick(rec, question_field, ("question", "problem", "prompt"))
+            qf = _pick(rec, question_field, QUESTION_FIELDS)
             if qf is None:
-                raise DataError(f"{where}: no question field (tried question, problem, prompt; "
+                raise DataError(f"{where}: no question field (tried {', '.join(QUESTION_FIELDS)}; "
                                 f"set --question_field)")
             q = require(rec, qf, where)
             if not q.strip():
                 raise DataError(f"{where}: field '{qf}' is empty")
-            af = _pick(rec, answer_field, ("answer", "gold", "final_answer"))
+            af = _pick(rec, answer_field, ANSWER_FIELDS)
             gold = rec.get(af) if af else None
             idf = _pick(rec, id_field, ("id",))
             if id_field and id_field not in rec:

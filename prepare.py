@@ -39,9 +39,9 @@ import common
 MODES = ("sft", "qfft", "mix", "upft", "rft", "noise")
 FORMATS = ("auto", "sample", "generic", "limo", "s1k")
 HF_ADAPTERS = {"gair/limo": "limo", "simplescaling/s1k-1.1": "s1k"}
-QUESTION_FIELDS = ("question", "problem", "prompt", "instruction")
+QUESTION_FIELDS = common.QUESTION_FIELDS
 RESPONSE_FIELDS = ("response", "solution", "completion", "output", "generation")
-ANSWER_FIELDS = ("answer", "gold", "final_answer")
+ANSWER_FIELDS = common.ANSWER_FIELDS
 # Settings that do not change the output (excluded from the up-to-date check).
 NOT_SETTINGS = ("output", "overwrite", "grade_workers", "batch_size", "push_to_hub")
 
@@ -160,7 +160,8 @@ def parse_record(fmt: str, rec: dict, where: str, args: Args) -> dict:
         fin = rec.get("finish_reasons") or [None] * len(resps)
         if not isinstance(fin, list) or len(fin) != len(resps):
             raise common.DataError(f"{where}: field 'finish_reasons' must be a list as long as 'responses'")
-        return {"id": str(rid), "question": q, "answer": _gold(rec.get("answer")),
+        gold = rec["gold"] if "gold" in rec else rec.get("answer")  # "answer": sample.py before it kept "gold"
+        return {"id": str(rid), "question": q, "answer": _gold(gold),
                 "answer_type": rec.get("answer_type") or "math", "responses": resps, "finish": fin}
     if fmt == "limo":
         q = common.require(rec, "question", where)

@@ -3,7 +3,7 @@
 One batched vLLM call per chunk of questions (SamplingParams(n=...) for several samples), each finished chunk
 appended to the output at once: a run killed at any moment keeps its finished chunks, and re-running the same
 command resumes where it stopped. Output: one JSON line per question
-  {"id", "question", "answer" (gold or null), "responses": [n], "num_tokens": [n], "finish_reasons": [n]}
+  {"id", "question", "gold" (or null), "answer_type", "responses": [n], "num_tokens": [n], "finish_reasons": [n]}
 plus OUT.jsonl.meta.json (arguments, settings, model, vLLM version, git commit, prompts/s, tokens/s).
 
     # UPFT: one self-generated solution per training question, from the model being tuned
@@ -42,7 +42,8 @@ class Args:
                                                             "a .jsonl/.json/.parquet/.csv file, or a HF dataset"})
     output: Optional[str] = field(default=None, metadata={"help": "output JSONL (required)"})
     question_field: Optional[str] = field(default=None, metadata={"help": "question field of a file/HF dataset "
-                                                                      "(default: question, problem or prompt)"})
+                                                                      "(default: question, problem, prompt or "
+                                                                      "instruction)"})
     answer_field: Optional[str] = field(default=None, metadata={"help": "gold answer field (default: answer, gold, "
                                                                     "final_answer; absent -> null)"})
     id_field: Optional[str] = field(default=None, metadata={"help": "id field (default: id; absent -> hash of the "
@@ -154,7 +155,7 @@ def encode_prompts(tokenizer, questions: list[dict], system_prompt: Optional[str
 
 def to_record(q: dict, out) -> dict:
     comps = out.outputs
-    return {"id": q["id"], "question": q["question"], "answer": q.get("gold"),
+    return {"id": q["id"], "question": q["question"], "gold": q.get("gold"), "answer_type": q.get("answer_type"),
             "responses": [c.text for c in comps],
             "num_tokens": [len(c.token_ids) for c in comps],
             "finish_reasons": [c.finish_reason for c in comps]}

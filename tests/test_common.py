@@ -144,3 +144,13 @@ def test_reflection_detector():
     assert c.first_reflection("ok. Wait, no", pat) == 4
     assert c.first_reflection("awaiting the bus", pat) is None
     assert c.first_reflection("x", c.reflect_pattern("hmm, alternatively")) is None
+
+
+def test_one_set_of_default_field_names_for_every_stage(tmp_path):
+    """sample.py/evaluate.py (c.load_questions) and prepare.py try the same question and answer fields."""
+    import prepare
+    p = tmp_path / "q.jsonl"
+    p.write_text('{"instruction": "What is 2+2?", "final_answer": "4"}\n')
+    (q,) = c.load_questions(str(p))
+    assert (q["question"], q["gold"], q["answer_type"]) == ("What is 2+2?", "4", "math")
+    assert prepare.QUESTION_FIELDS == c.QUESTION_FIELDS and prepare.ANSWER_FIELDS == c.ANSWER_FIELDS
