@@ -200,3 +200,21 @@ def test_end_to_end_tiny(tmp_path, tiny_model):
     assert len(common.read_jsonl(out / "math500.jsonl")) == 4
     assert set(json.loads((out / "metrics.json").read_text())) == {"gsm8k", "math500"}
     assert any(x for r in common.read_jsonl(out / "math500.jsonl") for x in r["long_cot"])
+
+
+def test_output_dir_loads_with_datasets_as_documented(tmp_path):
+    """docs/stages.md: datasets.load_dataset("json", data_files={benchmark: DIR/<benchmark>.jsonl}) reads an
+    evaluate.py output directory, one split per benchmark (nulls in preds and reflect_offsets included)."""
+    from datasets import load_dataset
+    m500 = [dict(_rec([True, False], level=lv, preds=["1", None]), id=f"m{lv}", question="q",
+                 reflect_offsets=[None, 3]) for lv in (1, 5)]
+    gsm = [dict(_rec([False]), id="g0", question="q", reflect_offsets=[None])]
+    common.write_jsonl(tmp_path / "math500.jsonl", m500)
+    common.write_jsonl(tmp_path / "gsm8k.jsonl", gsm)
+    common.write_json(tmp_path / "metrics.json", {"gsm8k": {"acc": 0.0}})
+    ds = load_dataset("json", data_files={"math500": str(tmp_path / "math500.jsonl"),
+                                          "gsm8k": str(tmp_path / "gsm8k.jsonl")},
+                      cache_dir=str(tmp_path / "cache"))
+    assert list(ds["math500"]["level"]) == [1, 5]
+    assert list(ds["math500"]["preds"]) == [["1", None], ["1", None]]
+    assert list(ds["gsm8k"]["correct"]) == [[False]] and list(ds["gsm8k"]["level"]) == [None]
