@@ -49,6 +49,12 @@ def run_main(main: Callable[[], Any]) -> None:
         sys.exit(130)
 
 
+def comma_list(value) -> list[str]:
+    """A list flag's items: `--x a b`, `--x a,b` and `--x "a, b"` all give ['a', 'b'] (a plain string too)."""
+    parts = [value] if isinstance(value, str) else list(value or [])
+    return [x.strip() for p in parts for x in str(p).split(",") if x.strip()]
+
+
 def parse_args(args_class, doc: Optional[str] = None, argv: Optional[list[str]] = None):
     """Parse the command line into a stage's Args dataclass. `--help` prints the stage's docstring (its commands),
     then every flag with its help, default and allowed values (Literal fields: a bad value is refused, the choices

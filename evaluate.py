@@ -44,9 +44,9 @@ PROTOCOLS = {
 class Args:
     model: Optional[str] = field(default=None, metadata={"help": "model path or hub name (not needed with "
                                                                  "--grade_only)"})
-    benchmarks: str = field(default="gsm8k,math500", metadata={"help": "comma-separated: gsm8k, math500, aime24, "
-                                                                       "aime25, amc23, minerva, minerva_short, "
-                                                                       "mmlu_pro, gpqa"})
+    benchmarks: list[str] = field(default_factory=lambda: ["gsm8k", "math500"],
+                                  metadata={"help": "space- or comma-separated: gsm8k, math500, aime24, aime25, "
+                                                    "amc23, minerva, minerva_short, mmlu_pro, gpqa"})
     output_dir: Optional[str] = field(default=None, metadata={"help": "DIR: <benchmark>.jsonl, metrics.json, "
                                                                       "meta.json"})
     protocol: Literal["qfft", "upft"] = field(
@@ -193,8 +193,8 @@ def update_metrics(out_dir: Path, bench: str, records: list[dict]) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-def parse_benchmarks(spec: str) -> list[str]:
-    names = [b.strip() for b in spec.split(",") if b.strip()]
+def parse_benchmarks(spec) -> list[str]:
+    names = common.comma_list(spec)
     if not names:
         raise DataError(f"--benchmarks: give at least one of {', '.join(common.BENCHMARKS)}")
     bad = [b for b in names if b not in common.BENCHMARKS]

@@ -56,9 +56,13 @@ class Args:
                                         "fine-tuned from (default: the first run)")
     baseline: Optional[str] = _f(None, "run the Δ rows and AES compare against, e.g. the long-CoT SFT model "
                                        "(default: no Δ rows; AES against --reference)")
-    benchmarks: Optional[str] = _f(None, "comma-separated benchmarks (default: every one present in a run)")
-    out: str = _f("results", "output directory for the CSV / LaTeX / Markdown tables and the figures")
-    format: str = _f("md,csv,tex", "table files to write (the Markdown tables are always printed)")
+    benchmarks: Optional[list[str]] = _f(None, "benchmarks, space- or comma-separated (default: every one present "
+                                               "in a run)")
+    out: str = field(default="results", metadata={"help": "output directory for the CSV / LaTeX / Markdown tables "
+                                                          "and the figures", "aliases": ["--output_dir"]})
+    format: list[str] = field(default_factory=lambda: ["md", "csv", "tex"],
+                              metadata={"help": "table files to write: md, csv, tex (the Markdown tables are always "
+                                                "printed)"})
     plots: bool = _f(False, "also draw long_cot_by_level.png and acc_vs_tokens.png (needs matplotlib)")
     solvable: Literal["index", "mean"] = _f("index", "'index': a question is solvable at sample i when the "
                                                      "reference's i-th sample is correct (QFFT); 'mean': when the "
@@ -68,8 +72,9 @@ class Args:
     gamma: float = _f(1.0, "AES weight of an accuracy loss")
     train_stats: list[str] = _f([], "NAME=STATS.json ...: prepare.py's OUT.jsonl.stats.json of a run, for the "
                                     "trained-token columns of the UPFT table")
-    show: str = _f("qfft,aes,upft,long_cot", "tables to print (all four are always written): qfft (QFFT Table 2), "
-                                         "aes (QFFT Table 3), upft (UPFT Table 1), long_cot")
+    show: list[str] = field(default_factory=lambda: ["qfft", "aes", "upft", "long_cot"],
+                            metadata={"help": "tables to print (all four are always written): qfft (QFFT Table 2), "
+                                              "aes (QFFT Table 3), upft (UPFT Table 1), long_cot"})
     overwrite: bool = _f(False, "replace an --out made from other runs or settings")
 
 
@@ -551,7 +556,7 @@ def main(argv=None):
     args = common.parse_args(Args, __doc__, argv)
     if not args.runs:
         raise common.DataError("--runs: give at least one NAME=DIR")
-    formats = [f.strip() for f in args.format.split(",") if f.strip()]
+    formats = common.comma_list(args.format)
     bad = [f for f in formats if f not in FORMATS]
     if bad:
         raise common.DataError(f"--format: unknown {', '.join(bad)} (choose from {', '.join(FORMATS)})")
@@ -574,7 +579,7 @@ def main(argv=None):
     files = {r: list_benchmarks(r, d) for r, d in run_dirs.items()}
     present = order_benchmarks(b for fs in files.values() for b in fs)
     if args.benchmarks:
-        benches = [b.strip() for b in args.benchmarks.split(",") if b.strip()]
+        benches = common.comma_list(args.benchmarks)
         absent = [b for b in benches if b not in present]
         if absent:
             raise common.DataError(f"--benchmarks: no run has {', '.join(absent)} (present: {', '.join(present)})")
@@ -608,7 +613,7 @@ def main(argv=None):
 
     tables = build_tables(names, benches, summ, raks, aes_vals, args, ref, base, aes_base, train, degenerate)
     md = "\n".join(t.markdown() for t in tables)
-    show = {x.strip() for x in args.show.split(",") if x.strip()}
+    show = set(common.comma_list(args.show))
     unknown = show - {"qfft", "aes", "upft", "long_cot"}
     if unknown:
         raise common.DataError(f"--show: unknown table(s) {', '.join(sorted(unknown))} (qfft, aes, upft, long_cot)")

@@ -60,3 +60,15 @@ def test_hf_trl_aliases():
                                              "2e-6", "--num_train_epochs", "3", "--max_length", "4096",
                                              "--lr_scheduler_type", "linear"])
     assert (a.lr, a.epochs, a.max_len, a.lr_scheduler) == (2e-6, 3, 4096, "linear")
+
+
+def test_lists_take_spaces_or_commas_and_output_dirs_share_a_name():
+    import evaluate
+    import rak
+    for argv in (["--benchmarks", "gsm8k", "math500"], ["--benchmarks", "gsm8k,math500"]):
+        a = common.parse_args(evaluate.Args, None, argv)
+        assert evaluate.parse_benchmarks(a.benchmarks) == ["gsm8k", "math500"]
+    assert evaluate.parse_benchmarks(evaluate.Args().benchmarks) == ["gsm8k", "math500"]
+    r = common.parse_args(rak.Args, None, ["--runs", "a", "--format", "md", "csv", "--output_dir", "res"])
+    assert common.comma_list(r.format) == ["md", "csv"] and r.out == "res"
+    assert common.comma_list(rak.Args().show) == ["qfft", "aes", "upft", "long_cot"]
