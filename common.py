@@ -572,6 +572,16 @@ def load_questions(source: str, *, question_field: Optional[str] = None, answer_
     return out[:limit] if limit else out
 
 
+def eval_output_files(directory) -> dict[str, Path]:
+    """The per-benchmark files of an evaluate.py output directory, {benchmark: DIR/<benchmark>.jsonl}, registry
+    benchmarks first in registry order. The one reader of that layout (evaluate.py --grade_only, rak.py).
+    Benchmark names have no dots: hidden, temporary or partial files (.x.jsonl, x.partial.jsonl) are not results."""
+    files = {f.name[:-len(".jsonl")]: f for f in sorted(Path(directory).glob("*.jsonl"))
+             if "." not in f.name[:-len(".jsonl")]}
+    order = {b: i for i, b in enumerate(BENCHMARKS)}
+    return dict(sorted(files.items(), key=lambda kv: (order.get(kv[0], len(order)), kv[0])))
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Chat formatting: only through tokenizer.apply_chat_template.
 def resolve_system_prompt(value: Optional[str], no_system_prompt: bool = False) -> Optional[str]:

@@ -223,7 +223,7 @@ def grade_only(args: Args, out_dir: Path) -> None:
     meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
     words = args.reflect_words or meta.get("reflect_words") or common.DEFAULT_REFLECT_WORDS
     pattern = common.reflect_pattern(words)
-    files = [out_dir / f"{b}.jsonl" for b in common.BENCHMARKS if (out_dir / f"{b}.jsonl").exists()]
+    files = list(common.eval_output_files(out_dir).values())
     if not files:
         raise DataError(f"{out_dir}: no <benchmark>.jsonl files to grade ({', '.join(common.BENCHMARKS)})")
     print(f"re-grading {', '.join(f.stem for f in files)} in {out_dir} (reflect words: {words})")
@@ -240,7 +240,8 @@ def grade_only(args: Args, out_dir: Path) -> None:
             for key in ("num_tokens", "finish_reasons"):
                 if len(common.require(rec, key, where, (list,))) != len(resp):
                     raise DataError(f"{where}: field '{key}' must have one entry per response")
-            rec.setdefault("answer_type", common.REGISTRY[f.stem].answer_type)
+            rec.setdefault("answer_type", common.REGISTRY[f.stem].answer_type if f.stem in common.REGISTRY
+                           else "math")
             records.append(rec)
         grade_records(records, pattern, args.grade_workers, args.grade_timeout, f"grading {f.stem}")
         common.write_jsonl(f, records)

@@ -177,8 +177,7 @@ def list_benchmarks(name: str, d: str) -> dict[str, Path]:
     if not p.is_dir():
         raise common.DataError(f"run '{name}': {d} is not a directory (expected an evaluate.py output directory "
                                f"holding <benchmark>.jsonl files)")
-    # benchmark names have no dots: hidden/temporary/partial files (".x.jsonl", "x.partial.jsonl") are not results
-    files = {f.name[:-len(".jsonl")]: f for f in sorted(p.glob("*.jsonl")) if "." not in f.name[:-len(".jsonl")]}
+    files = common.eval_output_files(p)
     if not files:
         raise common.DataError(f"run '{name}': {d} has no <benchmark>.jsonl files (is it an evaluate.py output "
                                f"directory?)")

@@ -154,3 +154,13 @@ def test_one_set_of_default_field_names_for_every_stage(tmp_path):
     (q,) = c.load_questions(str(p))
     assert (q["question"], q["gold"], q["answer_type"]) == ("What is 2+2?", "4", "math")
     assert prepare.QUESTION_FIELDS == c.QUESTION_FIELDS and prepare.ANSWER_FIELDS == c.ANSWER_FIELDS
+
+
+def test_one_reader_of_an_evaluate_output_directory(tmp_path):
+    import rak
+    for name in ("math500", "gsm8k", "custom", ".math500.jsonl.tmp1", "aime24.partial"):
+        (tmp_path / f"{name}.jsonl").write_text("")
+    (tmp_path / "metrics.json").write_text("{}")
+    files = c.eval_output_files(tmp_path)
+    assert list(files) == ["gsm8k", "math500", "custom"]
+    assert rak.list_benchmarks("r", str(tmp_path)) == files
