@@ -23,7 +23,10 @@ to --micro_batch_tokens tokens; position ids restart per example and attention n
 computed against the global batch, so it does not depend on the number of ranks or micro-batches.
 
 Output: DIR/ (HF checkpoint: safetensors, config, tokenizer, chat template, generation_config), DIR/epoch_{k}/
-with --save_every_epoch, DIR/train_log.jsonl (one line per step), DIR/meta.json, DIR/checkpoints/ (DeepSpeed).
+with --save_every_epoch, DIR/train_log.jsonl (one line per step), DIR/train_loss.png (loss and learning rate per
+step, drawn at the end, also of a resumed run), DIR/meta.json, DIR/checkpoints/ (DeepSpeed), DIR/tensorboard/ with
+--report_to tensorboard (`tensorboard --logdir DIR/tensorboard`). --push_to_hub USER/NAME uploads the checkpoint
+with a model card made from meta.json.
 """
 from __future__ import annotations
 
