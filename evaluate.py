@@ -13,7 +13,8 @@ accuracy, pass@k, maj@n, generated tokens and the long- vs short-CoT split (QFFT
     python evaluate.py --grade_only --output_dir eval/qfft
 
 Re-running the same command resumes: finished benchmarks are skipped (no engine start when nothing is left).
-Output: DIR/<benchmark>.jsonl (one line per question), DIR/metrics.json, DIR/meta.json; see the README.
+Output: DIR/<benchmark>.jsonl (one line per question), DIR/metrics.json, DIR/meta.json; schemas
+in docs/stages.md. `datasets.load_dataset("json", data_files={"math500": "DIR/math500.jsonl"})` reads a benchmark file.
 """
 from __future__ import annotations
 
