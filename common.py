@@ -111,23 +111,12 @@ def require(rec: dict, field: str, where: str, types=(str,), allow_none: bool = 
     return val
 
 
-def atomic_write(path, write: Callable) -> None:
+def atomic_write(path, write: Callable, binary: bool = False) -> None:
+    """write(f) into a temporary file beside path, then rename it into place; binary=True: f is a binary file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with _open(tmp, "wt") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def atomic_write_bytes(path, write: Callable) -> None:
-    """atomic_write for binary content (images): write(f) gets a binary file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
+    with (open(tmp, "wb") if binary else _open(tmp, "wt")) as f:
         write(f)
         f.flush()
         os.fsync(f.fileno())

@@ -474,7 +474,7 @@ def plot_loss(log_path: Path, png: Path) -> Optional[Path]:
     b.set_ylabel("learning rate")
     b.set_xlabel("step")
     fig.tight_layout()
-    common.atomic_write_bytes(png, lambda f: fig.savefig(f, format="png"))
+    common.atomic_write(png, lambda f: fig.savefig(f, format="png"), binary=True)
     plt.close(fig)
     return png
 
