@@ -462,7 +462,11 @@ def plot_loss(log_path: Path, png: Path) -> Optional[Path]:
     recs = common.read_jsonl(log_path) if log_path.exists() else []
     if not recs:
         return None
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        print(f"no {png.name}: matplotlib is not installed (pip install matplotlib)", flush=True)
+        return None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     steps = [r["step"] for r in recs]
