@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 TINY := models/smollm2-135m-instruct
 
-.PHONY: venv tiny demo test test-fast bench clean-demo
+.PHONY: venv tiny demo test test-fast lint bench clean-demo
 
 # The CPU environment, created once (stamp file), from requirements-cpu.txt.
 $(BIN)/.installed: requirements-cpu.txt
@@ -32,3 +32,18 @@ test: tiny
 
 test-fast: tiny
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest -q -m "not slow" tests
+
+# ruff (pinned in requirements-cpu.txt, rules in ruff.toml); CI runs it before the tests.
+lint: $(BIN)/.installed
+	$(BIN)/ruff check .
+
+# The speed benchmarks (they print their numbers; see bench/README.md). On a CPU machine: DS_ACCELERATOR=cpu make bench
+bench: tiny
+	$(BIN)/python -m pip install -q -r requirements-bench.txt
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python bench/grading.py
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python bench/sample_overhead.py
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python bench/train_throughput.py
+
+# Remove the demo's outputs (a fresh `make demo` then starts from nothing).
+clean-demo:
+	rm -rf $${DEMO:-runs/demo}

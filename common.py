@@ -41,18 +41,6 @@ class DataError(Exception):
     """A user-facing error: printed as one line `error: ...`, exit code 2, no traceback."""
 
 
-def parse_args(cls, argv: Optional[list[str]] = None):
-    """The stage's one @dataclass of arguments from the command line (HfArgumentParser: `--flag value`,
-    `--flag`/`--no_flag`). An unknown flag is refused the argparse way: usage, 'unrecognized arguments', exit 2."""
-    from transformers import HfArgumentParser
-    parser = HfArgumentParser(cls)
-    *parsed, rest = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True,
-                                                       look_for_args_file=False)
-    if rest:
-        parser.error(f"unrecognized arguments: {' '.join(rest)}")  # prints usage, exits 2
-    return parsed[0]
-
-
 def run_main(main: Callable[[], Any]) -> None:
     """Run a stage's main(); turn DataError into a one-line message and exit code 2. Input and output errors that
     slipped past the stage's own checks (an unreadable or unwritable path, undecodable bytes) get one line too."""
@@ -71,6 +59,31 @@ def run_main(main: Callable[[], Any]) -> None:
     except UnicodeError as e:
         print(f"error: input is not UTF-8 text ({e})", file=sys.stderr)
         sys.exit(2)
+
+
+def comma_list(value) -> list[str]:
+    """A list flag's items: `--x a b`, `--x a,b` and `--x "a, b"` all give ['a', 'b'] (a plain string too)."""
+    parts = [value] if isinstance(value, str) else list(value or [])
+    return [x.strip() for p in parts for x in str(p).split(",") if x.strip()]
+
+
+def parse_args(args_class, doc: Optional[str] = None, argv: Optional[list[str]] = None):
+    """Parse the command line into a stage's Args dataclass. `--help` prints the stage's docstring (its commands),
+    then every flag with its help, default and allowed values (Literal fields: a bad value is refused, the choices
+    listed). Field metadata "aliases" adds HF/TRL-style names (`--learning_rate` for `--lr`). An unknown flag
+    prints the usage and 'unrecognized arguments', exit 2."""
+    import argparse
+    from transformers import HfArgumentParser
+
+    class Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+        pass
+
+    parser = HfArgumentParser(args_class, description=doc, formatter_class=Formatter)
+    *parsed, rest = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True,
+                                                       look_for_args_file=False)
+    if rest:  # an unknown flag is refused the argparse way: usage, 'unrecognized arguments', exit 2
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    return parsed[0]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -134,11 +147,12 @@ def require(rec: dict, field: str, where: str, types=(str,), allow_none: bool = 
     return val
 
 
-def atomic_write(path, write: Callable) -> None:
+def atomic_write(path, write: Callable, binary: bool = False) -> None:
+    """write(f) into a temporary file beside path, then rename it into place; binary=True: f is a binary file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with _open(tmp, "wt") as f:
+    with (open(tmp, "wb") if binary else _open(tmp, "wt")) as f:
         write(f)
         f.flush()
         os.fsync(f.fileno())
@@ -217,6 +231,18 @@ def check_writable(path, flag: str = "--output", folder: bool = False) -> None:
         os.unlink(tmp)
     except OSError as e:
         raise DataError(f"{flag} {path}: cannot write in {probe} ({e.strerror or e})") from None
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    """The one Markdown table renderer (evaluate.py's metrics, rak.py's tables): cells as given, the first column
+    left-aligned, the others right-aligned, padded to line up in a terminal."""
+    cols = list(zip(header, *rows))
+    widths = [max(len(str(x)) for x in col) for col in cols]
+
+    def line(xs):
+        return "| " + " | ".join(str(x).ljust(w) if i == 0 else str(x).rjust(w)
+                                 for i, (x, w) in enumerate(zip(xs, widths))) + " |"
+    rule = "|" + "|".join(("-" * (w + 1) + ":") if i else ("-" * (w + 2)) for i, w in enumerate(widths)) + "|"
+    return "\n".join([line(header), rule] + [line(r) for r in rows])
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -378,6 +404,87 @@ def describe_change(old, new) -> str:
     detail = (f"size {old.get('size')} -> {new.get('size')} bytes" if old.get("size") != new.get("size")
               else "same size, other content" if "sha256" in new else "same size, other content or mtime")
     return f"the data file {path} changed since this output was made ({detail})"
+
+# The Hugging Face hub: --push_to_hub on train.py (a model), prepare.py and sample.py (a dataset).
+PAPERS_BIBTEX = """```bibtex
+@misc{liu2025qfft,
+  title={QFFT, Question-Free Fine-Tuning for Adaptive Reasoning},
+  author={Wanlong Liu and Junxiao Xu and Fei Yu and Yukang Lin and Ke Ji and Wenyu Chen and Yan Xu and Yasheng Wang
+          and Lifeng Shang and Benyou Wang},
+  year={2025}, eprint={2506.12860}, archivePrefix={arXiv}, primaryClass={cs.CL}
+}
+@article{ji2025first,
+  title={The First Few Tokens Are All You Need: An Efficient and Effective Unsupervised Prefix Fine-Tuning Method
+         for Reasoning Models},
+  author={Ji, Ke and Xu, Jiahao and Liang, Tian and Liu, Qiuzhi and He, Zhiwei and Chen, Xingyu and Liu, Xiaoyuan and
+          Wang, Zhijie and Chen, Junying and Wang, Benyou and others},
+  journal={arXiv preprint arXiv:2503.02875}, year={2025}
+}
+```
+"""
+
+
+def check_push(repo: str) -> None:
+    """Fail before the work starts when --push_to_hub could not succeed: a bad name, offline mode, no token, or
+    an unreachable hub (HF_ENDPOINT). Never a silent no-op."""
+    if not re.fullmatch(r"[\w.-]+/[\w.-]+", repo or ""):
+        raise DataError(f"--push_to_hub {repo!r}: expected a repository name USER/NAME")
+    import huggingface_hub
+    from huggingface_hub import constants
+    if constants.HF_HUB_OFFLINE:
+        raise DataError("--push_to_hub: HF_HUB_OFFLINE is set, the hub cannot be reached; unset it or drop the flag")
+    if not huggingface_hub.get_token():
+        raise DataError("--push_to_hub: no Hugging Face token (set HF_TOKEN or run `hf auth login`)")
+    import urllib.request
+    try:
+        urllib.request.urlopen(constants.ENDPOINT, timeout=10).close()
+    except OSError as e:
+        code = getattr(e, "code", None)
+        if code is None:  # an HTTP error status still means the hub answered
+            raise DataError(f"--push_to_hub: cannot reach {constants.ENDPOINT} ({e}); offline?") from None
+
+
+def push_to_hub(repo: str, source, card: str, repo_type: str = "model", ignore: Optional[list[str]] = None) -> str:
+    """Create `repo` (if needed) and upload `source` with `card` as its README.md: a directory (a checkpoint; the
+    card is written into it), or a list of files (an output and its sidecars, uploaded side by side). Returns the
+    repository URL; any hub error is a DataError."""
+    import shutil
+    import tempfile
+    from huggingface_hub import HfApi
+    with tempfile.TemporaryDirectory() as tmp:
+        if isinstance(source, (list, tuple)):
+            folder = Path(tmp)
+            for f in source:
+                shutil.copy2(f, folder / Path(f).name)
+        else:
+            folder = Path(source)
+        (folder / "README.md").write_text(card, encoding="utf-8")
+        api = HfApi()  # HF_ENDPOINT and HF_TOKEN from the environment
+        try:
+            url = api.create_repo(repo, repo_type=repo_type, exist_ok=True)
+            api.upload_folder(repo_id=repo, repo_type=repo_type, folder_path=str(folder), ignore_patterns=ignore,
+                              commit_message="qfft-upft upload")
+        except Exception as e:
+            msg = str(e).splitlines()[0] if str(e) else ""
+            raise DataError(f"--push_to_hub {repo}: {type(e).__name__}: {msg}") from None
+    print(f"pushed to {url}")
+    return str(url)
+
+
+def push_output(repo: str, out, sidecars: list, what: str) -> str:
+    """--push_to_hub of a JSONL output (prepare.py, sample.py) as a dataset: the file, its sidecars and a card
+    made from OUT.meta.json. `datasets.load_dataset(REPO)` then reads the JSONL."""
+    sidecars = [Path(p) for p in sidecars if Path(p).exists()]
+    meta = next((json.loads(p.read_text()) for p in sidecars if p.name.endswith(".meta.json")), {})
+    return push_to_hub(repo, [Path(out), *sidecars], dataset_card(meta, repo, what), repo_type="dataset")
+
+
+def dataset_card(meta: dict, repo: str, what: str) -> str:
+    """README.md for a dataset pushed from prepare.py / sample.py: the command, the arguments, the papers."""
+    args = meta.get("args", {})
+    return (f"---\ntags: [qfft-upft]\n---\n\n# {repo}\n\n{what}, made with qfft-upft (git `{meta.get('git_commit')}`):"
+            f"\n\n```\n{meta.get('command')}\n```\n\n| argument | value |\n|---|---|\n"
+            + "".join(f"| {k} | {v} |\n" for k, v in args.items()) + "\n" + PAPERS_BIBTEX)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -563,6 +670,12 @@ def read_records(source: str, split: str = "train") -> list[tuple[str, dict]]:
     return recs
 
 
+# Field names tried, in order, when a file or HF dataset does not say (--question_field / --answer_field): the same
+# in every stage (sample.py, evaluate.py --data, prepare.py).
+QUESTION_FIELDS = ("question", "problem", "prompt", "instruction")
+ANSWER_FIELDS = ("answer", "gold", "final_answer")
+
+
 def _pick(rec: dict, given: Optional[str], candidates: tuple[str, ...]) -> Optional[str]:
     if given:
         return given
@@ -607,14 +720,14 @@ def load_questions(source: str, *, question_field: Optional[str] = None, answer_
     else:
         wheres = []
         for where, rec in read_records(source, split):
-            qf = _pick(rec, question_field, ("question", "problem", "prompt"))
+            qf = _pick(rec, question_field, QUESTION_FIELDS)
             if qf is None:
-                raise DataError(f"{where}: no question field (tried question, problem, prompt; "
+                raise DataError(f"{where}: no question field (tried {', '.join(QUESTION_FIELDS)}; "
                                 f"set --question_field)")
             q = require(rec, qf, where)
             if not q.strip():
                 raise DataError(f"{where}: field '{qf}' is empty")
-            af = _pick(rec, answer_field, ("answer", "gold", "final_answer"))
+            af = _pick(rec, answer_field, ANSWER_FIELDS)
             gold = rec.get(af) if af else None
             idf = _pick(rec, id_field, ("id",))
             if id_field and id_field not in rec:
@@ -630,6 +743,16 @@ def load_questions(source: str, *, question_field: Optional[str] = None, answer_
     if not out:
         raise DataError(f"{source}: no records")
     return out[:limit] if limit else out
+
+
+def eval_output_files(directory) -> dict[str, Path]:
+    """The per-benchmark files of an evaluate.py output directory, {benchmark: DIR/<benchmark>.jsonl}, registry
+    benchmarks first in registry order. The one reader of that layout (evaluate.py --grade_only, rak.py).
+    Benchmark names have no dots: hidden, temporary or partial files (.x.jsonl, x.partial.jsonl) are not results."""
+    files = {f.name[:-len(".jsonl")]: f for f in sorted(Path(directory).glob("*.jsonl"))
+             if "." not in f.name[:-len(".jsonl")]}
+    order = {b: i for i, b in enumerate(BENCHMARKS)}
+    return dict(sorted(files.items(), key=lambda kv: (order.get(kv[0], len(order)), kv[0])))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -1084,9 +1207,9 @@ def cpu_dtype(requested: str = "auto", flags: Optional[set] = None) -> tuple[str
 
 def cpu_thread_env() -> dict[str, str]:
     """vLLM-CPU thread settings this project applies unless the environment sets them: the one place to change
-    them. Measured with bench/cpu_speed.py on 2 cores, under load (docs/cpu.md): vLLM's own default, one core reserved for its
-    scheduler process (which busy-waits while the model runs) and OpenMP bound to the other core, was 3-4x
-    faster than giving OpenMP both cores (VLLM_CPU_NUM_OF_RESERVED_CPU=0) and 8-9x faster than unbound threads
+    them. Measured with bench/cpu_speed.py on 2 cores, under load (docs/cpu.md): vLLM's own default, one core
+    reserved for its scheduler process (which busy-waits while the model runs) and OpenMP bound to the other core,
+    was 3-4x faster than giving OpenMP both cores (VLLM_CPU_NUM_OF_RESERVED_CPU=0) and 8-9x faster than unbound threads
     (VLLM_CPU_OMP_THREADS_BIND=nobind): the OpenMP threads then fight the scheduler for a core. So nothing is
     overridden: vLLM's default is the fastest setting there."""
     return {}
@@ -1095,11 +1218,22 @@ def cpu_thread_env() -> dict[str, str]:
 # ----------------------------------------------------------------------------------------------------------------
 # vLLM
 def generation_defaults(model: str) -> dict:
-    """temperature/top_p/top_k from the model's generation_config.json, when it has them."""
+    """temperature/top_p/top_k from the model's generation_config.json, when it has them: a local directory or a
+    hub name alike (transformers' GenerationConfig.from_pretrained, as vLLM's LLM.get_default_sampling_params
+    reads it; the hub's copy is cached). {} when the model has none, or the hub cannot be reached."""
     p = Path(model) / "generation_config.json"
-    if not p.exists():
+    if p.exists():
+        cfg = read_json(p, "generation config")
+    elif Path(model).exists():
         return {}
-    cfg = read_json(p, "generation config")
+    else:
+        try:
+            from transformers import GenerationConfig
+            cfg = GenerationConfig.from_pretrained(model).to_diff_dict()
+        except Exception as e:  # no generation_config.json, or offline without a cached copy
+            print(f"{model}: no generation config read ({str(e).splitlines()[0][:200] if str(e) else e!r})",
+                  file=sys.stderr)
+            return {}
     return {k: cfg[k] for k in ("temperature", "top_p", "top_k") if k in cfg} if isinstance(cfg, dict) else {}
 
 

@@ -4,7 +4,8 @@ accuracy, pass@k, maj@n, generated tokens and the long- vs short-CoT split (QFFT
     # QFFT protocol (QFFT §4.1, App. A.3): 16 samples, temperature 0.6, top-p 1, 32768 new tokens
     python evaluate.py --model out/qfft --benchmarks gsm8k,math500,aime24,aime25,amc23 --output_dir runs/eval/qfft
     # UPFT protocol: greedy, one sample, 16384 new tokens
-    python evaluate.py --model out/upft --benchmarks gsm8k,math500,aime24,amc23 --protocol upft --output_dir runs/eval/upft
+    python evaluate.py --model out/upft --benchmarks gsm8k,math500,aime24,amc23 --protocol upft \
+        --output_dir runs/eval/upft
     # multi-GPU: one engine split over 4 GPUs
     python evaluate.py --model out/qfft-32b --benchmarks math500 --tensor_parallel_size 4 --output_dir runs/eval/q32
     # GPQA diamond is never committed: point --data (or $GPQA_PATH) at it
@@ -20,7 +21,8 @@ work: arguments, output folder, data, model and tokenizer are checked first; a f
 settings (or results without DIR/meta.json) is refused without --overwrite, and with it each old result is replaced
 only when its replacement is written. --output_dir defaults to runs/eval/<model folder name> (git-ignored: the
 outputs hold the questions in plain text, which for GPQA must never be committed).
-Output: DIR/<benchmark>.jsonl (one line per question), DIR/metrics.json, DIR/meta.json; see the README.
+Output: DIR/<benchmark>.jsonl (one line per question), DIR/metrics.json, DIR/meta.json; schemas
+in docs/stages.md. `datasets.load_dataset("json", data_files={"math500": "DIR/math500.jsonl"})` reads a benchmark file.
 """
 from __future__ import annotations
 
@@ -49,39 +51,50 @@ PROTOCOLS = {
 
 @dataclass
 class Args:
-    model: Optional[str] = None             # model path or hub name (not needed with --grade_only)
-    benchmarks: str = "gsm8k,math500"       # comma-separated: gsm8k, math500, aime24, aime25, amc23, minerva,
-    #                                         minerva_short, mmlu_pro, gpqa
-    output_dir: Optional[str] = None        # DIR: <benchmark>.jsonl, metrics.json, meta.json (None: runs/eval/<model
-    #                                         folder name>, git-ignored)
-    protocol: str = "qfft"                  # qfft (n 16, T 0.6, top-p 1, 32768 tokens) or upft (greedy, n 1, 16384);
-    #                                         the flags below override it
-    n: Optional[int] = None                 # samples per question (None: the protocol's)
-    temperature: Optional[float] = None     # None: the protocol's
-    top_p: Optional[float] = None           # None: the protocol's
-    max_tokens: Optional[int] = None        # new tokens per sample (None: the protocol's)
-    max_model_len: Optional[int] = None     # vLLM context length (None: the model's)
-    limit: Optional[int] = None             # the first K questions of each benchmark (smoke tests)
-    data: Optional[str] = None              # for ONE benchmark (or for gpqa among several): a file with its schema
-    #                                         (gpqa: the GPQA diamond file, else $GPQA_PATH)
-    system_prompt: Optional[str] = None     # a text, 'eval' or 'none' (None: the protocol's, 'eval' =
-    #                                         common.EVAL_SYSTEM_PROMPT)
-    no_system_prompt: bool = False          # no system message
+    model: Optional[str] = field(default=None, metadata={"help": "model path or hub name (not needed with "
+                                                                 "--grade_only)"})
+    benchmarks: list[str] = field(default_factory=lambda: ["gsm8k", "math500"],
+                                  metadata={"help": "space- or comma-separated: gsm8k, math500, aime24, aime25, "
+                                                    "amc23, minerva, minerva_short, mmlu_pro, gpqa"})
+    output_dir: Optional[str] = field(default=None, metadata={"help": "DIR: <benchmark>.jsonl, metrics.json, "
+                                                                      "meta.json (default: runs/eval/<model folder "
+                                                                      "name>, git-ignored)"})
+    protocol: Literal["qfft", "upft"] = field(
+        default="qfft", metadata={"help": "qfft (n 16, T 0.6, top-p 1, 32768 tokens) or upft (greedy, n 1, 16384); "
+                                          "the flags below override it"})
+    n: Optional[int] = field(default=None, metadata={"help": "samples per question (None: the protocol's)"})
+    temperature: Optional[float] = field(default=None, metadata={"help": "sampling temperature, 0 = greedy (None: the "
+                                                                         "protocol's)"})
+    top_p: Optional[float] = field(default=None, metadata={"help": "nucleus sampling (None: the protocol's)"})
+    max_tokens: Optional[int] = field(default=None, metadata={"help": "new tokens per sample (None: the protocol's)"})
+    max_model_len: Optional[int] = field(default=None, metadata={"help": "vLLM context length (None: the model's)"})
+    limit: Optional[int] = field(default=None, metadata={"help": "the first K questions of each benchmark (smoke "
+                                                                 "tests)"})
+    data: Optional[str] = field(default=None, metadata={"help": "for ONE benchmark (or for gpqa among several): a "
+                                                                "file with its schema (gpqa: the GPQA diamond file, "
+                                                                "else $GPQA_PATH)",
+                                                        "aliases": ["--benchmark_file"]})
+    system_prompt: Optional[str] = field(
+        default=None, metadata={"help": "a text, 'eval' or 'none' (None: the protocol's, 'eval' = "
+                                        "common.EVAL_SYSTEM_PROMPT)"})
+    no_system_prompt: bool = field(default=False, metadata={"help": "no system message"})
     chat_template: Optional[str] = field(default=None, metadata={"help": common.CHAT_TEMPLATE_HELP})
-    reflect_words: Optional[str] = None     # long-CoT keywords, comma-separated, whole word, any case (None: 'wait';
-    #                                         with --grade_only: the ones the run used)
-    tensor_parallel_size: int = 1           # GPUs per engine
+    reflect_words: Optional[str] = field(
+        default=None, metadata={"help": "long-CoT keywords, comma-separated, whole word, any case (None: 'wait'; "
+                                        "with --grade_only: the ones the run used)"})
+    tensor_parallel_size: int = field(default=1, metadata={"help": "GPUs per engine"})
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = field(
         default="auto", metadata={"help": "model dtype in vLLM. auto: the model's on GPU; on CPU float32 unless the "
                                           "CPU has native bf16 (common.cpu_dtype, printed)"})
     gpu_memory_utilization: float = field(default=0.9, metadata={"help": "share of GPU memory vLLM may use (GPU "
                                                                          "only; on CPU see VLLM_CPU_KV_GB)"})
-    seed: int = 42                          # engine seed (vLLM on CPU has no per-request seeds)
-    overwrite: bool = False                 # replace outputs made with another model/settings
-    grade_only: bool = False                # re-grade DIR/<benchmark>.jsonl without a model
-    grade_workers: int = 0                  # grader processes (0: one per CPU core)
-    grade_timeout: int = common.GRADE_TIMEOUT  # seconds per math-verify call
-    trust_remote_code: bool = False         # allow custom model code (untrusted input otherwise)
+    seed: int = field(default=42, metadata={"help": "engine seed (vLLM on CPU has no per-request seeds)"})
+    overwrite: bool = field(default=False, metadata={"help": "replace outputs made with another model/settings"})
+    grade_only: bool = field(default=False, metadata={"help": "re-grade DIR/<benchmark>.jsonl without a model"})
+    grade_workers: int = field(default=0, metadata={"help": "grader processes (0: one per CPU core)"})
+    grade_timeout: int = field(default=common.GRADE_TIMEOUT, metadata={"help": "seconds per math-verify call"})
+    trust_remote_code: bool = field(default=False, metadata={"help": "allow custom model code (untrusted input "
+                                                                     "otherwise)"})
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -163,15 +176,13 @@ def compute_metrics(records: list[dict]) -> dict:
 
 
 def markdown_table(metrics: dict[str, dict]) -> str:
-    """Benchmarks as rows; the scalar metrics as columns (pandas, rendered without the tabulate dependency)."""
+    """Benchmarks as rows; the scalar metrics as columns (common.markdown_table)."""
     import pandas as pd
     df = pd.DataFrame({b: {k: v for k, v in m.items() if not isinstance(v, dict)} for b, m in metrics.items()}).T
     df = df[[c for c in df.columns if c not in ("n", "num_questions")] + ["n", "num_questions"]]
     cells = [[str(b)] + ["" if pd.isna(v) else (f"{v:g}" if isinstance(v, float) else str(v)) for v in row]
              for b, row in zip(df.index, df.itertuples(index=False))]
-    head = ["benchmark"] + list(df.columns)
-    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
-    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in cells])
+    return common.markdown_table(["benchmark"] + list(df.columns), cells)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -214,8 +225,8 @@ def update_metrics(out_dir: Path, bench: str, records: list[dict]) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-def parse_benchmarks(spec: str) -> list[str]:
-    names = [b.strip() for b in spec.split(",") if b.strip()]
+def parse_benchmarks(spec) -> list[str]:
+    names = common.comma_list(spec)
     if not names:
         raise DataError(f"--benchmarks: give at least one of {', '.join(common.BENCHMARKS)}")
     bad = [b for b in names if b not in common.BENCHMARKS]
@@ -225,8 +236,6 @@ def parse_benchmarks(spec: str) -> list[str]:
 
 
 def resolve_protocol(args: Args) -> Args:
-    if args.protocol not in PROTOCOLS:
-        raise DataError(f"--protocol: unknown protocol '{args.protocol}'; known: {', '.join(PROTOCOLS)}")
     proto = PROTOCOLS[args.protocol]
     filled = {k: (getattr(args, k) if getattr(args, k) is not None else v) for k, v in proto.items()}
     args = dataclasses.replace(args, **filled)
@@ -250,7 +259,7 @@ def grade_only(args: Args, out_dir: Path) -> None:
         raise DataError(f"{meta_path}: metadata must be a JSON object")
     words = args.reflect_words or meta.get("reflect_words") or common.DEFAULT_REFLECT_WORDS
     pattern = common.reflect_pattern(words)
-    files = [out_dir / f"{b}.jsonl" for b in common.BENCHMARKS if (out_dir / f"{b}.jsonl").exists()]
+    files = list(common.eval_output_files(out_dir).values())
     if not files:
         raise DataError(f"{out_dir}: no <benchmark>.jsonl files to grade ({', '.join(common.BENCHMARKS)})")
     print(f"re-grading {', '.join(f.stem for f in files)} in {out_dir} (reflect words: {words})")
@@ -267,7 +276,8 @@ def grade_only(args: Args, out_dir: Path) -> None:
             for key in ("num_tokens", "finish_reasons"):
                 if len(common.require(rec, key, where, (list,))) != len(resp):
                     raise DataError(f"{where}: field '{key}' must have one entry per response")
-            rec.setdefault("answer_type", common.REGISTRY[f.stem].answer_type)
+            rec.setdefault("answer_type", common.REGISTRY[f.stem].answer_type if f.stem in common.REGISTRY
+                           else "math")
             records.append(rec)
         grade_records(records, pattern, args.grade_workers, args.grade_timeout, f"grading {f.stem}")
         common.write_jsonl(f, records)
@@ -469,7 +479,7 @@ def warn_if_tracked(out_dir: Path, benches: list[str]) -> None:
 
 
 def main():
-    args = common.parse_args(Args)
+    args = common.parse_args(Args, __doc__)
     check_args(args)
     if args.grade_only:
         if not args.output_dir:
@@ -503,7 +513,8 @@ def main():
                 "reflect_words": words, "model_fingerprint": common.model_fingerprint(args.model),
                 "data_fingerprint": common.data_fingerprint(args.data) if args.data else None,
                 **({"chat_template": common.set_chat_template(None, args.chat_template)} if args.chat_template else {})}
-    questions = {b: load_benchmark(b, args, benches) for b in benches}  # bad data fails here, before anything is touched
+    # bad data fails here, before anything is touched
+    questions = {b: load_benchmark(b, args, benches) for b in benches}
     fresh, finished = plan(args, out_dir, settings)
     pending, complete = {}, []
     for b in benches:

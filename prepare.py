@@ -37,14 +37,12 @@ from typing import Literal, Optional
 
 import common
 
-MODES = ("sft", "qfft", "mix", "upft", "rft", "noise")
-FORMATS = ("auto", "sample", "generic", "limo", "s1k")
 HF_ADAPTERS = {"gair/limo": "limo", "simplescaling/s1k-1.1": "s1k"}
-QUESTION_FIELDS = ("question", "problem", "prompt", "instruction")
+QUESTION_FIELDS = common.QUESTION_FIELDS
 RESPONSE_FIELDS = ("response", "solution", "completion", "output", "generation")
-ANSWER_FIELDS = ("answer", "gold", "final_answer")
+ANSWER_FIELDS = common.ANSWER_FIELDS
 # Settings that do not change the output (excluded from the up-to-date check).
-NOT_SETTINGS = ("output", "overwrite", "grade_workers", "batch_size")
+NOT_SETTINGS = ("output", "overwrite", "grade_workers", "batch_size", "push_to_hub")
 
 
 @dataclass
@@ -53,49 +51,80 @@ class Args:
                                          "(GAIR/LIMO, simplescaling/s1K-1.1, ...)"})
     output: str = field(metadata={"help": "output JSONL; sidecars OUTPUT.stats.json and OUTPUT.meta.json"})
     model: str = field(metadata={"help": "model whose tokenizer and chat template the training text is made for"})
-    mode: str = "sft"                       # sft | qfft | mix | upft | rft | noise
-    seed: int = 42                          # every random choice (mix, upft, noise, max_questions) derives from it
+    mode: Literal["sft", "qfft", "mix", "upft", "rft", "noise"] = field(
+        default="sft", metadata={"help": "sft: question + response (chat template) | qfft: response only, no "
+                                         "question | mix: sft for a fraction --alpha, qfft for the rest | upft: "
+                                         "prefixes of --prefix_len tokens, --full_ratio full | rft: correct "
+                                         "responses only (--select, --pairs) | noise: --level II-IV noisy data"})
+    seed: int = field(default=42, metadata={"help": "every random choice (mix, upft, noise, max_questions) derives "
+                                                    "from it"})
     # --- input
-    format: str = "auto"                    # auto | sample (sample.py) | generic | limo | s1k
-    split: str = "train"                    # split of a Hugging Face dataset
-    question_field: Optional[str] = None    # generic: default first of question/problem/prompt/instruction
-    response_field: Optional[str] = None    # generic: default first of response/solution/completion/output
-    answer_field: Optional[str] = None      # generic: gold answer (rft), default first of answer/gold/final_answer
-    id_field: Optional[str] = None          # generic: default "id"; without one, a hash of the question
-    responses: Optional[str] = None         # per question: first (unset) | all | shortest | longest (in tokens)
-    drop_unfinished: bool = False           # drop sample.py responses whose finish_reason is "length"
-    max_questions: Optional[int] = None     # keep N seeded questions and all their responses (QFFT §6.3)
+    format: Literal["auto", "sample", "generic", "limo", "s1k"] = field(
+        default="auto", metadata={"help": "auto | sample (sample.py) | generic | limo | s1k"})
+    split: str = field(default="train", metadata={"help": "split of a Hugging Face dataset"})
+    question_field: Optional[str] = field(
+        default=None, metadata={"help": "generic: default first of question/problem/prompt/instruction"})
+    response_field: Optional[str] = field(
+        default=None, metadata={"help": "generic: default first of response/solution/completion/output"})
+    answer_field: Optional[str] = field(default=None, metadata={"help": "generic: gold answer (rft), default first "
+                                                                        "of answer/gold/final_answer"})
+    id_field: Optional[str] = field(default=None, metadata={"help": "generic: default \"id\"; without one, a hash "
+                                                                    "of the question"})
+    responses: Optional[Literal["first", "all", "shortest", "longest"]] = field(
+        default=None, metadata={"help": "per question: first (unset) | all | shortest | longest (in tokens); not with "
+                                        "--mode rft (use --select)"})
+    drop_unfinished: bool = field(default=False, metadata={"help": "drop sample.py responses whose finish_reason is "
+                                                                   "\"length\""})
+    max_questions: Optional[int] = field(
+        default=None, metadata={"help": "keep N seeded questions and all their responses (QFFT §6.3)"})
     # --- formatting
-    preset: Optional[str] = None            # qfft: system 'default' (LLaMA-Factory `qwen`); upft: 'eval' (qwen-math)
-    system_prompt: Optional[str] = None     # TEXT | none | default | eval (unset: from --preset, else 'default')
-    qfft_eos: bool = False                  # qfft rule: append the tokenizer's EOS (the released code does not)
+    preset: Optional[Literal["qfft", "upft"]] = field(
+        default=None, metadata={"help": "qfft: system 'default' (LLaMA-Factory `qwen`); upft: 'eval' (qwen-math)"})
+    system_prompt: Optional[str] = field(
+        default=None, metadata={"help": "TEXT | none | default | eval (unset: from --preset, else 'default')"})
+    qfft_eos: bool = field(default=False, metadata={"help": "qfft rule: append the tokenizer's EOS (the released "
+                                                            "code does not)"})
     chat_template: Optional[str] = field(default=None, metadata={"help": common.CHAT_TEMPLATE_HELP})
-    trust_remote_code: bool = False
+    trust_remote_code: bool = field(default=False, metadata={"help": "allow model code from the hub (untrusted "
+                                                                     "otherwise)"})
     # --- mode options
-    alpha: float = 0.5                      # mix: fraction of examples that keep their question (sft rule)
+    alpha: float = field(default=0.5, metadata={"help": "mix: fraction of examples that keep their question (sft "
+                                                        "rule)"})
     mix_render: Literal["chat", "bare"] = field(default="chat", metadata={"help": (
         "mix: with-question examples as chat (the model's template, as an SFT run) or bare (question text + response, "
         "no markup: what ONE LLaMA-Factory run with the `qwen_qfft` template makes of them)")})
-    prefix_len: Optional[int] = None        # upft: L (paper: 8 Llama-3.1-8B, 32 Qwen2.5-Math-7B, 128 R1-distill)
-    full_ratio: float = 0.1                 # upft: fraction p of full-response examples (paper: 0.1; 0.3 for LIMO)
+    prefix_len: Optional[int] = field(default=None, metadata={"help": "upft: L (paper: 8 Llama-3.1-8B, 32 "
+                                                                      "Qwen2.5-Math-7B, 128 R1-distill)"})
+    full_ratio: float = field(default=0.1, metadata={"help": "upft: fraction p of full-response examples (paper: "
+                                                             "0.1; 0.3 for LIMO)"})
     prefix_rule: Literal["tokens", "words"] = field(default="tokens", metadata={"help": (
         "upft: tokens = the first L tokens (the paper); words = UPFT's code: the first L whitespace-separated words "
         "joined by single spaces, + ' ' + EOS, cut to L+1 tokens with the last forced to EOS")})
     full_pick: Literal["random", "last"] = field(default="random", metadata={"help": (
         "upft: which examples stay full: random = round(p*N) seeded; last = UPFT's code (the last N - int((1-p)*N) "
         "records in input order)")})
-    select: str = "all"                     # rft: all | first | random | shortest | longest correct response(s)
-    pairs: bool = False                     # rft: {"prompt","chosen": shortest correct,"rejected": longest correct}
-    grade_workers: int = 0                  # rft: grader processes (0: one per core)
-    level: Optional[int] = None             # noise: 2 wrong final answer | 3 cut at half | 4 shuffled responses
-    noise_form: str = "sft"                 # noise: sft | qfft rule for the noisy examples
+    select: Literal["all", "first", "random", "shortest", "longest"] = field(
+        default="all", metadata={"help": "rft: all | first | random | shortest | longest correct response(s) per "
+                                         "question (UPFT's RFT: first, one correct response per question)"})
+    pairs: bool = field(default=False, metadata={"help": "rft: DPO pairs {prompt, chosen: shortest correct, "
+                                                         "rejected: longest correct}"})
+    grade_workers: int = field(default=0, metadata={"help": "rft: grader processes (0: one per core)"})
+    level: Optional[Literal[2, 3, 4]] = field(
+        default=None, metadata={"help": "noise: 2 wrong final answer | 3 cut at half | 4 shuffled responses"})
+    noise_form: Literal["sft", "qfft"] = field(
+        default="sft", metadata={"help": "noise: sft | qfft rule for the noisy examples"})
     # --- length
-    max_len: int = 16384                    # prompt + completion tokens; longer completions are cut (counted) ...
+    max_len: int = field(default=16384, metadata={"help": "prompt + completion tokens; longer completions are cut "
+                                                          "(counted), or dropped with --drop_long",
+                                                  "aliases": ["--max_length"]})
     drop_long: bool = field(default=False, metadata={"help": (
         "drop over-length examples instead of cutting them. The cut (default) is the official code's: QFFT/SFT as "
         "LLaMA-Factory (completion cut, no EOS after it); UPFT full/SFT examples as UPFT (last token forced to EOS)")})
-    batch_size: int = 1000                  # texts per tokenizer call
-    overwrite: bool = False
+    batch_size: int = field(default=1000, metadata={"help": "texts per tokenizer call"})
+    overwrite: bool = field(default=False, metadata={"help": "replace output made with other settings"})
+    push_to_hub: Optional[str] = field(
+        default=None, metadata={"help": "REPO (user/name): upload OUTPUT and its sidecars as a dataset, with a card "
+                                        "from OUTPUT.meta.json (HF_TOKEN; HF_ENDPOINT for a private hub)"})
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -143,7 +172,8 @@ def parse_record(fmt: str, rec: dict, where: str, args: Args) -> dict:
         fin = rec.get("finish_reasons") or [None] * len(resps)
         if not isinstance(fin, list) or len(fin) != len(resps):
             raise common.DataError(f"{where}: field 'finish_reasons' must be a list as long as 'responses'")
-        return {"id": str(rid), "question": q, "answer": _gold(rec.get("answer")),
+        gold = rec["gold"] if "gold" in rec else rec.get("answer")  # "answer": sample.py before it kept "gold"
+        return {"id": str(rid), "question": q, "answer": _gold(gold),
                 "answer_type": rec.get("answer_type") or "math", "responses": resps, "finish": fin}
     if fmt == "limo":
         q = common.require(rec, "question", where)
@@ -736,12 +766,6 @@ def make_stats(args: Args, tokens: Tokens, records: list[dict], dropped: Counter
 def check_args(args: Args) -> None:
     def bad(msg):
         raise common.DataError(msg)
-    if args.mode not in MODES:
-        bad(f"--mode must be one of {', '.join(MODES)}, got '{args.mode}'")
-    if args.format not in FORMATS:
-        bad(f"--format must be one of {', '.join(FORMATS)}, got '{args.format}'")
-    if args.preset not in (None, "qfft", "upft"):
-        bad(f"--preset must be qfft or upft, got '{args.preset}'")
     if args.max_len < 1:
         bad("--max_len must be positive")
     if args.batch_size < 1:
@@ -759,20 +783,14 @@ def check_args(args: Args) -> None:
                 "Qwen2.5-Math-7B-Instruct, 128 for DeepSeek-R1-Distill-Qwen-7B)")
         if not 0 <= args.full_ratio <= 1:
             bad(f"--full_ratio must be in [0, 1], got {args.full_ratio}")
-    if args.responses not in (None, "first", "all", "shortest", "longest"):
-        bad(f"--responses must be first, all, shortest or longest, got '{args.responses}'")
-    if args.mode == "rft" and args.select not in ("all", "first", "random", "shortest", "longest"):
-        bad(f"--select must be all, first, random, shortest or longest, got '{args.select}'")
     if args.mode == "rft" and args.responses is not None:
         bad("--responses does not apply to --mode rft (every response is graded); pick with --select "
             "all|first|random|shortest|longest (UPFT's RFT: first, one correct response per question)")
     if args.pairs and args.mode != "rft":
         bad("--pairs works with --mode rft")
     if args.mode == "noise":
-        if args.level not in (2, 3, 4):
-            bad(f"--mode noise needs --level 2, 3 or 4, got {args.level}")
-        if args.noise_form not in ("sft", "qfft"):
-            bad(f"--noise_form must be sft or qfft, got '{args.noise_form}'")
+        if args.level is None:
+            bad("--mode noise needs --level 2, 3 or 4")
 
 
 def fingerprint(args: Args, tokenizer) -> dict:
@@ -791,18 +809,22 @@ def fingerprint(args: Args, tokenizer) -> dict:
 
 
 def main():
-    args = common.parse_args(Args)
+    args = common.parse_args(Args, __doc__)
     check_args(args)
     out = Path(args.output)
     common.lock_output(out)  # one run per output file
     meta_path, stats_path = Path(f"{out}.meta.json"), Path(f"{out}.stats.json")
+    if args.push_to_hub:
+        common.check_push(args.push_to_hub)
+    push = (lambda: common.push_output(args.push_to_hub, out, [stats_path, meta_path], "Training data (prepare.py)")
+            ) if args.push_to_hub else (lambda: None)
     tokenizer = common.load_tokenizer(args.model, args.trust_remote_code)
     common.set_chat_template(tokenizer, args.chat_template)
     settings = {k: v for k, v in dataclasses.asdict(args).items() if k not in NOT_SETTINGS}
     settings.update(fingerprint(args, tokenizer))
     if common.check_settings(meta_path, settings, args.overwrite, f"{out}") and out.exists() and stats_path.exists():
         print(f"{out} is up to date (same settings and input); pass --overwrite to rebuild it")
-        return
+        return push()
 
     groups, dropped, n_records = load_groups(args)
     groups = take_questions(groups, args.max_questions, args.seed)
@@ -820,6 +842,7 @@ def main():
           f"dropped {stats['dropped_total']}{' ' + str(stats['dropped']) if stats['dropped'] else ''}; "
           f"trained tokens {stats['trained_tokens']}, "
           f"mean prompt/completion tokens {stats['prompt_tokens_mean']}/{stats['completion_tokens_mean']}")
+    push()
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional
 
 import numpy as np
 
@@ -56,19 +56,25 @@ class Args:
                                         "fine-tuned from (default: the first run)")
     baseline: Optional[str] = _f(None, "run the Δ rows and AES compare against, e.g. the long-CoT SFT model "
                                        "(default: no Δ rows; AES against --reference)")
-    benchmarks: Optional[str] = _f(None, "comma-separated benchmarks (default: every one present in a run)")
-    out: str = _f("results", "output directory for the CSV / LaTeX / Markdown tables and the figures")
-    format: str = _f("md,csv,tex", "table files to write (the Markdown tables are always printed)")
+    benchmarks: Optional[list[str]] = _f(None, "benchmarks, space- or comma-separated (default: every one present "
+                                               "in a run)")
+    out: str = field(default="results", metadata={"help": "output directory for the CSV / LaTeX / Markdown tables "
+                                                          "and the figures", "aliases": ["--output_dir"]})
+    format: list[str] = field(default_factory=lambda: ["md", "csv", "tex"],
+                              metadata={"help": "table files to write: md, csv, tex (the Markdown tables are always "
+                                                "printed)"})
     plots: bool = _f(False, "also draw long_cot_by_level.png and acc_vs_tokens.png (needs matplotlib)")
-    solvable: str = _f("index", "'index': a question is solvable at sample i when the reference's i-th sample is "
-                                "correct (QFFT); 'mean': when the reference's mean accuracy on it is >= 0.5")
+    solvable: Literal["index", "mean"] = _f("index", "'index': a question is solvable at sample i when the "
+                                                     "reference's i-th sample is correct (QFFT); 'mean': when the "
+                                                     "reference's mean accuracy on it is >= 0.5")
     alpha: float = _f(0.1, "AES weight of the length reduction")
     beta: float = _f(0.1, "AES weight of an accuracy gain")
     gamma: float = _f(1.0, "AES weight of an accuracy loss")
     train_stats: list[str] = _f([], "NAME=STATS.json ...: prepare.py's OUT.jsonl.stats.json of a run, for the "
                                     "trained-token columns of the UPFT table")
-    show: str = _f("qfft,aes,upft,long_cot", "tables to print (all four are always written): qfft (QFFT Table 2), "
-                                         "aes (QFFT Table 3), upft (UPFT Table 1), long_cot")
+    show: list[str] = field(default_factory=lambda: ["qfft", "aes", "upft", "long_cot"],
+                            metadata={"help": "tables to print (all four are always written): qfft (QFFT Table 2), "
+                                              "aes (QFFT Table 3), upft (UPFT Table 1), long_cot"})
     overwrite: bool = _f(False, "replace an --out made from other runs or settings")
 
 
@@ -171,8 +177,7 @@ def list_benchmarks(name: str, d: str) -> dict[str, Path]:
     if not p.is_dir():
         raise common.DataError(f"run '{name}': {d} is not a directory (expected an evaluate.py output directory "
                                f"holding <benchmark>.jsonl files)")
-    # benchmark names have no dots: hidden/temporary/partial files (".x.jsonl", "x.partial.jsonl") are not results
-    files = {f.name[:-len(".jsonl")]: f for f in sorted(p.glob("*.jsonl")) if "." not in f.name[:-len(".jsonl")]}
+    files = common.eval_output_files(p)
     if not files:
         raise common.DataError(f"run '{name}': {d} has no <benchmark>.jsonl files (is it an evaluate.py output "
                                f"directory?)")
@@ -344,35 +349,37 @@ class Table:
 
     def markdown(self) -> str:
         head = ["run"] + [f"{g} {m}".strip() for g, ms in self.groups for m, _, _ in ms]
-        body = self.cells()
-        widths = [max(len(x) for x in col) for col in zip(head, *body)]
-        line = lambda xs: "| " + " | ".join(x.ljust(w) if i == 0 else x.rjust(w)
-                                            for i, (x, w) in enumerate(zip(xs, widths))) + " |"
-        out = [f"### {self.title}", "", line(head),
-               "|" + "|".join(("-" * (w + 1) + ":") if i else ("-" * (w + 2)) for i, w in enumerate(widths)) + "|"]
-        out += [line(r) for r in body]
+        out = [f"### {self.title}", "", common.markdown_table(head, self.cells())]
         out += [""] + [f"- {n}" for n in self.notes]
         return "\n".join(out).rstrip() + "\n"
 
     def latex(self) -> str:
-        esc = lambda s: (s.replace("\\", "\\textbackslash{}").replace("&", "\\&").replace("%", "\\%")
-                         .replace("_", "\\_").replace("#", "\\#").replace("Δ", "$\\Delta$").replace("≥", "$\\geq$")
-                         .replace("κ", "$\\kappa$"))
-        spec = "l" + "".join("|" + "r" * len(ms) for _, ms in self.groups)
-        top = " & ".join([""] + [f"\\multicolumn{{{len(ms)}}}{{c}}{{{esc(g)}}}" for g, ms in self.groups])
-        rules = "".join(f"\\cmidrule(lr){{{s}-{s + len(ms) - 1}}}" for s, (_, ms) in
-                        zip(np.cumsum([2] + [len(ms) for _, ms in self.groups[:-1]]), self.groups))
-        sub = " & ".join(["Run"] + [esc(m) for _, ms in self.groups for m, _, _ in ms])
-        head = [top.replace(" & ", "Run & ", 1) + " \\\\"] if not any(m for _, ms in self.groups for m, _, _ in ms) \
-            else [top + " \\\\", rules, sub + " \\\\"]
-        out = ["\\begin{table}[t]", "\\centering", f"\\caption{{{esc(self.title)}}}", f"\\begin{{tabular}}{{{spec}}}",
-               "\\toprule", *head, "\\midrule"]
-        out += [" & ".join(esc(c) for c in row) + " \\\\" for row in self.cells()]
-        out += ["\\bottomrule", "\\end{tabular}"]
+        """booktabs LaTeX through pandas (Styler.to_latex): the groups as multicolumn headers, the notes below."""
+        import pandas as pd
+        cols = pd.MultiIndex.from_tuples([("", "Run")] + [(g, m) for g, ms in self.groups for m, _, _ in ms])
+        df = pd.DataFrame(self.cells(), columns=cols)
+        if not any(m for _, ms in self.groups for m, _, _ in ms):  # one header row: the group labels
+            df.columns = ["Run"] + [g for g, _ in self.groups]
+        sty = df.style.hide(axis="index").format(escape="latex").format_index(escape="latex", axis=1)
+        tex = sty.to_latex(hrules=True, multicol_align="c", caption=_latex_escape(self.title), position="t",
+                           position_float="centering", column_format="l" + "r" * (len(df.columns) - 1))
         if self.notes:
-            out += ["\\par\\smallskip\\footnotesize", " \\\\\n".join(esc(n) for n in self.notes)]
-        out += ["\\end{table}"]
-        return "\n".join(out) + "\n"
+            tex = tex.replace("\\end{table}", "\\par\\smallskip\\footnotesize\n"
+                              + " \\\\\n".join(_latex_escape(n) for n in self.notes) + "\n\\end{table}")
+        return _latex_math(tex)
+
+
+def _latex_escape(s: str) -> str:
+    from pandas.io.formats.style_render import _escape_latex
+    return _escape_latex(s)
+
+
+def _latex_math(tex: str) -> str:
+    """The few non-ASCII symbols of the tables as math (pdflatex has no glyphs for them)."""
+    for a, b in (("Δ", "$\\Delta$"), ("≥", "$\\geq$"), ("κ", "$\\kappa$"), ("α", "$\\alpha$"),
+                 ("β", "$\\beta$"), ("γ", "$\\gamma$")):
+        tex = tex.replace(a, b)
+    return tex
 
 
 def _avg(vals: list) -> float:
@@ -384,7 +391,7 @@ def build_tables(names, benches, summ, raks, aes_vals, args, ref, base, aes_base
     missing = [(r, b) for r in names for b in benches if b not in summ[r]]
     miss_note = ([f"empty: no results for {', '.join(f'{r}/{b}' for r, b in missing)}; averages that would "
                   f"include them are left empty"] if missing else [])
-    label = lambda b: LABELS.get(b, b)
+    label = lambda b: LABELS.get(b, b)  # noqa: E731
 
     def metrics_of(r):
         v = {}
@@ -545,16 +552,14 @@ def make_plots(out: Path, names, benches, summ) -> list[Path]:
 
 # ----------------------------------------------------------------------------------------------------------------
 def main(argv=None):
-    args = common.parse_args(Args, argv)
+    args = common.parse_args(Args, __doc__, argv)
     if not args.runs:
         raise common.DataError("--runs: give at least one NAME=DIR")
     for name in ("alpha", "beta", "gamma"):
         if not getattr(args, name) >= 0:
             raise common.DataError(f"--{name} must be >= 0 (an AES weight), got {getattr(args, name)}")
     common.check_writable(args.out, "--out", folder=True)
-    if args.solvable not in ("index", "mean"):
-        raise common.DataError(f"--solvable {args.solvable}: expected 'index' or 'mean'")
-    formats = [f.strip() for f in args.format.split(",") if f.strip()]
+    formats = common.comma_list(args.format)
     bad = [f for f in formats if f not in FORMATS]
     if bad:
         raise common.DataError(f"--format: unknown {', '.join(bad)} (choose from {', '.join(FORMATS)})")
@@ -577,7 +582,7 @@ def main(argv=None):
     files = {r: list_benchmarks(r, d) for r, d in run_dirs.items()}
     present = order_benchmarks(b for fs in files.values() for b in fs)
     if args.benchmarks:
-        benches = [b.strip() for b in args.benchmarks.split(",") if b.strip()]
+        benches = common.comma_list(args.benchmarks)
         absent = [b for b in benches if b not in present]
         if absent:
             raise common.DataError(f"--benchmarks: no run has {', '.join(absent)} (present: {', '.join(present)})")
@@ -611,7 +616,7 @@ def main(argv=None):
 
     tables = build_tables(names, benches, summ, raks, aes_vals, args, ref, base, aes_base, train, degenerate)
     md = "\n".join(t.markdown() for t in tables)
-    show = {x.strip() for x in args.show.split(",") if x.strip()}
+    show = set(common.comma_list(args.show))
     unknown = show - {"qfft", "aes", "upft", "long_cot"}
     if unknown:
         raise common.DataError(f"--show: unknown table(s) {', '.join(sorted(unknown))} (qfft, aes, upft, long_cot)")

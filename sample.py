@@ -3,7 +3,7 @@
 One batched vLLM call per chunk of questions (SamplingParams(n=...) for several samples), each finished chunk
 appended to the output at once: a run killed at any moment keeps its finished chunks, and re-running the same
 command resumes where it stopped. Output: one JSON line per question
-  {"id", "question", "answer" (gold or null), "responses": [n], "num_tokens": [n], "finish_reasons": [n]}
+  {"id", "question", "gold" (or null), "answer_type", "responses": [n], "num_tokens": [n], "finish_reasons": [n]}
 plus OUT.jsonl.meta.json (arguments, settings, model, vLLM version, git commit, prompts/s, tokens/s).
 
     # UPFT: one self-generated solution per training question, from the model being tuned
@@ -36,12 +36,14 @@ log = logging.getLogger("sample")
 
 @dataclass
 class Args:
-    model: Optional[str] = field(default=None, metadata={"help": "model path or hub name (required unless --merge_shards)"})
+    model: Optional[str] = field(default=None, metadata={"help": "model path or hub name (required unless "
+                                                                 "--merge_shards)"})
     data: Optional[str] = field(default=None, metadata={"help": "registry name (prm12k, gsm8k_train, math500, ...), "
                                                             "a .jsonl/.json/.parquet/.csv file, or a HF dataset"})
     output: Optional[str] = field(default=None, metadata={"help": "output JSONL (required)"})
     question_field: Optional[str] = field(default=None, metadata={"help": "question field of a file/HF dataset "
-                                                                      "(default: question, problem or prompt)"})
+                                                                      "(default: question, problem, prompt or "
+                                                                      "instruction)"})
     answer_field: Optional[str] = field(default=None, metadata={"help": "gold answer field (default: answer, gold, "
                                                                     "final_answer; absent -> null)"})
     id_field: Optional[str] = field(default=None, metadata={"help": "id field (default: id; absent -> hash of the "
@@ -50,8 +52,10 @@ class Args:
     limit: Optional[int] = field(default=None, metadata={"help": "first K questions only (before sharding)"})
     n: int = field(default=1, metadata={"help": "samples per question"})
     temperature: float = field(default=0.6, metadata={"help": "UPFT's sampler"})
-    top_p: Optional[float] = field(default=None, metadata={"help": "default: the model's generation_config.json, else 1.0"})
-    top_k: Optional[int] = field(default=None, metadata={"help": "default: the model's generation_config.json, else off"})
+    top_p: Optional[float] = field(default=None, metadata={"help": "default: the model's generation config (local "
+                                                                   "or hub), else 1.0"})
+    top_k: Optional[int] = field(default=None, metadata={"help": "default: the model's generation config (local or "
+                                                                 "hub), else off"})
     max_tokens: int = field(default=16384, metadata={"help": "generated tokens per sample"})
     system_prompt: str = field(default="eval", metadata={"help": common.SYSTEM_PROMPT_HELP})
     no_system_prompt: bool = field(default=False, metadata={"help": "no system message (R1-distill teachers)"})
@@ -72,6 +76,9 @@ class Args:
                                                                 "into --output (checks settings and ids)"})
     trust_remote_code: bool = field(default=False, metadata={"help": "allow model code from the hub"})
     overwrite: bool = field(default=False, metadata={"help": "replace output made with other settings"})
+    push_to_hub: Optional[str] = field(
+        default=None, metadata={"help": "REPO (user/name): upload the finished --output and its meta as a dataset "
+                                        "(sharded runs: with --merge_shards); HF_TOKEN, HF_ENDPOINT"})
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -100,6 +107,11 @@ def check_args(a: Args) -> None:
     if a.num_shards < 1 or not 0 <= a.shard_index < a.num_shards:
         raise common.DataError(f"--shard_index {a.shard_index} must be in [0, --num_shards {a.num_shards})")
     common.check_writable(a.output, "--output")
+
+    if a.push_to_hub:
+        if a.num_shards > 1 and not a.merge_shards:
+            raise common.DataError("--push_to_hub: push the merged output (--merge_shards --push_to_hub REPO)")
+        common.check_push(a.push_to_hub)
     if a.merge_shards:
         return
     if not a.model or not a.data:
@@ -121,11 +133,17 @@ def check_args(a: Args) -> None:
 
 
 def sampling_settings(a: Args) -> dict:
-    """What the sampler does: explicit flags, else the model's generation_config.json (top_p/top_k)."""
+    """What the sampler does: explicit flags, else the model's generation config (top_p/top_k; a local directory
+    and a hub name give the same), else top-p 1 and no top-k. Printed, with where each value came from."""
     gen = common.generation_defaults(a.model)
-    return {"n": a.n, "temperature": a.temperature, "max_tokens": a.max_tokens,
-            "top_p": a.top_p if a.top_p is not None else float(gen.get("top_p", 1.0)),
-            "top_k": a.top_k if a.top_k is not None else int(gen.get("top_k") or 0)}
+    s = {"n": a.n, "temperature": a.temperature, "max_tokens": a.max_tokens,
+         "top_p": a.top_p if a.top_p is not None else float(gen.get("top_p", 1.0)),
+         "top_k": a.top_k if a.top_k is not None else int(gen.get("top_k") or 0)}
+    src = {k: "flag" if getattr(a, k) is not None else "model's generation config" if k in gen else "default"
+           for k in ("top_p", "top_k")}
+    print(f"sampling: n={s['n']} temperature={s['temperature']} max_tokens={s['max_tokens']} "
+          f"top_p={s['top_p']} ({src['top_p']}) top_k={s['top_k'] or 'off'} ({src['top_k']})", flush=True)
+    return s
 
 
 def settings_of(a: Args, system_prompt: Optional[str]) -> dict:
@@ -154,7 +172,7 @@ def encode_prompts(tokenizer, questions: list[dict], system_prompt: Optional[str
 
 def to_record(q: dict, out) -> dict:
     comps = out.outputs
-    return {"id": q["id"], "question": q["question"], "answer": q.get("gold"),
+    return {"id": q["id"], "question": q["question"], "gold": q.get("gold"), "answer_type": q.get("answer_type"),
             "responses": [c.text for c in comps],
             "num_tokens": [len(c.token_ids) for c in comps],
             "finish_reasons": [c.finish_reason for c in comps]}
@@ -248,6 +266,12 @@ def merge_shards(a: Args) -> None:
         versions=metas[0].get("versions"), questions=len(questions),
         samples=sum(m.get("samples", 0) for m in metas), tokens=sum(m.get("tokens", 0) for m in metas)))
     print(f"merged {n} shards: {len(questions)} questions -> {out}")
+    push(a, out)
+
+
+def push(a: Args, out: Path) -> None:
+    if a.push_to_hub:
+        common.push_output(a.push_to_hub, out, [meta_path(out)], f"Samples of {a.model or 'a model'} (sample.py)")
 
 
 def _done(meta: Path) -> bool:
@@ -260,7 +284,7 @@ def _done(meta: Path) -> bool:
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    a = common.parse_args(Args)
+    a = common.parse_args(Args, __doc__)
     check_args(a)
     if a.merge_shards:
         common.lock_output(a.output)
@@ -293,7 +317,7 @@ def main() -> None:
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_text("")
         print(f"questions: {len(questions)}, all already sampled in {out}")
-        return
+        return push(a, out)
 
     tokenizer = common.load_tokenizer(a.model, a.trust_remote_code)
     common.set_chat_template(tokenizer, a.chat_template)
@@ -326,6 +350,7 @@ def main() -> None:
         this_run={**stats, "prompts_per_s": stats["questions"] / secs, "tokens_per_s": stats["tokens"] / secs}))
     print(f"questions: {stats['questions']}, samples: {stats['samples']}, generated tokens: {stats['tokens']}, "
           f"tokens/s: {stats['tokens'] / secs:.1f} ({secs:.1f} s) -> {out}")
+    push(a, out)
 
 
 if __name__ == "__main__":

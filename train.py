@@ -10,7 +10,8 @@
     # 32B on few GPUs: offload optimizer states and parameters to CPU RAM
     deepspeed --num_gpus 8 train.py ... --deepspeed configs/ds_z3_offload.json
     # CPU (tests, laptops): fp32, gloo
-    DS_ACCELERATOR=cpu deepspeed --num_gpus 2 train.py --model models/smollm2-135m-instruct --data d.jsonl --output_dir o
+    DS_ACCELERATOR=cpu deepspeed --num_gpus 2 train.py --model models/smollm2-135m-instruct --data d.jsonl \\
+        --output_dir o
     python train.py ...            # one process, no launcher (torchrun works too)
     ... --resume                   # after a kill: continue from the last DeepSpeed checkpoint, same data order
 
@@ -22,7 +23,10 @@ to --micro_batch_tokens tokens; position ids restart per example and attention n
 computed against the global batch, so it does not depend on the number of ranks or micro-batches.
 
 Output: DIR/ (HF checkpoint: safetensors, config, tokenizer, chat template, generation_config), DIR/epoch_{k}/
-with --save_every_epoch, DIR/train_log.jsonl (one line per step), DIR/meta.json, DIR/checkpoints/ (DeepSpeed).
+with --save_every_epoch, DIR/train_log.jsonl (one line per step), DIR/train_loss.png (loss and learning rate per
+step, drawn at the end, also of a resumed run), DIR/meta.json, DIR/checkpoints/ (DeepSpeed), DIR/tensorboard/ with
+--report_to tensorboard (`tensorboard --logdir DIR/tensorboard`). --push_to_hub USER/NAME uploads the checkpoint
+with a model card made from meta.json.
 """
 from __future__ import annotations
 
@@ -32,11 +36,10 @@ import math
 import os
 import shutil
 import socket
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional
 
 import warnings
 
@@ -61,7 +64,7 @@ BASE = dict(lr=1e-5, epochs=3, global_batch_size=32, lr_scheduler="cosine", warm
 # Arguments that do not change the result: a resumed run may change them
 NOT_SETTINGS = {"resume", "overwrite", "stop_after_steps", "local_rank", "save_steps", "save_total_limit",
                 "keep_checkpoints", "deepspeed", "gradient_checkpointing", "micro_batch_tokens",
-                "attn_implementation", "peak_tflops", "save_every_epoch"}
+                "attn_implementation", "peak_tflops", "save_every_epoch", "report_to", "push_to_hub"}
 
 
 @dataclass
@@ -69,46 +72,81 @@ class Args:
     model: str = field(metadata={"help": "base model: local directory or Hugging Face name"})
     data: str = field(metadata={"help": "prepare.py output JSONL: records with prompt and completion"})
     output_dir: str = field(metadata={"help": "where the checkpoint, train_log.jsonl and meta.json go"})
-    deepspeed: str = "configs/ds_z3.json"  # DeepSpeed config ("auto" values are filled from these arguments)
-    preset: Optional[str] = None  # qfft | upft: each paper's hyperparameters (printed at start); flags override
+    deepspeed: str = field(
+        default="configs/ds_z3.json", metadata={"help": "DeepSpeed config (\"auto\" values are filled from these "
+                                                        "arguments)"})
+    preset: Optional[Literal["qfft", "upft"]] = field(
+        default=None, metadata={"help": "qfft | upft: each paper's hyperparameters (printed at start); flags "
+                                        "override"})
     # hyperparameters: None = the preset's value, else BASE above
-    epochs: Optional[int] = None
-    lr: Optional[float] = None
-    global_batch_size: Optional[int] = None  # EXAMPLES per optimizer step, over all ranks
-    lr_scheduler: Optional[str] = None  # cosine | constant_with_warmup | linear | constant
-    warmup_ratio: Optional[float] = None
-    weight_decay: Optional[float] = None  # not applied to biases and norm weights
-    adam_beta1: Optional[float] = None
-    adam_beta2: Optional[float] = None
-    adam_eps: float = 1e-8
-    max_grad_norm: Optional[float] = None  # 0 = no clipping
-    max_len: Optional[int] = None  # tokens per example (prompt + completion); longer ones are cut at the end
-    loss_reduction: str = "sample"  # sample: mean token loss per example, averaged over examples | token: per token
-    micro_batch_tokens: int = 16384  # token budget of one packed micro-batch per rank
-    packing: bool = True  # --no_packing: padded micro-batches in data order (the usual baseline)
-    attn_implementation: str = "auto"  # auto: flash_attention_2 on GPU when installed, else sdpa
-    gradient_checkpointing: bool = False
-    max_steps: int = 0  # > 0: train this many optimizer steps (also the schedule's length)
-    seed: int = 42  # data order: a seeded permutation per epoch
-    save_every_epoch: bool = False  # HF checkpoint in DIR/epoch_{k}
-    save_steps: int = 500  # DeepSpeed checkpoint (for --resume) every this many steps, and at each epoch end
-    save_total_limit: int = 1  # DeepSpeed checkpoints kept
-    keep_checkpoints: bool = False  # keep DIR/checkpoints after a finished run (optimizer states are large)
-    resume: bool = False  # continue from the last DeepSpeed checkpoint in DIR/checkpoints
-    overwrite: bool = False  # replace output made with other settings
-    trust_remote_code: bool = False
-    peak_tflops: float = 0.0  # for the MFU estimate; 0 = a table of GPUs, or a rough CPU figure
-    stop_after_steps: int = 0  # for tests: stop after this many steps without saving, as a kill would
-    local_rank: int = -1  # set by the deepspeed launcher
+    epochs: Optional[int] = field(default=None, metadata={"help": "passes over the data (default: the preset's, "
+                                                                  "else 3)", "aliases": ["--num_train_epochs"]})
+    lr: Optional[float] = field(default=None, metadata={"help": "peak learning rate (default: the preset's, else "
+                                                                "1e-5)", "aliases": ["--learning_rate"]})
+    global_batch_size: Optional[int] = field(
+        default=None, metadata={"help": "EXAMPLES per optimizer step, over all ranks (default: the preset's, else "
+                                        "32)"})
+    lr_scheduler: Optional[Literal["cosine", "constant_with_warmup", "linear", "constant"]] = field(
+        default=None, metadata={"help": "learning-rate schedule after warmup (default: the preset's, else cosine)",
+                                "aliases": ["--lr_scheduler_type"]})
+    warmup_ratio: Optional[float] = field(
+        default=None, metadata={"help": "fraction of the steps with linear warmup (default: the preset's, else "
+                                        "0.03)"})
+    weight_decay: Optional[float] = field(
+        default=None, metadata={"help": "AdamW weight decay, not applied to biases and norm weights (default: the "
+                                        "preset's, else 0)"})
+    adam_beta1: Optional[float] = field(default=None, metadata={"help": "AdamW beta1 (default: the preset's, else "
+                                                                        "0.9)"})
+    adam_beta2: Optional[float] = field(default=None, metadata={"help": "AdamW beta2 (default: the preset's, else "
+                                                                        "0.999)"})
+    adam_eps: float = field(default=1e-8, metadata={"help": "AdamW epsilon", "aliases": ["--adam_epsilon"]})
+    max_grad_norm: Optional[float] = field(
+        default=None, metadata={"help": "gradient clipping norm, 0 = no clipping (default: the preset's, else 1.0)"})
+    max_len: Optional[int] = field(default=None, metadata={"help": "tokens per example (prompt + completion); "
+                                                                   "longer ones are cut at the end (default: the "
+                                                                   "preset's, else 16384)",
+                                                           "aliases": ["--max_length"]})
+    loss_reduction: Literal["sample", "token"] = field(
+        default="sample", metadata={"help": "sample: mean token loss per example, averaged over examples | token: "
+                                            "per token"})
+    micro_batch_tokens: int = field(default=16384, metadata={"help": "token budget of one packed micro-batch per rank"})
+    packing: bool = field(default=True, metadata={"help": "--no_packing: padded micro-batches in data order (the "
+                                                          "usual baseline)"})
+    attn_implementation: Literal["auto", "flash_attention_2", "sdpa", "eager"] = field(
+        default="auto", metadata={"help": "auto: flash_attention_2 on GPU when installed, else sdpa"})
+    gradient_checkpointing: bool = field(
+        default=False, metadata={"help": "recompute activations in the backward pass (less memory, slower)"})
+    max_steps: int = field(default=0, metadata={"help": "> 0: train this many optimizer steps (also the schedule's "
+                                                        "length)"})
+    seed: int = field(default=42, metadata={"help": "data order: a seeded permutation per epoch"})
+    save_every_epoch: bool = field(default=False, metadata={"help": "HF checkpoint in DIR/epoch_{k}"})
+    save_steps: int = field(default=500, metadata={"help": "DeepSpeed checkpoint (for --resume) every this many "
+                                                           "steps, and at each epoch end"})
+    save_total_limit: int = field(default=1, metadata={"help": "DeepSpeed checkpoints kept"})
+    keep_checkpoints: bool = field(default=False, metadata={"help": "keep DIR/checkpoints after a finished run "
+                                                                    "(optimizer states are large)"})
+    resume: bool = field(default=False, metadata={"help": "continue from the last DeepSpeed checkpoint in "
+                                                          "DIR/checkpoints"})
+    overwrite: bool = field(default=False, metadata={"help": "replace output made with other settings"})
+    trust_remote_code: bool = field(default=False, metadata={"help": "allow model code from the hub (untrusted "
+                                                                     "otherwise)"})
+    peak_tflops: float = field(default=0.0, metadata={"help": "for the MFU estimate; 0 = a table of GPUs, or a "
+                                                              "rough CPU figure"})
+    stop_after_steps: int = field(default=0, metadata={"help": "for tests: stop after this many steps without "
+                                                               "saving, as a kill would"})
+    local_rank: int = field(default=-1, metadata={"help": "set by the deepspeed launcher"})
+    report_to: Literal["none", "tensorboard", "wandb"] = field(
+        default="none", metadata={"help": "also log every train_log.jsonl field per step (rank 0), the arguments "
+                                          "and data stats as config: tensorboard (event files in DIR/tensorboard) "
+                                          "or wandb (WANDB_PROJECT, default qfft-upft; WANDB_MODE=offline works)"})
+    push_to_hub: Optional[str] = field(
+        default=None, metadata={"help": "REPO (user/name): upload the finished checkpoint with a model card from "
+                                        "meta.json (HF_TOKEN; HF_ENDPOINT for a private hub)"})
 
 
 # ----------------------------------------------------------------------------------------------------------------
 def resolve(args: Args) -> Args:
     """Fill hyperparameters left unset from the preset, then BASE."""
-    if args.preset is not None and args.preset not in PRESETS:
-        raise common.DataError(f"--preset {args.preset!r}: choose one of {', '.join(PRESETS)}")
-    if args.loss_reduction not in ("sample", "token"):
-        raise common.DataError(f"--loss_reduction {args.loss_reduction!r}: choose sample or token")
     src = PRESETS.get(args.preset, {})
     for k, v in BASE.items():
         if getattr(args, k) is None:
@@ -399,9 +437,89 @@ def save_hf(engine, tok, args: Args, out_dir: Path, rank: int):
     del sd
 
 
+class Tracker:
+    """--report_to: every numeric train_log.jsonl field per step to TensorBoard or W&B (rank 0 only)."""
+
+    def __init__(self, kind: str, out: Path, config: dict, resume: bool):
+        self.kind, self.run = kind, None
+        if kind == "tensorboard":
+            from torch.utils.tensorboard import SummaryWriter
+            self.run = SummaryWriter(log_dir=str(out / "tensorboard"))
+            self.run.add_text("config", "```\n" + json.dumps(config, indent=2, default=str) + "\n```")
+        elif kind == "wandb":
+            import wandb
+            self.run = wandb.init(project=os.environ.get("WANDB_PROJECT", "qfft-upft"), name=out.name,
+                                  dir=str(out), config=json.loads(json.dumps(config, default=str)),
+                                  id=common.stable_id(str(out.resolve())), resume="allow" if resume else None)
+
+    @staticmethod
+    def check(kind: str) -> None:
+        """Fail before training when the backend is missing."""
+        mod = {"tensorboard": "tensorboard", "wandb": "wandb"}.get(kind)
+        if mod:
+            try:
+                __import__(mod)
+            except ImportError:
+                raise common.DataError(f"--report_to {kind}: the package is not installed (pip install {mod})") \
+                    from None
+
+    def log(self, rec: dict) -> None:
+        scalars = {k: v for k, v in rec.items() if k != "step" and isinstance(v, (int, float))}
+        if self.kind == "tensorboard":
+            for k, v in scalars.items():
+                self.run.add_scalar(f"train/{k}", v, rec["step"])
+        elif self.kind == "wandb":
+            self.run.log({f"train/{k}": v for k, v in scalars.items()}, step=rec["step"])
+
+    def close(self) -> None:
+        if self.run is not None:
+            (self.run.close if self.kind == "tensorboard" else self.run.finish)()
+
+
+def plot_loss(log_path: Path, png: Path) -> Optional[Path]:
+    """DIR/train_loss.png: loss and learning rate per step, from train_log.jsonl (LLaMA-Factory's plot_loss)."""
+    recs = common.read_jsonl(log_path) if log_path.exists() else []
+    if not recs:
+        return None
+    try:
+        import matplotlib
+    except ImportError:
+        print(f"no {png.name}: matplotlib is not installed (pip install matplotlib)", flush=True)
+        return None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    steps = [r["step"] for r in recs]
+    fig, (a, b) = plt.subplots(2, 1, figsize=(7, 5), sharex=True)
+    a.plot(steps, [r["loss"] for r in recs], lw=1)
+    a.set_ylabel("loss")
+    a.set_title(f"training loss: {png.parent.name}")
+    b.plot(steps, [r["lr"] for r in recs], lw=1, color="tab:orange")
+    b.set_ylabel("learning rate")
+    b.set_xlabel("step")
+    fig.tight_layout()
+    common.atomic_write(png, lambda f: fig.savefig(f, format="png"), binary=True)
+    plt.close(fig)
+    return png
+
+
+def model_card(meta: dict, repo: str) -> str:
+    """README.md for the hub: base model, preset and hyperparameters, data stats, the papers."""
+    a, data = meta.get("args", {}), meta.get("data", {})
+    hp = {k: a.get(k) for k in BASE}
+    return (f"---\nbase_model: {a.get('model')}\nlibrary_name: transformers\ntags: [qfft-upft, sft]\n---\n\n"
+            f"# {repo}\n\nFull-parameter SFT of `{a.get('model')}` with "
+            f"[qfft-upft](https://github.com/) train.py (preset `{a.get('preset') or 'none'}`, git "
+            f"`{meta.get('git_commit')}`), on `{a.get('data')}`.\n\n"
+            "| hyperparameter | value |\n|---|---|\n" + "".join(f"| {k} | {v} |\n" for k, v in hp.items())
+            + f"| loss_reduction | {a.get('loss_reduction')} |\n| steps | {meta.get('steps')} |\n\n"
+            f"Training data: {data.get('examples')} examples, {data.get('tokens')} tokens "
+            f"({data.get('trained_tokens')} trained), types {data.get('by_type')}.\n\n"
+            + common.PAPERS_BIBTEX)
+
+
 def main():
     warnings.filterwarnings("ignore", message=r".*is deprecated. Please use `torch.distributed")
-    args = common.parse_args(Args)
+    args = common.parse_args(Args, __doc__)
     common.exit_with_launcher()  # under deepspeed/torchrun: this rank dies with its launcher, even on kill -9
     args = resolve(args)
     fill_ds_config(args.deepspeed, args, 1, False, 1)  # a bad DeepSpeed config fails now, not after the model loads
@@ -434,6 +552,9 @@ def main():
         return
     if has_ck and not args.resume:
         raise common.DataError(f"{out} holds a training checkpoint: pass --resume to continue it, or --overwrite")
+    Tracker.check(args.report_to)
+    if args.push_to_hub:
+        common.check_push(args.push_to_hub)
 
     # Data first: bad input fails fast, before any process group or model
     tok = common.load_tokenizer(args.model, args.trust_remote_code)
@@ -506,7 +627,7 @@ def main():
         return epoch, [int(i) for i in epoch_order(n, args.seed, epoch)[s * gbs:(s + 1) * gbs]]
 
     decay, no_decay, seen = [], [], set()
-    for mname, mod in model.named_modules():
+    for _, mod in model.named_modules():
         for pname, p in mod.named_parameters(recurse=False):
             if id(p) in seen:  # tied embeddings
                 continue
@@ -535,6 +656,8 @@ def main():
         if log_path.exists():  # drop lines of steps that a kill lost
             kept = [r for r in common.read_jsonl(log_path) if r["step"] <= start] if start else []
             common.write_jsonl(log_path, kept)
+    tracker = Tracker(args.report_to if rank == 0 else "none", out, {"args": dataclasses.asdict(args), "data": stats},
+                      resume=start > 0)
 
     def save_ds(step: int):
         engine.save_checkpoint(str(ckdir), tag=f"step_{step}", client_state={"step": step})
@@ -551,6 +674,7 @@ def main():
     for step in range(start, total):
         if args.stop_after_steps and step >= args.stop_after_steps:
             log(f"stopping after step {step} (--stop_after_steps), as a kill would")
+            tracker.close()
             return
         epoch, batch = batch_of(step)
         weights = token_weights(batch, examples, args.loss_reduction)
@@ -580,12 +704,14 @@ def main():
         dt = time.perf_counter() - t0
         gn = engine.get_global_grad_norm()
         flops = 6 * n_params * tokens + 6 * n_layers * hidden * attn_sq  # causal attention: half of 12*L*h*T^2
-        rec = {"step": step + 1, "epoch": round(epoch + ((step % steps_per_epoch) * gbs + len(batch)) / n, 4), "loss": step_loss,
+        rec = {"step": step + 1, "epoch": round(epoch + ((step % steps_per_epoch) * gbs + len(batch)) / n, 4),
+               "loss": step_loss,
                "lr": engine.get_lr()[0], "grad_norm": None if gn is None else float(gn), "examples": len(batch),
                "micro_batches": len(micro), "tokens": int(tokens), "tokens_per_s": tokens / dt,
                "mfu": flops / dt / (peak * (world if on_gpu else 1)), "time_s": dt}  # CPU: one machine's peak
         if rank == 0:
             common.append_jsonl(log_path, [rec])
+            tracker.log(rec)
             bar.set_postfix(loss=f"{step_loss:.4f}", tok_s=f"{tokens / dt:.0f}", mfu=f"{rec['mfu']:.1%}")
             bar.update(1)
         end_of_epoch = (step + 1) % steps_per_epoch == 0 or step + 1 == total
@@ -603,7 +729,12 @@ def main():
         meta = json.loads(meta_path.read_text())
         meta.update(finished=True, steps=total, last_checkpoint_step=last_saved)
         common.write_json(meta_path, meta)
-        log(f"done: {total} steps; model in {out}, log in {log_path}")
+        tracker.close()
+        png = plot_loss(log_path, out / "train_loss.png")
+        log(f"done: {total} steps; model in {out}, log in {log_path}, curve in {png}")
+        if args.push_to_hub:
+            common.push_to_hub(args.push_to_hub, out, model_card(meta, args.push_to_hub), repo_type="model",
+                               ignore=["checkpoints/**", "epoch_*/**", "tensorboard/**", "wandb/**"])
 
 
 if __name__ == "__main__":

@@ -22,8 +22,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import common  # noqa: E402
-from tqdm import tqdm  # noqa: E402
+import common
+from tqdm import tqdm
 
 
 @dataclass

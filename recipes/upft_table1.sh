@@ -14,7 +14,7 @@
 # GPQA diamond is gated and never committed: export GPQA_PATH=/path/gpqa_diamond.jsonl (or log in to the hub).
 #
 # GPUs: one node of 8x80GB. Expected wall time on 8xH100 (our estimate, not measured): sampling 12k PRM
-# questions with an 8B model ~20 min (8 shards, see README), UPFT training minutes (~16 tokens per example), SFT
+# questions with an 8B model ~20 min (8 shards, see docs/stages.md), UPFT training minutes (~16 tokens per example), SFT
 # training ~30 min, greedy evaluation ~15 min per model.
 # The paper's numbers (UPFT Table 1; accuracy %, "Length" = average trained tokens per example):
 #   model                       data  method  Length   GSM8K MATH500 AIME24 GPQA  Avg

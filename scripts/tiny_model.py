@@ -84,7 +84,8 @@ def random_tiny_model(out, arch: str = "qwen2", seed: int = 0, hidden: int = 64,
                       tokenizer_dir=DEFAULT_OUT) -> Path:
     """A random Qwen2 or Llama model (a few MB) with the SmolLM2 tokenizer and chat template, for unit tests."""
     import torch
-    from transformers import AutoTokenizer, GenerationConfig, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+    from transformers import (AutoTokenizer, GenerationConfig, LlamaConfig, LlamaForCausalLM, Qwen2Config,
+                              Qwen2ForCausalLM)
 
     out = Path(out)
     if (out / DONE_MARK).exists():
@@ -117,7 +118,8 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default=str(DEFAULT_OUT), help="checkpoint directory to write")
     p.add_argument("--force", action="store_true", help="rebuild even if the directory is complete")
-    p.add_argument("--random", choices=["qwen2", "llama"], help="build a random tiny model of this architecture instead")
+    p.add_argument("--random", choices=["qwen2", "llama"],
+                   help="build a random tiny model of this architecture instead")
     a = p.parse_args()
     path = random_tiny_model(a.out, a.random) if a.random else materialize(Path(a.out), a.force)
     print(f"tiny model ready: {path}")

@@ -171,3 +171,22 @@ def test_chat_template_file_in_every_stage(tiny_model, tmp_path):
         last = p.stderr.strip().splitlines()[-1]
         assert p.returncode == 2 and last.startswith("error: ") and msg in last, (script, p.stderr[-500:])
     assert not (tmp_path / "e").exists() and not (tmp_path / "s.jsonl").exists()
+
+def test_one_set_of_default_field_names_for_every_stage(tmp_path):
+    """sample.py/evaluate.py (c.load_questions) and prepare.py try the same question and answer fields."""
+    import prepare
+    p = tmp_path / "q.jsonl"
+    p.write_text('{"instruction": "What is 2+2?", "final_answer": "4"}\n')
+    (q,) = c.load_questions(str(p))
+    assert (q["question"], q["gold"], q["answer_type"]) == ("What is 2+2?", "4", "math")
+    assert prepare.QUESTION_FIELDS == c.QUESTION_FIELDS and prepare.ANSWER_FIELDS == c.ANSWER_FIELDS
+
+
+def test_one_reader_of_an_evaluate_output_directory(tmp_path):
+    import rak
+    for name in ("math500", "gsm8k", "custom", ".math500.jsonl.tmp1", "aime24.partial"):
+        (tmp_path / f"{name}.jsonl").write_text("")
+    (tmp_path / "metrics.json").write_text("{}")
+    files = c.eval_output_files(tmp_path)
+    assert list(files) == ["gsm8k", "math500", "custom"]
+    assert rak.list_benchmarks("r", str(tmp_path)) == files

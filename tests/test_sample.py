@@ -159,7 +159,7 @@ def test_sample_kill_resume_settings_and_merge(tmp_path, tiny_model, tokenizer):
     assert recs[:len(first)] == first
     assert f"{len(first)} done, {8 - len(first)} to sample" in p.stderr
     for i, r in enumerate(recs):
-        assert r["question"] == QUESTIONS[i] and r["answer"] == str(i)
+        assert r["question"] == QUESTIONS[i] and r["gold"] == str(i) and r["answer_type"] == "math"
         assert len(r["responses"]) == len(r["num_tokens"]) == len(r["finish_reasons"]) == 2
         for text, ntok, why in zip(r["responses"], r["num_tokens"], r["finish_reasons"]):
             assert why in ("stop", "length") and 1 <= ntok <= 32
