@@ -61,7 +61,7 @@ def test_compute_metrics_hand_made():
             _rec([True, False, False, True], level=3, tokens=20)]
     recs[2]["timeouts"][1] = True
     recs[1]["preds"] = [None, None, None, "2"]
-    recs[1]["responses"][3] = "no box: 2"  # a fallback-extracted pred without a box still counts as no answer
+    recs[1]["responses"][3] = "no box: 2"  # a pred from --extraction any's fallback IS an answer (one rule: pred)
     m = evaluate.compute_metrics(recs)
     assert m["acc"] == round(100 * 4 / 12, 2)
     assert m["tokens"] == 20.0
@@ -72,7 +72,7 @@ def test_compute_metrics_hand_made():
     assert "pass@8" not in m
     assert m["maj@4"] == round(100 * 2 / 3, 2)  # q1, q3: ties "1"/"2", "1" seen first and right; q2: "2" wrong
     assert m["truncated_ratio"] == round(100 * 4 / 12, 2)
-    assert m["no_answer_ratio"] == round(100 * 4 / 12, 2)
+    assert m["no_answer_ratio"] == round(100 * 3 / 12, 2)
     assert m["timeouts"] == 1 and m["n"] == 4 and m["num_questions"] == 3
     assert m["by_level"]["1"] == {"acc": 25.0, "long_cot_ratio": 12.5, "num_questions": 2}
     assert m["by_level"]["3"]["acc"] == 50.0
