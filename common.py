@@ -576,6 +576,22 @@ def _text_key(s: str) -> str:
     return re.sub(r"\s+|\$|\\[,;:! ]", "", s).rstrip(".").lower()
 
 
+def _tiny_numbers_differ(gold_parsed, pred_parsed) -> bool:
+    """math-verify compares numbers to a fixed number of decimals, so below ~1e-6 every number equals every other
+    (Minerva's 2.88e-19 "equals" 2.88e-18). For two plain numbers under 1e-3 in size, require 6 significant
+    digits instead."""
+    try:
+        g, p = gold_parsed[0], pred_parsed[0]
+        if not (getattr(g, "is_number", False) and getattr(p, "is_number", False)):
+            return False
+        g, p = float(g), float(p)
+    except (TypeError, ValueError, IndexError, AttributeError):
+        return False
+    if max(abs(g), abs(p)) >= 1e-3:
+        return False
+    return abs(g - p) > 1e-6 * max(abs(g), abs(p))
+
+
 _PERCENT = re.compile(r"^(.*?)\s*\\?%\s*$", re.S)
 
 
@@ -604,6 +620,7 @@ def grade_math(response: str, gold: str, timeout: int = GRADE_TIMEOUT, extractio
             return {"pred": ans, "correct": False, "timeout": False}
         pred = ans if ans is not None else str(pred_parsed[-1])
         ok = bool(verify(gold_parsed, pred_parsed, timeout_seconds=timeout, raise_on_error=True))
+        ok = ok and not _tiny_numbers_differ(gold_parsed, pred_parsed)
         m = _PERCENT.match(ans) if ans is not None and not ok and "%" not in gold else None
         if m and m.group(1).strip() and gold_parsed:
             try:
