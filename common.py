@@ -571,9 +571,9 @@ def _gold_for_parse(gold: str) -> str:
 
 def _text_key(s: str) -> str:
     """Exact-match key for text answers (both papers' graders compare strings, case- and space-insensitively,
-    before any math): \\text{} wrappers, `$` and spaces removed, lower case."""
+    before any math): \\text{} wrappers, `$`, braces and spaces removed, lower case."""
     s = re.sub(r"\\(?:text|textbf|mathrm|mbox)\{([^{}]*)\}", r"\1", s)
-    return re.sub(r"\s+|\$|\\[,;:! ]", "", s).rstrip(".").lower()
+    return re.sub(r"\s+|\$|\\[,;:! ]|[{}]", "", s).rstrip(".").lower()
 
 
 def _tiny_numbers_differ(gold_parsed, pred_parsed) -> bool:
