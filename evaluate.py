@@ -1,16 +1,23 @@
 """Evaluate a model on math / multiple-choice benchmarks the way the papers do: vLLM sampling, math-verify grading,
 accuracy, pass@k, maj@n, generated tokens and the long- vs short-CoT split (QFFT §2, §5.1).
 
-    # QFFT protocol (QFFT §4.1, App. A.3): 16 samples, temperature 0.6, top-p 1, 32768 new tokens
-    python evaluate.py --model out/qfft --benchmarks gsm8k,math500,aime24,aime25,amc23 --output_dir eval/qfft
-    # UPFT protocol: greedy, one sample, 16384 new tokens
-    python evaluate.py --model out/upft --benchmarks gsm8k,math500,aime24,amc23 --protocol upft --output_dir eval/upft
+    # QFFT protocol (QFFT §4.1, App. A.3): 16 samples (4 for GPQA/MMLU-Pro), temperature 0.6, top-p 1, 32768 new
+    # tokens, answers from the last \boxed{} only; tokens counted with one tokenizer for every model, as QFFT
+    python evaluate.py --model out/qfft --benchmarks gsm8k,math500,aime24,aime25,amc23 --output_dir eval/qfft \
+        --count_tokenizer Qwen/Qwen2.5-7B-Instruct
+    # UPFT protocol: greedy, one sample, 16384 new tokens within UPFT's per-family context (4096 Qwen2.5-Math, else
+    # 8192); GPQA open-ended, rule grader OR UPFT's LLM judge
+    python evaluate.py --model out/upft --benchmarks gsm8k,math500,aime24,gpqa_open --protocol upft \
+        --judge KbsdJames/Omni-Judge --trust_remote_code --output_dir eval/upft
     # multi-GPU: one engine split over 4 GPUs
     python evaluate.py --model out/qfft-32b --benchmarks math500 --tensor_parallel_size 4 --output_dir eval/q32
     # GPQA diamond is never committed: point --data (or $GPQA_PATH) at it
     python evaluate.py --model M --benchmarks gpqa --data gpqa_diamond.jsonl --output_dir eval/gpqa
-    # re-grade existing outputs without a model (e.g. after a grader fix or with other --reflect_words)
+    # re-grade existing outputs without a model (e.g. after a grader fix, with other --reflect_words or
+    # --extraction, or adding a --judge)
     python evaluate.py --grade_only --output_dir eval/qfft
+
+Grading rules (extraction, comparison, multiple choice, judge): docs/grading.md.
 
 Re-running the same command resumes: finished benchmarks are skipped (no engine start when nothing is left).
 Output: DIR/<benchmark>.jsonl (one line per question), DIR/metrics.json, DIR/meta.json; see the README.
