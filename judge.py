@@ -123,7 +123,10 @@ def run_judge(model: str, items: list[tuple[str, str, str]], *, tensor_parallel_
     stop = [t for t in {tok.eos_token_id, tok.convert_tokens_to_ids("<|eot_id|>")}
             if isinstance(t, int) and t != tok.unk_token_id]
     params = SamplingParams(temperature=0.0, max_tokens=JUDGE_MAX_TOKENS, stop_token_ids=stop or None)
-    outs = llm.generate([{"prompt_token_ids": ids} for ids in common.encode(tok, prompts)], params)
+    # Omni-Judge's get_context text goes to vLLM as text, tokenized by vLLM as UPFT does; our chat-template text
+    # already carries its special tokens
+    inputs = prompts if own else [{"prompt_token_ids": ids} for ids in common.encode(tok, prompts)]
+    outs = llm.generate(inputs, params)
     texts = [o.outputs[0].text for o in outs]
     del llm
     free_engine()
