@@ -272,9 +272,10 @@ def test_gpqa_open_from_the_same_source(gpqa_path):
 def _agreement(name, data_path=None):
     from bench.grading_agreement import responses
     qs = [q for q in load_questions(name, data_path=data_path) if q["gold"] is not None]
-    # a generous timeout: a loaded CI machine must not turn a slow parse into a wrong grade here
+    # a generous timeout where a timeout would fail the check (a loaded CI machine must not turn a slow parse into
+    # a wrong grade); the default one for perturbed answers, where it only saves time (Minerva #131's takes ~30 s)
     ok = grade_many(responses(qs, False), workers=0, extraction="box", timeout=30)
-    bad = grade_many(responses(qs, True), workers=0, extraction="box", timeout=30)
+    bad = grade_many(responses(qs, True), workers=0, extraction="box")
     wrong_ok = [q["id"] for q, r in zip(qs, ok) if not r["correct"]]
     right_bad = [q["id"] for q, r in zip(qs, bad) if r["correct"]]
     assert not wrong_ok, f"{name}: {len(wrong_ok)} rendered golds graded wrong, e.g. ids {wrong_ok[:5]}"
