@@ -262,9 +262,11 @@ def test_gpqa_open_from_the_same_source(gpqa_path):
     op = load_questions("gpqa_open", data_path=gpqa_path)
     raw = {r["id"]: r for r in read_jsonl(gpqa_path)}
     assert len(op) == len(mc) == 198 and [q["id"] for q in op] == [q["id"] for q in mc]
-    for q in op:  # the question without its options; gold = the correct answer's text (never printed)
-        assert q["answer_type"] == "math" and q["gold"] == raw[q["id"]]["correct_answer"].strip()
-        assert common.MC_INSTRUCTION not in q["question"] and q["question"] == raw[q["id"]]["question"].strip()
+    # the question without its options; gold = the correct answer's text. Only ids in messages: GPQA is never printed
+    bad = [q["id"] for q in op if not (q["answer_type"] == "math" and q["gold"] == raw[q["id"]]["correct_answer"].strip()
+                                       and q["question"] == raw[q["id"]]["question"].strip()
+                                       and common.MC_INSTRUCTION not in q["question"])]
+    assert not bad, f"gpqa_open records that differ from the source: ids {bad[:5]}"
 
 
 # Gold-vs-LaTeX: every gold as a model writes it (bench/grading_agreement.py renders it) is graded correct, and a
