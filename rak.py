@@ -78,9 +78,11 @@ class Args:
     overwrite: bool = _f(False, "replace an --out made from other runs or settings")
 
 
-CANONICAL = ["gsm8k", "math500", "aime24", "aime25", "amc23", "minerva", "minerva_short", "gpqa", "mmlu_pro"]
+CANONICAL = ["gsm8k", "math500", "aime24", "aime25", "amc23", "minerva", "minerva_short", "gpqa", "gpqa_open",
+             "mmlu_pro"]
 LABELS = {"gsm8k": "GSM8K", "math500": "MATH500", "aime24": "AIME24", "aime25": "AIME25", "amc23": "AMC23",
-          "minerva": "Minerva", "minerva_short": "Minerva", "gpqa": "GPQA", "mmlu_pro": "MMLU-Pro"}
+          "minerva": "Minerva", "minerva_short": "Minerva", "gpqa": "GPQA", "gpqa_open": "GPQA (open)",
+          "mmlu_pro": "MMLU-Pro"}
 FORMATS = ("md", "csv", "tex")
 
 
@@ -128,7 +130,8 @@ def load_benchmark(path: Path) -> Bench:
         first[rid] = where
         c = _sample_list(rec, "correct", where, "bool")
         lc = _sample_list(rec, "long_cot", where, "bool")
-        t = _sample_list(rec, "num_tokens", where, "num")
+        # evaluate.py --count_tokenizer: every model's responses counted with one tokenizer (QFFT's convention)
+        t = _sample_list(rec, "counted_tokens" if "counted_tokens" in rec else "num_tokens", where, "num")
         if not c:
             raise common.DataError(f"{where}: field 'correct' is empty (no samples)")
         if not len(c) == len(lc) == len(t):

@@ -12,6 +12,10 @@
 # with the eval prompt; the same in sampling, training data and evaluation. PREFIX_RULE=words FULL_PICK=last give
 # UPFT's code's prefix text and full-trace choice instead of the paper's (docs/paper_numbers.md, "Issue 12").
 # GPQA diamond is gated and never committed: export GPQA_PATH=/path/gpqa_diamond.jsonl (or log in to the hub).
+# UPFT's GPQA column is OPEN-ENDED (gpqa_open: no options; 8.6-17.7%, below 4-way chance) and judged by an LLM
+# (rule OR judge): JUDGE=KbsdJames/Omni-Judge (its remote-code prompt needs TRUST_JUDGE=1; else our built-in
+# prompt); JUDGE= (empty) grades by rule only, which undercounts free-text answers. Compare the GPQA column only
+# with the paper's open-ended numbers below, never with multiple-choice GPQA (gpqa).
 #
 # GPUs: one node of 8x80GB. Expected wall time on 8xH100 (our estimate, not measured): sampling 12k PRM
 # questions with an 8B model ~20 min (8 shards, see docs/stages.md), UPFT training minutes (~16 tokens per example), SFT
@@ -51,9 +55,17 @@ GLOBAL_BATCH=${GLOBAL_BATCH:-64}
 if [ "$DATA" = limo ] || [[ $CHAT_TEMPLATE == *deepseek* ]]; then d_len=16384; else d_len=4096; fi
 MAX_LEN=${MAX_LEN:-$d_len}                 # UPFT App. B: 4096 (PRM), 16384 (LIMO, R1-distill)
 DEEPSPEED=${DEEPSPEED:-configs/ds_z3.json}
-BENCHMARKS=${BENCHMARKS:-gsm8k,math500,aime24,gpqa}
+BENCHMARKS=${BENCHMARKS:-gsm8k,math500,aime24,gpqa_open}
+JUDGE=${JUDGE-KbsdJames/Omni-Judge}        # UPFT's LLM judge (empty: rule grader only)
+TRUST_JUDGE=${TRUST_JUDGE:-0}              # 1: let the judge's tokenizer bring its own prompt (remote code)
 EVAL_N=${EVAL_N:-1}                        # UPFT's protocol: greedy, n=1, 16384 tokens
 EVAL_MAX_TOKENS=${EVAL_MAX_TOKENS:-16384}
+case "$MODEL" in                           # UPFT's eval context per family (inference/eval.py)
+  *Qwen2.5-Math*) d_ctx=4096 ;;
+  *) d_ctx=8192 ;;
+esac
+EVAL_MAX_MODEL_LEN=${EVAL_MAX_MODEL_LEN:-$d_ctx}   # 4096 Qwen2.5-Math, 8192 others: caps the output below 16384
+EVAL_SYSTEM_PROMPT=${EVAL_SYSTEM_PROMPT:-$SYSTEM_PROMPT}   # as sampled and trained (upft_prompt): none for Llama/R1
 EVAL_LIMIT=${EVAL_LIMIT:-}
 OUT=${OUT:-runs/upft_table1/$(basename "$MODEL")-$DATA}
 mkdir -p "$OUT"
@@ -80,10 +92,11 @@ done
 
 for run in base sft upft; do
   model=$MODEL; [ "$run" = base ] || model=$OUT/$run-model
-  step "evaluate $run (UPFT protocol: greedy, n=$EVAL_N, $EVAL_MAX_TOKENS tokens)"
+  step "evaluate $run (UPFT protocol: greedy, n=$EVAL_N, $EVAL_MAX_TOKENS tokens, context $EVAL_MAX_MODEL_LEN${JUDGE:+, judge $JUDGE})"
   python evaluate.py --model "$model" --protocol upft --benchmarks "$BENCHMARKS" --n "$EVAL_N" \
-    --max_tokens "$EVAL_MAX_TOKENS" --system_prompt "$SYSTEM_PROMPT" $CHAT_TEMPLATE_ARGS $(limit "$EVAL_LIMIT") \
-    --tensor_parallel_size "$TP" --output_dir "$OUT/eval-$run"
+    --max_tokens "$EVAL_MAX_TOKENS" --max_model_len "$EVAL_MAX_MODEL_LEN" --system_prompt "$EVAL_SYSTEM_PROMPT" \
+    $CHAT_TEMPLATE_ARGS $(limit "$EVAL_LIMIT") --tensor_parallel_size "$TP" --output_dir "$OUT/eval-$run" \
+    ${JUDGE:+--judge "$JUDGE" --judge_tensor_parallel_size "$TP"} $([ "$TRUST_JUDGE" = 1 ] && echo --trust_remote_code)
 done
 
 step "tables: accuracy per benchmark and the trained-token columns (UPFT Table 1 layout)"

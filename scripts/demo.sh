@@ -31,7 +31,7 @@ DATA=teacher TEACHER=$MODEL QUESTIONS=gsm8k_train EVAL_N=$EVAL_N EVAL_MAX_TOKENS
   TRAIN_ARGS="--lr $DEMO_LR" GRAD_CKPT= RAK_ARGS=--plots OUT=$DEMO/qfft bash recipes/qfft_table2.sh
 
 echo "######## UPFT study: one self-solution per question, prefix L=8, full ratio 0.1"
-DATA=prm12k PREFIX_LEN=8 FULL_RATIO=0.1 LR=$DEMO_LR EVAL_N=1 EVAL_MAX_TOKENS=$EVAL_MAX_TOKENS \
+DATA=prm12k PREFIX_LEN=8 FULL_RATIO=0.1 JUDGE= LR=$DEMO_LR EVAL_N=1 EVAL_MAX_TOKENS=$EVAL_MAX_TOKENS \
   RAK_ARGS=--plots OUT=$DEMO/upft bash recipes/upft_table1.sh
 
 echo

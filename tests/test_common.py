@@ -75,7 +75,7 @@ def test_registry_details():
     math = c.load_questions("math500")
     assert {q["level"] for q in math} == {1, 2, 3, 4, 5}
     mmlu = c.load_questions("mmlu_pro", limit=3)
-    assert mmlu[0]["answer_type"] == "mc" and "\nA) " in mmlu[0]["question"]
+    assert mmlu[0]["answer_type"] == "mc" and "\nA. " in mmlu[0]["question"]  # QFFT's format: A. text
     assert c.load_questions("amc23")[0]["gold"] == "27"  # 27.0 in the file
     assert len(c.load_questions("prm12k")) == 12000 and len(c.load_questions("gsm8k_train")) == 7473
 
@@ -86,7 +86,7 @@ def test_gpqa_from_path_is_shuffled_with_fixed_seed(gpqa_path):
     assert len(a) == 198 and a == b
     golds = [q["gold"] for q in a]
     assert set(golds) == set("ABCD") and max(golds.count(x) for x in "ABCD") < 80  # actually shuffled
-    assert all("\nD) " in q["question"] for q in a)
+    assert all("\nD. " in q["question"] and q["question"].endswith(c.MC_INSTRUCTION) for q in a)
 
 
 def test_local_file_sources(tmp_path):

@@ -63,7 +63,7 @@ def test_compute_metrics_hand_made():
             _rec([True, False, False, True], level=3, tokens=20)]
     recs[2]["timeouts"][1] = True
     recs[1]["preds"] = [None, None, None, "2"]
-    recs[1]["responses"][3] = "no box: 2"  # a fallback-extracted pred without a box still counts as no answer
+    recs[1]["responses"][3] = "no box: 2"  # a pred from --extraction any's fallback IS an answer (one rule: pred)
     m = evaluate.compute_metrics(recs)
     assert m["acc"] == round(100 * 4 / 12, 2)
     assert m["tokens"] == 20.0
@@ -74,7 +74,7 @@ def test_compute_metrics_hand_made():
     assert "pass@8" not in m
     assert m["maj@4"] == round(100 * 2 / 3, 2)  # q1, q3: ties "1"/"2", "1" seen first and right; q2: "2" wrong
     assert m["truncated_ratio"] == round(100 * 4 / 12, 2)
-    assert m["no_answer_ratio"] == round(100 * 4 / 12, 2)
+    assert m["no_answer_ratio"] == round(100 * 3 / 12, 2)
     assert m["timeouts"] == 1 and m["n"] == 4 and m["num_questions"] == 3
     assert m["by_level"]["1"] == {"acc": 25.0, "long_cot_ratio": 12.5, "num_questions": 2}
     assert m["by_level"]["3"]["acc"] == 50.0
@@ -339,3 +339,169 @@ def test_output_dir_loads_with_datasets_as_documented(tmp_path):
     assert list(ds["math500"]["level"]) == [1, 5]
     assert list(ds["math500"]["preds"]) == [["1", None], ["1", None]]
     assert list(ds["gsm8k"]["correct"]) == [[False]] and list(ds["gsm8k"]["level"]) == [None]
+
+
+# Issue 11: extraction per protocol, per-benchmark n, UPFT's per-family context, judge, token counts
+def test_protocol_extraction_and_n_by_benchmark():
+    q = evaluate.resolve_protocol(evaluate.Args(model="m"))
+    assert q.extraction == "box" and q.max_model_len is None
+    assert [evaluate.bench_n(q, b) for b in ("gsm8k", "gpqa", "mmlu_pro")] == [16, 4, 4]  # QFFT App. A.3
+    o = evaluate.resolve_protocol(evaluate.Args(model="m", n=8))  # --n overrides every benchmark
+    assert [evaluate.bench_n(o, b) for b in ("gsm8k", "gpqa")] == [8, 8]
+    u = evaluate.resolve_protocol(evaluate.Args(model="m", protocol="upft"))
+    assert u.extraction == "box_or_answer_is" and evaluate.bench_n(u, "gpqa") == 1
+    a = evaluate.resolve_protocol(evaluate.Args(model="m", extraction="any"))
+    assert a.extraction == "any"
+    with pytest.raises(common.DataError, match="n_by_benchmark"):
+        evaluate.resolve_protocol(evaluate.Args(model="m", n_by_benchmark="gpqa=0"))
+
+
+def test_upft_context_and_system_prompt_per_family(tmp_path):
+    r = lambda model, **kw: evaluate.resolve_protocol(evaluate.Args(model=model, protocol="upft", **kw))  # noqa
+    assert (r("Qwen/Qwen2.5-Math-7B-Instruct").max_model_len, r("Qwen/Qwen2.5-Math-7B-Instruct").system_prompt) \
+        == (4096, "eval")
+    assert (r("meta-llama/Llama-3.1-8B-Instruct").max_model_len, r("meta-llama/Llama-3.1-8B-Instruct").system_prompt)\
+        == (8192, "none")
+    assert r("deepseek-ai/DeepSeek-R1-Distill-Qwen-7B").system_prompt == "none"
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama"}))  # a trained Llama checkpoint
+    assert r(str(tmp_path)).system_prompt == "none"
+    over = r("meta-llama/Llama-3.1-8B-Instruct", max_model_len=2048, system_prompt="eval")  # overridable
+    assert (over.max_model_len, over.system_prompt) == (2048, "eval")
+    assert evaluate.resolve_protocol(evaluate.Args(model="meta-llama/Llama-3.1-8B-Instruct")).max_model_len is None
+
+
+def test_correct_implies_an_answer_and_never_no_answer():
+    recs = [{"id": "a", "gold": "42", "answer_type": "math", "num_tokens": [5, 5, 5], "finish_reasons": ["stop"] * 3,
+             "responses": ["The answer is 42.", r"\boxed{42}", r"\boxed{42"]}]
+    evaluate.grade_records(recs, common.reflect_pattern("wait"), workers=1, timeout=5, desc="t", extraction="box")
+    assert recs[0]["correct"] == [False, True, False] and recs[0]["preds"] == [None, "42", None]
+    m = evaluate.compute_metrics(recs)
+    assert m["acc"] + m["no_answer_ratio"] == 100.0
+    evaluate.grade_records(recs, common.reflect_pattern("wait"), workers=1, timeout=5, desc="t", extraction="any")
+    r = recs[0]
+    assert r["correct"][:2] == [True, True] and r["preds"][0] == "42"  # math-verify's fallback found it
+    assert all(p is not None for p, c in zip(r["preds"], r["correct"]) if c)
+    m = evaluate.compute_metrics(recs)
+    assert m["acc"] + m["no_answer_ratio"] <= 100.0
+
+
+class _Completion:
+    def __init__(self, n, finish, stop_reason=None):
+        self.token_ids, self.finish_reason, self.stop_reason = list(range(n)), finish, stop_reason
+
+
+def test_generated_tokens_exclude_the_stop_token():
+    assert evaluate.generated_tokens(_Completion(10, "stop")) == 9          # ended on EOS: vLLM appended it
+    assert evaluate.generated_tokens(_Completion(10, "stop", 128009)) == 9  # a stop token id
+    assert evaluate.generated_tokens(_Completion(10, "length")) == 10       # cut off: no stop token
+    assert evaluate.generated_tokens(_Completion(10, "stop", "###")) == 10  # a stop string
+
+
+def test_recount_tokens(tokenizer, tiny_model):
+    recs = [{"responses": ["hello world", "a b c d"], "num_tokens": [99, 99]}]
+    evaluate.recount_tokens(recs, tiny_model)
+    assert recs[0]["counted_tokens"] == common.count_tokens(tokenizer, ["hello world", "a b c d"])
+    recs[0].update(correct=[True, False], preds=["1", "2"], finish_reasons=["stop"] * 2, long_cot=[False] * 2,
+                   timeouts=[False] * 2)
+    assert evaluate.compute_metrics(recs)["tokens"] == sum(recs[0]["counted_tokens"]) / 2
+
+
+def test_parse_verdict():
+    import judge
+    assert judge.parse_verdict("Answer: 5\nJudgement: TRUE") == {"verdict": True, "answer": "5"}
+    assert judge.parse_verdict("**Judgement**: false")["verdict"] is False
+    assert judge.parse_verdict("Judgement: TRUE ... on second thought Judgement: FALSE")["verdict"] is False
+    assert judge.parse_verdict("I think it is right.") == {"verdict": None, "answer": None}
+    assert judge.parse_verdict("") == {"verdict": None, "answer": None}
+
+
+def _judged_dir(tmp_path, verdicts, answers=None):
+    """An output dir whose gpqa_open records carry stored judge verdicts (as a --judge run leaves them)."""
+    out = tmp_path / "ev"
+    out.mkdir()
+    rec = {"id": "q1", "question": "Q?", "gold": "10^-4 eV", "answer_type": "math",
+           "responses": [r"\boxed{10^{-4} \text{ eV}}", "It is one ten-thousandth of an eV.", "no idea", "hmm"],
+           "num_tokens": [5] * 4, "finish_reasons": ["stop"] * 4, "judge": "J", "judge_outputs": ["..."] * 4,
+           "judge_verdicts": verdicts, "judge_answers": answers or [None] * 4}
+    common.write_jsonl(out / "gpqa_open.jsonl", [rec])
+    common.write_json(out / "meta.json", {"settings": {"extraction": "box"}, "extraction": "box"})
+    return out
+
+
+def test_judge_or_combination_and_unparseable(tmp_path):
+    out = _judged_dir(tmp_path, [False, True, None, False], [None, "1e-4 eV", None, None])
+    evaluate.grade_only(evaluate.Args(grade_only=True, output_dir=str(out), grade_workers=1), out)
+    r = common.read_jsonl(out / "gpqa_open.jsonl")[0]
+    assert r["rule_correct"] == [True, False, False, False]
+    assert r["correct"] == [True, True, False, False]  # rule OR judge; the unparseable verdict counts as "no"
+    assert r["preds"][1] == "1e-4 eV" and r["preds"][2] is None  # a judge-only correct sample has an answer
+    m = json.loads((out / "metrics.json").read_text())["gpqa_open"]
+    assert m["acc"] == 50.0 and m["rule_acc"] == 25.0 and m["judge_unparsed"] == 1
+    assert m["acc"] + m["no_answer_ratio"] == 100.0
+
+
+def test_judge_step_stores_and_grade_only_reuses(tmp_path, monkeypatch):
+    import judge
+    out = _judged_dir(tmp_path, [None] * 4)
+    calls = []
+
+    def fake_run_judge(model, items, **kw):  # a stand-in judge: TRUE for responses mentioning "ten-thousandth"
+        calls.append(len(items))
+        return [{"output": f"Judgement: {'TRUE' if 'thousandth' in resp else 'FALSE'}", "answer": None,
+                 "verdict": "thousandth" in resp} for _, _, resp in items]
+
+    monkeypatch.setattr(judge, "run_judge", fake_run_judge)
+    recs = common.read_jsonl(out / "gpqa_open.jsonl")
+    for r in recs:
+        for k in ("judge", "judge_outputs", "judge_verdicts", "judge_answers"):
+            r.pop(k)
+    common.write_jsonl(out / "gpqa_open.jsonl", recs)
+    args = evaluate.Args(grade_only=True, output_dir=str(out), grade_workers=1, judge="fake-judge")
+    evaluate.grade_only(args, out)
+    r = common.read_jsonl(out / "gpqa_open.jsonl")[0]
+    assert calls == [4] and r["judge"] == "fake-judge" and r["judge_outputs"][1] == "Judgement: TRUE"
+    assert r["correct"] == [True, True, False, False]
+    assert json.loads((out / "meta.json").read_text())["judge"] == "fake-judge"
+    evaluate.grade_only(args, out)  # same judge again: nothing re-judged
+    assert calls == [4]
+    evaluate.grade_only(evaluate.Args(grade_only=True, output_dir=str(out), grade_workers=1), out)  # no --judge
+    assert common.read_jsonl(out / "gpqa_open.jsonl")[0]["correct"] == [True, True, False, False] and calls == [4]
+
+
+def test_grade_only_honours_the_runs_extraction(tmp_path):
+    out = tmp_path / "ev"
+    out.mkdir()
+    rec = {"id": "a", "gold": "42", "answer_type": "math", "responses": ["The answer is 42."], "num_tokens": [3],
+           "finish_reasons": ["stop"]}
+    common.write_jsonl(out / "gsm8k.jsonl", [rec])
+    common.write_json(out / "meta.json", {"settings": {"extraction": "box"}})
+    evaluate.grade_only(evaluate.Args(grade_only=True, output_dir=str(out), grade_workers=1), out)
+    assert common.read_jsonl(out / "gsm8k.jsonl")[0]["correct"] == [False]
+    evaluate.grade_only(evaluate.Args(grade_only=True, output_dir=str(out), grade_workers=1, extraction="any"), out)
+    assert common.read_jsonl(out / "gsm8k.jsonl")[0]["correct"] == [True]
+    assert json.loads((out / "meta.json").read_text())["settings"]["extraction"] == "any"
+
+
+@pytest.mark.slow
+def test_tiny_model_as_judge(tmp_path, tiny_model):
+    """The judge path end to end on the real vLLM (CPU) with the tiny model as a stand-in judge: one engine start.
+    Its verdicts are whatever a 135M model says; what is checked is storage, OR-combination and re-use."""
+    out = _judged_dir(tmp_path, [None] * 4)
+    recs = common.read_jsonl(out / "gpqa_open.jsonl")
+    for k in ("judge", "judge_outputs", "judge_verdicts", "judge_answers"):
+        recs[0].pop(k)
+    common.write_jsonl(out / "gpqa_open.jsonl", recs)
+    p = run_script("evaluate.py", "--grade_only", "--output_dir", out, "--judge", tiny_model, env=ENV)
+    assert "the built-in prompt" in p.stdout
+    r = common.read_jsonl(out / "gpqa_open.jsonl")[0]
+    assert r["judge"] == tiny_model and len(r["judge_outputs"]) == 4
+    assert all(isinstance(t, str) for t in r["judge_outputs"])
+    import judge
+    assert r["judge_verdicts"] == [judge.parse_verdict(t)["verdict"] for t in r["judge_outputs"]]
+    assert r["correct"] == [a or bool(v) for a, v in zip(r["rule_correct"], r["judge_verdicts"])]
+    m = json.loads((out / "metrics.json").read_text())["gpqa_open"]
+    assert m["judge_unparsed"] == sum(v is None for v in r["judge_verdicts"])
+    before = (out / "gpqa_open.jsonl").read_text()
+    p = run_script("evaluate.py", "--grade_only", "--output_dir", out, "--judge", tiny_model, env=ENV)
+    assert "every response already judged" in p.stdout and "Loading" not in p.stderr  # re-used, no engine
+    assert (out / "gpqa_open.jsonl").read_text() == before

@@ -338,3 +338,13 @@ def test_cli_subprocess(tmp_path):
     p = run_script("rak.py", "--runs", f"base={dirs['base']}", f"bad={tmp_path / 'nope'}", "--out", out,
                    check=False, timeout=120)
     assert p.returncode == 2 and p.stderr.strip().count("\n") == 0 and "is not a directory" in p.stderr
+
+
+def test_counted_tokens_win_over_num_tokens(tmp_path):
+    """evaluate.py --count_tokenizer stores counted_tokens (one tokenizer for every model): rak uses them."""
+    import rak
+    p = tmp_path / "gsm8k.jsonl"
+    common.write_jsonl(p, [{"id": "a", "correct": [True], "long_cot": [False], "num_tokens": [10],
+                            "counted_tokens": [7]}])
+    assert rak.load_benchmark(p).tokens.tolist() == [[7.0]]
+    assert rak.LABELS["gpqa_open"] == "GPQA (open)"

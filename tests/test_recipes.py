@@ -23,7 +23,7 @@ def run_recipe(name, out, **env):
 def test_upft_recipe_at_tiny_scale(tmp_path, tiny_model):
     out = tmp_path / "upft"
     tiny = dict(MODEL=tiny_model, DATA="prm12k", NUM_QUESTIONS=8, SAMPLE_MAX_TOKENS=48, EPOCHS=1, GLOBAL_BATCH=8,
-                LR="2e-5", MAX_LEN=512, NUM_GPUS=1, EVAL_LIMIT=4, EVAL_MAX_TOKENS=32, BENCHMARKS="gsm8k")
+                LR="2e-5", MAX_LEN=512, NUM_GPUS=1, EVAL_LIMIT=4, EVAL_MAX_TOKENS=32, BENCHMARKS="gsm8k", JUDGE="")
     p = run_recipe("upft_table1.sh", out, **tiny)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     # every stage left its product

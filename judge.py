@@ -1,0 +1,143 @@
+"""The LLM judge of evaluate.py --judge (UPFT's grading of open-ended answers, inference/eval.py): a second vLLM
+engine reads question, reference answer and response and says TRUE or FALSE; evaluate.py counts a sample correct
+when the rule grader OR the judge says so.
+
+Prompt and parser: a judge whose tokenizer brings its own `get_context(question, reference, response)` and
+`parse_response(text)` through remote code (UPFT's judge, KbsdJames/Omni-Judge) uses them, but only with
+--trust_remote_code; every other judge (or without that flag) gets BUILTIN_PROMPT through its chat template, parsed
+by parse_verdict. Greedy, JUDGE_MAX_TOKENS new tokens, as UPFT. An output that cannot be parsed counts as "judge
+said no" and is counted (metric judge_unparsed). Not a stage script: evaluate.py imports it.
+"""
+from __future__ import annotations
+
+import gc
+import re
+
+import common
+
+JUDGE_MAX_TOKENS = 300          # UPFT: SamplingParams(temperature=0, max_tokens=300)
+JUDGE_MAX_MODEL_LEN = 16384     # UPFT: max_model_len=16 * 1024 (capped by the judge's own context)
+JUDGE_ONLY_PRED = "[judge]"     # pred of a sample that only the judge accepted and whose answer it did not quote
+
+BUILTIN_PROMPT = """You are grading a student's solution to a problem against the reference answer.
+
+## Problem
+{question}
+
+## Reference answer
+{reference}
+
+## Student solution
+{response}
+
+Compare the student's FINAL answer with the reference answer. They are equivalent when they denote the same value,
+expression or choice, even if written differently. Reply in exactly two lines:
+Answer: <the student's final answer>
+Judgement: TRUE or FALSE"""
+
+_VERDICT = re.compile(r"judge?ment\s*\**\s*[:：]\s*\**\s*(TRUE|FALSE)\b", re.IGNORECASE)
+_ANSWER = re.compile(r"^\s*\**(?:Student(?:'s)? )?(?:final )?answer\**\s*[:：]\s*(.+?)\s*$", re.IGNORECASE | re.M)
+
+
+def parse_verdict(text: str) -> dict:
+    """{"verdict": True/False/None, "answer": str|None} from a judge output in BUILTIN_PROMPT's format: the last
+    'Judgement: TRUE|FALSE' (any case, ** bold allowed); None when there is none (counted as 'no')."""
+    hits = _VERDICT.findall(text or "")
+    ans = _ANSWER.findall(text or "")
+    return {"verdict": hits[-1].upper() == "TRUE" if hits else None, "answer": ans[-1] if ans else None}
+
+
+def has_own_protocol(tokenizer) -> bool:
+    """Omni-Judge style: the tokenizer (remote code) defines get_context and parse_response."""
+    return callable(getattr(tokenizer, "get_context", None)) and callable(getattr(tokenizer, "parse_response", None))
+
+
+def _parse_own(tokenizer, text: str) -> dict:
+    try:
+        res = tokenizer.parse_response(text)
+        verdict = str(res["judgement"]).strip().upper()
+        return {"verdict": True if verdict == "TRUE" else False if verdict == "FALSE" else None,
+                "answer": (str(res.get("answer")).strip() or None) if res.get("answer") is not None else None}
+    except Exception:  # UPFT: "Failed to parse"
+        return {"verdict": None, "answer": None}
+
+
+def build_prompts(tokenizer, items: list[tuple[str, str, str]], own: bool, max_prompt_tokens: int) -> list[str]:
+    """One prompt per (question, reference, response). A response too long for the judge's context keeps its tail
+    (where the final answer is)."""
+    def render(q, ref, resp):
+        if own:
+            return tokenizer.get_context(q, ref, resp)
+        return common.render_prompt(tokenizer, BUILTIN_PROMPT.format(question=q, reference=ref, response=resp), None)
+
+    prompts = []
+    for q, ref, resp in items:
+        text = render(q, ref, resp)
+        n = len(common.encode(tokenizer, [text])[0])
+        if n > max_prompt_tokens:
+            ids = common.encode(tokenizer, [resp])[0]
+            keep = max(0, len(ids) - (n - max_prompt_tokens) - 8)
+            text = render(q, ref, tokenizer.decode(ids[len(ids) - keep:]) if keep else "")
+        prompts.append(text)
+    return prompts
+
+
+def free_engine() -> None:
+    """Release the GPU memory of an engine that went out of scope, so that a second one (the judge) fits."""
+    gc.collect()
+    try:
+        from vllm.distributed.parallel_state import destroy_distributed_environment, destroy_model_parallel
+        destroy_model_parallel()
+        destroy_distributed_environment()
+    except Exception:
+        pass
+    try:
+        import torch
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except Exception:
+        pass
+    gc.collect()
+
+
+def run_judge(model: str, items: list[tuple[str, str, str]], *, tensor_parallel_size: int = 1,
+              trust_remote_code: bool = False, seed: int = 42) -> list[dict]:
+    """Judge (question, reference, response) items with a vLLM engine: [{"output", "verdict", "answer"}]."""
+    from transformers import AutoConfig
+    from vllm import SamplingParams
+    tok = common.load_tokenizer(model, trust_remote_code)
+    own = trust_remote_code and has_own_protocol(tok)
+    try:
+        ctx = getattr(AutoConfig.from_pretrained(model, trust_remote_code=trust_remote_code),
+                      "max_position_embeddings", None)
+    except Exception as e:
+        raise common.DataError(f"--judge {model}: cannot read its config ({str(e).splitlines()[0]})") from None
+    max_len = min(JUDGE_MAX_MODEL_LEN, ctx or JUDGE_MAX_MODEL_LEN)
+    print(f"judge {model}: {'its own prompt/parser (remote code)' if own else 'the built-in prompt'}, "
+          f"{len(items)} responses, max_model_len {max_len}")
+    prompts = build_prompts(tok, items, own, max_len - JUDGE_MAX_TOKENS - 1)
+    free_engine()
+    llm = common.make_llm(model, seed=seed, tensor_parallel_size=tensor_parallel_size, max_model_len=max_len,
+                          trust_remote_code=trust_remote_code)
+    stop = [t for t in {tok.eos_token_id, tok.convert_tokens_to_ids("<|eot_id|>")}
+            if isinstance(t, int) and t != tok.unk_token_id]
+    params = SamplingParams(temperature=0.0, max_tokens=JUDGE_MAX_TOKENS, stop_token_ids=stop or None)
+    # Omni-Judge's get_context text goes to vLLM as text, tokenized by vLLM as UPFT does; our chat-template text
+    # already carries its special tokens
+    inputs = prompts if own else [{"prompt_token_ids": ids} for ids in common.encode(tok, prompts)]
+    outs = llm.generate(inputs, params)
+    texts = [o.outputs[0].text for o in outs]
+    del llm
+    free_engine()
+    return [{"output": t, **(_parse_own(tok, t) if own else parse_verdict(t))} for t in texts]
+
+
+def store(records: list[dict], results: list[dict], model: str) -> None:
+    """Put the judge's raw outputs, verdicts and extracted answers on the records (in place), one per response."""
+    it = iter(results)
+    for r in records:
+        res = [next(it) for _ in r["responses"]]
+        r["judge"] = model
+        r["judge_outputs"] = [x["output"] for x in res]
+        r["judge_verdicts"] = [x["verdict"] for x in res]
+        r["judge_answers"] = [x["answer"] for x in res]
