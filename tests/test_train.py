@@ -13,6 +13,7 @@ import torch
 from conftest import ROOT, run_script
 
 import common
+import packing
 import train
 
 DS_ENV = {"DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
@@ -123,17 +124,6 @@ def test_plan_covers_each_example_once_and_weights_normalize(reduction):
     assert sorted(i for mb in train.plan_step(batch, examples, a, 1, 0) for i in mb) == batch
 
 
-def test_chunked_cross_entropy_matches_loss_and_grad():
-    g = torch.Generator().manual_seed(0)
-    logits = torch.randn(50, 30, generator=g, requires_grad=True)
-    t, w = torch.randint(0, 30, (50,), generator=g), torch.rand(50, generator=g)
-    ref = (torch.nn.functional.cross_entropy(logits, t, reduction="none") * w).sum()
-    (g_ref,) = torch.autograd.grad(ref, logits)
-    got = train.chunked_ce(logits, t, w, chunk=7)
-    (g_got,) = torch.autograd.grad(got, logits)
-    assert torch.allclose(ref, got, atol=1e-5) and torch.allclose(g_ref, g_got, atol=1e-6)
-
-
 @pytest.mark.parametrize("which", ["random_qwen2", "random_llama"])
 def test_packed_loss_equals_separate_and_padded(which, request, tokenizer, tmp_path):
     from transformers import AutoModelForCausalLM
@@ -163,12 +153,12 @@ def test_packed_loss_equals_separate_and_padded(which, request, tokenizer, tmp_p
     assert np.abs(per_example(True) - separate).max() < 1e-4
     assert np.abs(per_example(False) - separate).max() < 1e-4
     # a plain causal mask over the packed row lets attention cross examples: the test can tell
-    real = train.block_causal_mask
+    real = packing.dense_block_causal_mask
     try:
-        train.block_causal_mask = lambda seg: real(torch.zeros_like(seg))
+        packing.dense_block_causal_mask = lambda seg: real(torch.zeros_like(seg))
         assert np.abs(per_example(True) - separate).max() > 1e-3
     finally:
-        train.block_causal_mask = real
+        packing.dense_block_causal_mask = real
 
 
 # ------------------------------------------------------------------------------------- DeepSpeed subprocesses
