@@ -531,7 +531,8 @@ def main():
         rec = {"step": step + 1, "epoch": round(epoch + ((step % steps_per_epoch) * gbs + len(batch)) / n, 4), "loss": step_loss,
                "lr": engine.get_lr()[0], "grad_norm": None if gn is None else float(gn), "examples": len(batch),
                "micro_batches": len(micro), "tokens": int(tokens), "tokens_per_s": tokens / dt,
-               "mfu": flops / dt / (peak * (world if on_gpu else 1)), "time_s": dt}  # CPU: one machine's peak
+               "mfu": flops / dt / (peak * (world if on_gpu else 1)), "time_s": dt,  # CPU: one machine's peak
+               "peak_mem_gb": torch.cuda.max_memory_allocated(device) / 2**30 if on_gpu else None}
         if rank == 0:
             common.append_jsonl(log_path, [rec])
             bar.set_postfix(loss=f"{step_loss:.4f}", tok_s=f"{tokens / dt:.0f}", mfu=f"{rec['mfu']:.1%}")
