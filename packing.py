@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 FLEX, VARLEN = "packed_flex", "packed_varlen"
+HEAD_CHUNK = 1024  # positions per chunk of the chunked loss head: 1024 x 152k fp32 logits ~ 0.6 GB
 ATTENTION = ("auto", "flash_attention_2", VARLEN, FLEX, "sdpa", "eager")
 LossHead = Literal["auto", "liger", "chunked", "logits"]
 LOSS_HEADS = ("auto", "liger", "chunked", "logits")
@@ -248,7 +249,7 @@ def choose_loss_head(requested: str, on_gpu: bool, device="cuda") -> str:
 
 
 @contextlib.contextmanager
-def loss_head(model, impl: str, targets: torch.Tensor, weights: torch.Tensor, chunk: int = 1024):
+def loss_head(model, impl: str, targets: torch.Tensor, weights: torch.Tensor, chunk: Optional[int] = None):
     """While active, the model's output embedding (lm_head) returns sum(weight x cross-entropy) of the positions
     it is given (as a 0-d tensor in `logits`) instead of their logits. It runs inside lm_head's own call, so
     DeepSpeed ZeRO-3 gathers (and in backward re-gathers) the weight exactly as for the usual logits."""
@@ -264,7 +265,7 @@ def loss_head(model, impl: str, targets: torch.Tensor, weights: torch.Tensor, ch
         raise ValueError(f"--loss_head {impl}: this model transforms its logits after lm_head "
                          "(use --loss_head logits)")
     fused = linear_ce_liger if impl == "liger" else \
-        (lambda h, wt, b, t, w: linear_ce_chunked(h, wt, b, t, w, chunk))
+        (lambda h, wt, b, t, w: linear_ce_chunked(h, wt, b, t, w, chunk or HEAD_CHUNK))
 
     def forward(h):
         return fused(h.reshape(-1, h.shape[-1]), head.weight, head.bias, targets, weights)
