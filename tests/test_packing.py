@@ -1,6 +1,5 @@
 """packing.py: every attention implementation that runs on CPU keeps packed examples apart (loss and gradients
 equal separate sequences, against the dense-mask reference), and the memory-lean loss heads equal the logits one."""
-import numpy as np
 import pytest
 import torch
 
