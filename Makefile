@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 TINY := models/smollm2-135m-instruct
 
-.PHONY: venv tiny demo test test-fast lint bench clean-demo
+.PHONY: venv tiny demo test test-fast lint bench clean-demo gpu-check gpu-check-tiny
 
 # The CPU environment, created once (stamp file), from requirements-cpu.txt.
 $(BIN)/.installed: requirements-cpu.txt
@@ -47,3 +47,12 @@ bench: tiny
 # Remove the demo's outputs (a fresh `make demo` then starts from nothing).
 clean-demo:
 	rm -rf $${DEMO:-runs/demo}
+
+# A fresh GPU node, before a week of GPU time: correctness + speed, one table, a verdict (bench/gpu_check.py).
+GPUS ?= 1
+gpu-check:
+	$(BIN)/python bench/gpu_check.py --gpus $(GPUS)
+
+# The same checks on CPU with the tiny model (what CI runs).
+gpu-check-tiny: tiny
+	PATH=$(CURDIR)/$(BIN):$$PATH DS_ACCELERATOR=cpu VLLM_CPU_KV_GB=1 $(BIN)/python bench/gpu_check.py --tiny --out gpu_check_tiny.json

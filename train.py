@@ -19,7 +19,8 @@ Each example: `prompt` and `completion` tokenized separately (no special tokens 
 carry the template's), concatenated, cut at --max_len; the loss falls on completion tokens only. An optimizer step
 consumes --global_batch_size EXAMPLES, split over ranks (balanced by tokens) and packed into micro-batches of up
 to --micro_batch_tokens tokens; position ids restart per example and attention never crosses examples
-(FlashAttention-2 varlen on GPU when installed, else SDPA with a block-diagonal causal mask). Loss reduction is
+(packing.py: FlashAttention-2 varlen on GPU when installed, else torch's varlen kernel or flex_attention, O(T);
+on CPU SDPA with a dense block-diagonal causal mask). Loss reduction is
 computed against the global batch, so it does not depend on the number of ranks or micro-batches.
 
 Output: DIR/ (HF checkpoint: safetensors, config, tokenizer, chat template, generation_config), DIR/epoch_{k}/
@@ -46,6 +47,7 @@ import warnings
 import numpy as np
 
 import common
+import packing
 
 # Each paper's hyperparameters. Flags given on the command line override them.
 PRESETS = {
@@ -64,7 +66,7 @@ BASE = dict(lr=1e-5, epochs=3, global_batch_size=32, lr_scheduler="cosine", warm
 # Arguments that do not change the result: a resumed run may change them
 NOT_SETTINGS = {"resume", "overwrite", "stop_after_steps", "local_rank", "save_steps", "save_total_limit",
                 "keep_checkpoints", "deepspeed", "gradient_checkpointing", "micro_batch_tokens",
-                "attn_implementation", "peak_tflops", "save_every_epoch", "report_to", "push_to_hub"}
+                "attn_implementation", "loss_head", "peak_tflops", "save_every_epoch", "report_to", "push_to_hub"}
 
 
 @dataclass
@@ -112,8 +114,15 @@ class Args:
     micro_batch_tokens: int = field(default=16384, metadata={"help": "token budget of one packed micro-batch per rank"})
     packing: bool = field(default=True, metadata={"help": "--no_packing: padded micro-batches in data order (the "
                                                           "usual baseline)"})
-    attn_implementation: Literal["auto", "flash_attention_2", "sdpa", "eager"] = field(
-        default="auto", metadata={"help": "auto: flash_attention_2 on GPU when installed, else sdpa"})
+    attn_implementation: Literal["auto", "flash_attention_2", "packed_varlen", "packed_flex", "sdpa", "eager"] = field(
+        default="auto", metadata={"help": (
+            "auto: flash_attention_2 on GPU when installed, else torch's varlen attention (packed_varlen) or "
+            "flex_attention with a block mask (packed_flex), both O(T); on CPU sdpa with a dense block mask, the "
+            "reference (packing.py)")})
+    loss_head: packing.LossHead = field(default="auto", metadata={"help": (
+        "how the loss meets the vocabulary (the same number, less memory): auto = liger on GPU when installed and "
+        "exact, else chunked; chunked = logits one chunk of positions at a time, recomputed in backward; logits = "
+        "lm_head over all trained positions at once (the reference)")})
     gradient_checkpointing: bool = field(
         default=False, metadata={"help": "recompute activations in the backward pass (less memory, slower)"})
     max_steps: int = field(default=0, metadata={"help": "> 0: train this many optimizer steps (also the schedule's "
@@ -165,9 +174,9 @@ def resolve(args: Args) -> Args:
     for name, ok, rule in checks:
         if not ok:
             raise common.DataError(f"--{name} must be {rule}, got {getattr(args, name)}")
-    if args.attn_implementation not in ("auto", "sdpa", "eager", "flash_attention_2"):
-        raise common.DataError(f"--attn_implementation {args.attn_implementation!r}: choose auto, sdpa, eager or "
-                               f"flash_attention_2")
+    if args.attn_implementation in ("packed_varlen", "packed_flex") and not args.packing:
+        raise common.DataError(f"--attn_implementation {args.attn_implementation} needs packing (--no_packing pads: "
+                               f"use sdpa)")
     return args
 
 
@@ -307,44 +316,22 @@ def collate(micro: list[int], examples: list[Example], weights: dict[int, float]
     return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in out.items()}
 
 
-def block_causal_mask(segments):
-    """[1, 1, T, T] boolean: attend to earlier positions of the same example only."""
-    import torch
-    T = segments.shape[0]
-    same = segments[:, None] == segments[None, :]
-    return (same & torch.ones(T, T, dtype=torch.bool, device=segments.device).tril())[None, None]
-
-
-def micro_batch_loss(model, mb: dict, device, varlen: bool):
-    """sum(weight x token cross-entropy) of one micro-batch, computed in fp32 on the completion positions only."""
+def micro_batch_loss(model, mb: dict, device, attn="sdpa", head: str = "logits"):
+    """sum(weight x token cross-entropy) of one micro-batch, computed in fp32 on the completion positions only.
+    attn: the attention implementation the model was loaded with (packing.py: how example boundaries reach it;
+    a bool means flash_attention_2 varlen or not); head: packing.LOSS_HEADS (the same number, other memory)."""
+    if isinstance(attn, bool):
+        attn = "flash_attention_2" if attn else "sdpa"
     mb = {k: v.to(device) for k, v in mb.items()}
     targets, weights = mb["targets"], mb["weights"].float()
     if "segments" in mb:  # packed: one row
         keep = (targets[0] != -100).nonzero().squeeze(1)
-        kw = {"position_ids": mb["position_ids"]}
-        if not varlen and int(mb["segments"][-1]) > 0:  # several examples: block-diagonal mask (SDPA)
-            kw["attention_mask"] = block_causal_mask(mb["segments"])
-        out = model(input_ids=mb["input_ids"], logits_to_keep=keep, use_cache=False, **kw)
-        logits, t, w = out.logits[0], targets[0, keep], weights[0, keep]
-    else:
-        out = model(input_ids=mb["input_ids"], attention_mask=mb["attention_mask"], use_cache=False)
-        logits, t, w = out.logits.flatten(0, 1), targets.flatten(), weights.flatten()
-    return chunked_ce(logits, t.clamp(min=0), w)
-
-
-def _ce_sum(logits, t, w):
-    import torch.nn.functional as F
-    return (F.cross_entropy(logits.float(), t, reduction="none") * w).sum()
-
-
-def chunked_ce(logits, t, w, chunk: int = 4096):
-    """sum(w x cross-entropy) in fp32, one chunk of positions at a time, each recomputed in backward: the fp32
-    copy and softmax of a 16k x 152k logit matrix (~10 GB each) never exist whole."""
-    from torch.utils.checkpoint import checkpoint
-    if logits.shape[0] <= chunk:
-        return _ce_sum(logits, t, w)
-    return sum(checkpoint(_ce_sum, logits[s:s + chunk], t[s:s + chunk], w[s:s + chunk], use_reentrant=False)
-               for s in range(0, logits.shape[0], chunk))
+        kw = {"position_ids": mb["position_ids"], **packing.attention_kwargs(attn, mb["segments"])}
+        return packing.head_loss(model, dict(input_ids=mb["input_ids"], logits_to_keep=keep, use_cache=False, **kw),
+                                 head, targets[0, keep], weights[0, keep])
+    out = model(input_ids=mb["input_ids"], attention_mask=mb["attention_mask"], use_cache=False)
+    logits, t, w = out.logits.flatten(0, 1), targets.flatten(), weights.flatten()
+    return packing.chunked_ce(logits, t.clamp(min=0), w)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -599,14 +586,12 @@ def main():
     hidden = getattr(mcfg, "hidden_size", None) or getattr(mcfg.get_text_config(), "hidden_size", 1024)
     bf16 = on_gpu and acc.is_bf16_supported()
     ds_config = fill_ds_config(args.deepspeed, args, world, bf16, hidden)
-    attn = args.attn_implementation
-    if attn == "auto":
-        try:
-            import flash_attn  # noqa: F401
-            attn = "flash_attention_2" if on_gpu else "sdpa"
-        except ImportError:
-            attn = "sdpa"
-    varlen = args.packing and attn.startswith("flash")
+    try:  # packing.py: which attention keeps packed examples apart here, and which loss head
+        attn = packing.choose_attention(args.attn_implementation, on_gpu, args.packing, device)
+        head = packing.choose_loss_head(args.loss_head, on_gpu, device) if args.packing else "logits"
+    except ValueError as e:
+        raise common.DataError(str(e)) from None
+    packing.register()
     dschf = HfDeepSpeedConfig(ds_config)  # noqa: F841  (must stay alive while loading)
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.bfloat16 if bf16 else torch.float32,
                                                  attn_implementation=attn, trust_remote_code=args.trust_remote_code)
@@ -638,7 +623,7 @@ def main():
                                       num_training_steps=total)
     engine, *_ = deepspeed.initialize(model=model, model_parameters=[g for g in groups if g["params"]],
                                       config=ds_config, lr_scheduler=sched)
-    log(f"model {args.model}: {n_params / 1e6:.1f}M parameters, attention {attn}{' varlen' if varlen else ''}, "
+    log(f"model {args.model}: {n_params / 1e6:.1f}M parameters, attention {attn}, loss head {head}, "
         f"{'bf16' if bf16 else 'fp32'}, {total} steps ({steps_per_epoch} per epoch), warmup {warmup}")
 
     start = 0
@@ -684,7 +669,7 @@ def main():
         engine.train()
         for k, mb in enumerate(micro):
             engine.set_gradient_accumulation_boundary(k == len(micro) - 1)
-            loss = micro_batch_loss(engine, collate(mb, examples, weights, args.packing, pad_id), device, varlen)
+            loss = micro_batch_loss(engine, collate(mb, examples, weights, args.packing, pad_id), device, attn, head)
             # DeepSpeed averages gradients over ranks: scale by world so the result is the global-batch loss
             engine.backward(loss * world)
             local[0] += loss.item()
@@ -708,7 +693,8 @@ def main():
                "loss": step_loss,
                "lr": engine.get_lr()[0], "grad_norm": None if gn is None else float(gn), "examples": len(batch),
                "micro_batches": len(micro), "tokens": int(tokens), "tokens_per_s": tokens / dt,
-               "mfu": flops / dt / (peak * (world if on_gpu else 1)), "time_s": dt}  # CPU: one machine's peak
+               "mfu": flops / dt / (peak * (world if on_gpu else 1)), "time_s": dt,  # CPU: one machine's peak
+               "peak_mem_gb": torch.cuda.max_memory_allocated(device) / 2**30 if on_gpu else None}
         if rank == 0:
             common.append_jsonl(log_path, [rec])
             tracker.log(rec)

@@ -33,15 +33,11 @@ class Args:
     seed: int = 42
 
 
-def main() -> None:
-    from transformers import HfArgumentParser
-    (b,) = HfArgumentParser(Args).parse_args_into_dataclasses()
-    a = sample.Args(model=b.model, data=b.data, output="unused.jsonl", limit=b.limit, n=b.n, max_tokens=b.max_tokens,
-                    chunk_size=b.chunk_size, seed=b.seed)
+def compare(llm, a: sample.Args, repeats: int, log=print) -> dict:
+    """sample.py's path vs bare llm.generate on one engine, `repeats` times each, alternating order."""
     system_prompt = common.resolve_system_prompt(a.system_prompt)
     questions = common.load_questions(a.data, limit=a.limit)
-    tokenizer = common.load_tokenizer(a.model)
-    llm = common.make_llm(a.model, seed=a.seed)
+    tokenizer = llm.get_tokenizer()
     params = sample.make_sampling_params(sample.sampling_settings(a))
     bare_prompts = [{"prompt_token_ids": ids} for ids in sample.encode_prompts(tokenizer, questions, system_prompt)]
     llm.generate(bare_prompts[:4], params, use_tqdm=False)  # warm-up
@@ -59,21 +55,32 @@ def main() -> None:
     times = {"bare": [], "sample": []}
     tokens = {"bare": [], "sample": []}
     with tempfile.TemporaryDirectory() as tmp:
-        for r in range(b.repeats):
+        for r in range(repeats):
             order = ["bare", "sample"] if r % 2 == 0 else ["sample", "bare"]
             for which in order:
                 t0 = time.perf_counter()
                 ntok = bare() if which == "bare" else via_sample(Path(tmp) / f"rep{r}.jsonl")
                 times[which].append(time.perf_counter() - t0)
                 tokens[which].append(ntok)
-                print(f"repeat {r} {which:6s}: {times[which][-1]:7.2f} s, {ntok} tokens", flush=True)
-    sample.shutdown(llm)
+                log(f"repeat {r} {which:6s}: {times[which][-1]:7.2f} s, {ntok} tokens")
     tb, ts = sum(times["bare"]), sum(times["sample"])
-    per_tok = (ts / sum(tokens["sample"])) / (tb / sum(tokens["bare"]))
-    print(f"{len(questions)} questions x n={a.n}, max_tokens {a.max_tokens}, {b.repeats} repeats, model {a.model}")
-    print(f"bare vLLM: {tb:.2f} s ({sum(tokens['bare'])} tokens); sample.py: {ts:.2f} s "
-          f"({sum(tokens['sample'])} tokens); per-token time ratio: {per_tok:.3f}")
-    print(f"sample.py / bare vLLM time ratio: {ts / tb:.2f}")
+    return {"questions": len(questions), "bare_s": tb, "sample_s": ts, "bare_tokens": sum(tokens["bare"]),
+            "sample_tokens": sum(tokens["sample"]), "time_ratio": ts / tb,
+            "per_token_ratio": (ts / max(1, sum(tokens["sample"]))) / (tb / max(1, sum(tokens["bare"])))}
+
+
+def main() -> None:
+    from transformers import HfArgumentParser
+    (b,) = HfArgumentParser(Args).parse_args_into_dataclasses()
+    a = sample.Args(model=b.model, data=b.data, output="unused.jsonl", limit=b.limit, n=b.n, max_tokens=b.max_tokens,
+                    chunk_size=b.chunk_size, seed=b.seed)
+    llm = common.make_llm(a.model, seed=a.seed)
+    r = compare(llm, a, b.repeats, log=lambda m: print(m, flush=True))
+    sample.shutdown(llm)
+    print(f"{r['questions']} questions x n={a.n}, max_tokens {a.max_tokens}, {b.repeats} repeats, model {a.model}")
+    print(f"bare vLLM: {r['bare_s']:.2f} s ({r['bare_tokens']} tokens); sample.py: {r['sample_s']:.2f} s "
+          f"({r['sample_tokens']} tokens); per-token time ratio: {r['per_token_ratio']:.3f}")
+    print(f"sample.py / bare vLLM time ratio: {r['time_ratio']:.2f}")
 
 
 if __name__ == "__main__":

@@ -64,24 +64,49 @@ def peak(args):
     return (os.cpu_count() or 1) * 2.5e9 * 32
 
 
-def run_trl(args, data_path, out_dir, tokens, flops):
+def run_trl(args, data_path, out_dir, tokens, flops, packing=False, global_batch_size=8):
+    """TRL SFTTrainer on the same data: padding (its default) or its own packing=True. Returns (tokens/s,
+    flops/s) over the whole run, and sets run_trl.last = {steps, step_times, peak_mem_gb} for gpu_check.py."""
     import datasets
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import SFTConfig, SFTTrainer
     tok = AutoTokenizer.from_pretrained(args.model)
     ds = datasets.Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]}
                                      for r in common.read_jsonl(data_path)])
     gpu = torch.cuda.is_available()
+    try:
+        import flash_attn  # noqa: F401
+        attn = "flash_attention_2" if gpu else "sdpa"
+    except ImportError:  # TRL's packing then relies on transformers' packed-sequence mask from position_ids
+        attn = "sdpa"
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.bfloat16 if gpu else torch.float32,
-                                                 attn_implementation="sdpa")
+                                                 attn_implementation=attn)
     cfg = SFTConfig(output_dir=str(out_dir), num_train_epochs=1, learning_rate=args.lr, lr_scheduler_type="constant",
                     max_length=args.max_len, gradient_checkpointing=args.gradient_checkpointing,
                     save_strategy="no", report_to="none", logging_steps=1, bf16=gpu, use_cpu=not gpu,
-                    seed=args.seed, dataloader_num_workers=0, disable_tqdm=True)
-    trainer = SFTTrainer(model=model, args=cfg, train_dataset=ds, processing_class=tok)
+                    seed=args.seed, dataloader_num_workers=0, disable_tqdm=True, packing=packing,
+                    per_device_train_batch_size=8, gradient_accumulation_steps=max(1, global_batch_size // 8))
+
+    class StepTimes(TrainerCallback):
+        def __init__(self):
+            self.t = []
+
+        def on_step_begin(self, *a, **k):
+            self.t.append([time.perf_counter()])
+
+        def on_step_end(self, *a, **k):
+            if gpu:
+                torch.cuda.synchronize()
+            self.t[-1].append(time.perf_counter())
+    times = StepTimes()
+    if gpu:
+        torch.cuda.reset_peak_memory_stats()
+    trainer = SFTTrainer(model=model, args=cfg, train_dataset=ds, processing_class=tok, callbacks=[times])
     res = trainer.train()
     dt = res.metrics["train_runtime"]
+    run_trl.last = {"steps": len(times.t), "step_times": [b - a for a, b in times.t],
+                    "peak_mem_gb": torch.cuda.max_memory_allocated() / 2**30 if gpu else None, "attn": attn}
     return tokens / dt, flops / dt
 
 
@@ -139,7 +164,8 @@ def main():
               f"{time.time() - t0:.0f} s with start-up)")
         if args.skip_trl:
             return
-        trl_tps, trl_flops = run_trl(args, data_path, Path(tmp) / "trl", tokens, flops)
+        trl_tps, trl_flops = run_trl(args, data_path, Path(tmp) / "trl", tokens, flops,
+                                     global_batch_size=args.global_batch_size)
         print(f"TRL SFTTrainer (padding): {trl_tps:.0f} tokens/s, MFU {trl_flops / peak(args):.1%}")
     print(f"train.py / TRL tokens-per-second ratio: {ours_tps / trl_tps:.2f}")
     print(json.dumps({"train_py_tokens_per_s": ours_tps, "trl_tokens_per_s": trl_tps, "train_py_mfu": ours_mfu,

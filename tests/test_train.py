@@ -13,6 +13,7 @@ import torch
 from conftest import ROOT, run_script
 
 import common
+import packing
 import train
 
 DS_ENV = {"DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
@@ -48,8 +49,8 @@ def test_labels_are_exactly_the_completion_tokens(tmp_path, tokenizer):
     assert examples[0].ids.tolist() == p_ids + c_ids and examples[0].n_prompt == len(p_ids)
     assert c_ids[-2] == tokenizer.convert_tokens_to_ids("<|im_end|>")  # the end of turn is trained
     w = train.token_weights([0, 1], examples, "sample")
-    for packing in (True, False):
-        mb = train.collate([0, 1], examples, w, packing, tokenizer.pad_token_id)
+    for packed in (True, False):
+        mb = train.collate([0, 1], examples, w, packed, tokenizer.pad_token_id)
         t = mb["targets"].flatten()
         tgt = t[t != -100].tolist()
         # example a: every completion token; example b (no prompt): all but the first, which nothing precedes
@@ -122,17 +123,6 @@ def test_plan_covers_each_example_once_and_weights_normalize(reduction):
     assert sorted(i for mb in train.plan_step(batch, examples, a, 1, 0) for i in mb) == batch
 
 
-def test_chunked_cross_entropy_matches_loss_and_grad():
-    g = torch.Generator().manual_seed(0)
-    logits = torch.randn(50, 30, generator=g, requires_grad=True)
-    t, w = torch.randint(0, 30, (50,), generator=g), torch.rand(50, generator=g)
-    ref = (torch.nn.functional.cross_entropy(logits, t, reduction="none") * w).sum()
-    (g_ref,) = torch.autograd.grad(ref, logits)
-    got = train.chunked_ce(logits, t, w, chunk=7)
-    (g_got,) = torch.autograd.grad(got, logits)
-    assert torch.allclose(ref, got, atol=1e-5) and torch.allclose(g_ref, g_got, atol=1e-6)
-
-
 @pytest.mark.parametrize("which", ["random_qwen2", "random_llama"])
 def test_packed_loss_equals_separate_and_padded(which, request, tokenizer, tmp_path):
     from transformers import AutoModelForCausalLM
@@ -162,12 +152,12 @@ def test_packed_loss_equals_separate_and_padded(which, request, tokenizer, tmp_p
     assert np.abs(per_example(True) - separate).max() < 1e-4
     assert np.abs(per_example(False) - separate).max() < 1e-4
     # a plain causal mask over the packed row lets attention cross examples: the test can tell
-    real = train.block_causal_mask
+    real = packing.dense_block_causal_mask
     try:
-        train.block_causal_mask = lambda seg: real(torch.zeros_like(seg))
+        packing.dense_block_causal_mask = lambda seg: real(torch.zeros_like(seg))
         assert np.abs(per_example(True) - separate).max() > 1e-3
     finally:
-        train.block_causal_mask = real
+        packing.dense_block_causal_mask = real
 
 
 # ------------------------------------------------------------------------------------- DeepSpeed subprocesses
