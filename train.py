@@ -504,11 +504,20 @@ def model_card(meta: dict, repo: str) -> str:
             + common.PAPERS_BIBTEX)
 
 
-def main():
-    warnings.filterwarnings("ignore", message=r".*is deprecated. Please use `torch.distributed")
-    args = common.parse_args(Args, __doc__)
-    common.exit_with_launcher()  # under deepspeed/torchrun: this rank dies with its launcher, even on kill -9
-    args = resolve(args)
+@dataclass
+class Plan:
+    """What is decided before any process group or model exists: paths, settings, resume or not."""
+    out: Path
+    ckdir: Path
+    meta_path: Path
+    log_path: Path
+    settings: dict
+    has_ck: bool
+
+
+def plan_run(args: Args) -> Optional[Plan]:
+    """Validate everything cheap (DeepSpeed config, model path, output dir), take the output lock, fingerprint the
+    inputs and decide resume / refuse / start. None when this output is already trained with these settings."""
     fill_ds_config(args.deepspeed, args, 1, False, 1)  # a bad DeepSpeed config fails now, not after the model loads
     common.check_model_path(args.model)
     out = Path(args.output_dir)
@@ -526,36 +535,27 @@ def main():
         raise common.DataError(f"{args.data}: file not found")
     settings.update(data_fingerprint=common.file_fingerprint(args.data),
                     model_fingerprint=common.model_fingerprint(args.model))
-
-    # Decide resume/refuse before any process starts (every rank reads the same files; rank 0 writes).
-    # A meta.json with neither a checkpoint nor a finished model is left by a run that failed before its first
-    # save: it protects nothing and does not block a corrected command.
+    # Every rank reads the same files; rank 0 writes. A meta.json with neither a checkpoint nor a finished model is
+    # left by a run that failed before its first save: it protects nothing and does not block a corrected command.
     stale = meta_path.exists() and not (ckdir / "latest").exists() and not (out / "config.json").exists()
     same = common.check_settings(meta_path, settings, args.overwrite or stale, f"training output {out}")
     meta_old = common.read_json(meta_path, "metadata") if same else {}
     has_ck = (ckdir / "latest").exists() and not args.overwrite
     if meta_old.get("finished") and not args.overwrite:
         print(f"{out}: already trained with these settings (pass --overwrite to train again)")
-        return
+        return None
     if has_ck and not args.resume:
         raise common.DataError(f"{out} holds a training checkpoint: pass --resume to continue it, or --overwrite")
     Tracker.check(args.report_to)
     if args.push_to_hub:
         common.check_push(args.push_to_hub)
+    return Plan(out, ckdir, meta_path, log_path, settings, has_ck)
 
-    # Data first: bad input fails fast, before any process group or model
-    tok = common.load_tokenizer(args.model, args.trust_remote_code)
-    examples, stats = load_examples(tok, args.data, args.max_len)
 
-    init_distributed()
-    import deepspeed
+def setup_device(world: int):
+    """(accelerator, on_gpu, device) for this rank; on CPU the cores are shared between the local ranks."""
     import torch
-    import torch.distributed as dist
     from deepspeed.accelerator import get_accelerator
-    from transformers import AutoConfig, AutoModelForCausalLM, get_scheduler
-    from transformers.integrations import HfDeepSpeedConfig
-
-    rank, world = dist.get_rank(), dist.get_world_size()
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     acc = get_accelerator()
     on_gpu = acc.device_name() == "cuda"
@@ -564,27 +564,17 @@ def main():
         acc.set_device(local_rank)
     elif "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", world))))
-    log = (lambda *a: print(*a, flush=True)) if rank == 0 else (lambda *a: None)
+    return acc, on_gpu, device
 
-    if rank == 0:
-        if args.overwrite:
-            shutil.rmtree(ckdir, ignore_errors=True)
-            log_path.unlink(missing_ok=True)
-        hp = {k: getattr(args, k) for k in BASE}
-        log(f"preset {args.preset or 'none'}: " + ", ".join(f"{k}={v}" for k, v in hp.items())
-            + f", loss_reduction={args.loss_reduction}, packing={args.packing}, world_size={world}")
 
-    if stats["dropped_no_completion_tokens"]:
-        log(f"dropped {stats['dropped_no_completion_tokens']} examples with no completion tokens after truncation")
-    log(f"{stats['examples']} examples, {stats['tokens']} tokens ({stats['trained_tokens']} trained), "
-        f"{stats['truncated']} cut at --max_len {args.max_len}, types {stats['by_type']}")
-    pad_id = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
-
-    # Model: constructed under ZeRO-3 (HfDeepSpeedConfig alive before from_pretrained -> deepspeed.zero.Init),
-    # so no rank ever holds the whole model.
+def load_model(args: Args, world: int, on_gpu: bool, bf16: bool, device):
+    """The model, constructed under ZeRO-3 (HfDeepSpeedConfig alive before from_pretrained -> deepspeed.zero.Init),
+    so no rank ever holds the whole model. Returns (model, ds_config, attention, loss head, hidden size)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers.integrations import HfDeepSpeedConfig
     mcfg = AutoConfig.from_pretrained(args.model, trust_remote_code=args.trust_remote_code)
     hidden = getattr(mcfg, "hidden_size", None) or getattr(mcfg.get_text_config(), "hidden_size", 1024)
-    bf16 = on_gpu and acc.is_bf16_supported()
     ds_config = fill_ds_config(args.deepspeed, args, world, bf16, hidden)
     try:  # packing.py: which attention keeps packed examples apart here, and which loss head
         attn = packing.choose_attention(args.attn_implementation, on_gpu, args.packing, device)
@@ -598,10 +588,109 @@ def main():
     model.config.use_cache = False
     if args.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return model, ds_config, attn, head, hidden
+
+
+def make_engine(args: Args, model, ds_config: dict, total: int, warmup: int):
+    """DeepSpeed engine with AdamW (no weight decay on biases and norm weights) and the learning-rate schedule."""
+    import deepspeed
+    from transformers import get_scheduler
+    decay, no_decay, seen = [], [], set()
+    for _, mod in model.named_modules():
+        for pname, p in mod.named_parameters(recurse=False):
+            if id(p) in seen:  # tied embeddings
+                continue
+            seen.add(id(p))
+            (no_decay if pname == "bias" or "norm" in type(mod).__name__.lower() else decay).append(p)
+    groups = [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+    def sched(opt):
+        return get_scheduler(args.lr_scheduler, opt, num_warmup_steps=warmup, num_training_steps=total)
+    engine, *_ = deepspeed.initialize(model=model, model_parameters=[g for g in groups if g["params"]],
+                                      config=ds_config, lr_scheduler=sched)
+    return engine
+
+
+def train_step(engine, micro: list[list[int]], examples: list[Example], weights: dict, args: Args, pad_id: int,
+               device, attn: str, head: str, world: int) -> tuple[float, float, float]:
+    """One optimizer step over this rank's micro-batches: (global loss, tokens, sum of squared lengths) summed
+    over ranks. The step is not applied when the loss is not finite (the caller stops)."""
+    import torch
+    import torch.distributed as dist
+    local = torch.zeros(3, dtype=torch.float64)  # loss, tokens, attention flops
+    engine.train()
+    for k, mb in enumerate(micro):
+        engine.set_gradient_accumulation_boundary(k == len(micro) - 1)
+        loss = micro_batch_loss(engine, collate(mb, examples, weights, args.packing, pad_id), device, attn, head)
+        # DeepSpeed averages gradients over ranks: scale by world so the result is the global-batch loss
+        engine.backward(loss * world)
+        local[0] += loss.item()
+        local[1] += sum(len(examples[i].ids) for i in mb)
+        local[2] += sum(len(examples[i].ids) ** 2 for i in mb)
+    tot = local.to(device)
+    dist.all_reduce(tot)
+    return tuple(tot.tolist())
+
+
+def finish(args: Args, plan: Plan, engine, tok, rank: int, total: int, last_saved: int, tracker, log) -> None:
+    """The final HF checkpoint, meta.json marked finished, the loss curve, and the optional hub upload."""
+    import torch.distributed as dist
+    save_hf(engine, tok, args, plan.out, rank)
+    dist.barrier()
+    if rank != 0:
+        return
+    if not args.keep_checkpoints:
+        shutil.rmtree(plan.ckdir, ignore_errors=True)
+    meta = json.loads(plan.meta_path.read_text())
+    meta.update(finished=True, steps=total, last_checkpoint_step=last_saved)
+    common.write_json(plan.meta_path, meta)
+    tracker.close()
+    png = plot_loss(plan.log_path, plan.out / "train_loss.png")
+    log(f"done: {total} steps; model in {plan.out}, log in {plan.log_path}, curve in {png}")
+    if args.push_to_hub:
+        common.push_to_hub(args.push_to_hub, plan.out, model_card(meta, args.push_to_hub), repo_type="model",
+                           ignore=["checkpoints/**", "epoch_*/**", "tensorboard/**", "wandb/**"])
+
+
+def main():
+    warnings.filterwarnings("ignore", message=r".*is deprecated. Please use `torch.distributed")
+    args = common.parse_args(Args, __doc__)
+    common.exit_with_launcher()  # under deepspeed/torchrun: this rank dies with its launcher, even on kill -9
+    args = resolve(args)
+    plan = plan_run(args)  # everything that can be refused, before any process group or model
+    if plan is None:
+        return
+    out, ckdir, meta_path, log_path = plan.out, plan.ckdir, plan.meta_path, plan.log_path
+
+    # Data first: bad input fails fast, before any process group or model
+    tok = common.load_tokenizer(args.model, args.trust_remote_code)
+    examples, stats = load_examples(tok, args.data, args.max_len)
+
+    init_distributed()
+    import torch
+    import torch.distributed as dist
+    rank, world = dist.get_rank(), dist.get_world_size()
+    acc, on_gpu, device = setup_device(world)
+    log = (lambda *a: print(*a, flush=True)) if rank == 0 else (lambda *a: None)
+    if rank == 0:
+        if args.overwrite:
+            shutil.rmtree(ckdir, ignore_errors=True)
+            log_path.unlink(missing_ok=True)
+        hp = {k: getattr(args, k) for k in BASE}
+        log(f"preset {args.preset or 'none'}: " + ", ".join(f"{k}={v}" for k, v in hp.items())
+            + f", loss_reduction={args.loss_reduction}, packing={args.packing}, world_size={world}")
+    if stats["dropped_no_completion_tokens"]:
+        log(f"dropped {stats['dropped_no_completion_tokens']} examples with no completion tokens after truncation")
+    log(f"{stats['examples']} examples, {stats['tokens']} tokens ({stats['trained_tokens']} trained), "
+        f"{stats['truncated']} cut at --max_len {args.max_len}, types {stats['by_type']}")
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
+
+    bf16 = on_gpu and acc.is_bf16_supported()
+    model, ds_config, attn, head, hidden = load_model(args, world, on_gpu, bf16, device)
     n_params = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())
     n_layers = getattr(model.config.get_text_config(), "num_hidden_layers", 0)
 
-    # Data plan and schedule
+    # Data plan and schedule: step s takes the next global batch of a seeded per-epoch permutation
     n, gbs = len(examples), args.global_batch_size
     steps_per_epoch = math.ceil(n / gbs)
     total = args.max_steps if args.max_steps > 0 else steps_per_epoch * args.epochs
@@ -611,23 +700,12 @@ def main():
         epoch, s = divmod(step, steps_per_epoch)
         return epoch, [int(i) for i in epoch_order(n, args.seed, epoch)[s * gbs:(s + 1) * gbs]]
 
-    decay, no_decay, seen = [], [], set()
-    for _, mod in model.named_modules():
-        for pname, p in mod.named_parameters(recurse=False):
-            if id(p) in seen:  # tied embeddings
-                continue
-            seen.add(id(p))
-            (no_decay if pname == "bias" or "norm" in type(mod).__name__.lower() else decay).append(p)
-    groups = [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    sched = lambda opt: get_scheduler(args.lr_scheduler, opt, num_warmup_steps=warmup,  # noqa: E731
-                                      num_training_steps=total)
-    engine, *_ = deepspeed.initialize(model=model, model_parameters=[g for g in groups if g["params"]],
-                                      config=ds_config, lr_scheduler=sched)
+    engine = make_engine(args, model, ds_config, total, warmup)
     log(f"model {args.model}: {n_params / 1e6:.1f}M parameters, attention {attn}, loss head {head}, "
         f"{'bf16' if bf16 else 'fp32'}, {total} steps ({steps_per_epoch} per epoch), warmup {warmup}")
 
     start = 0
-    if args.resume and has_ck:
+    if args.resume and plan.has_ck:
         path, client = engine.load_checkpoint(str(ckdir))
         if path is None:
             raise common.DataError(f"{ckdir}: could not load the DeepSpeed checkpoint")
@@ -635,7 +713,7 @@ def main():
         log(f"resumed from {path} at step {start}")
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
-        common.write_json(meta_path, common.run_info(args, settings=settings, data=stats, finished=False,
+        common.write_json(meta_path, common.run_info(args, settings=plan.settings, data=stats, finished=False,
                                                      world_size=world, versions=common.versions(
                                                          "torch", "transformers", "deepspeed")))
         if log_path.exists():  # drop lines of steps that a kill lost
@@ -665,19 +743,8 @@ def main():
         weights = token_weights(batch, examples, args.loss_reduction)
         micro = plan_step(batch, examples, args, world, rank)
         t0 = time.perf_counter()
-        local = torch.zeros(3, dtype=torch.float64)  # loss, tokens, attention flops
-        engine.train()
-        for k, mb in enumerate(micro):
-            engine.set_gradient_accumulation_boundary(k == len(micro) - 1)
-            loss = micro_batch_loss(engine, collate(mb, examples, weights, args.packing, pad_id), device, attn, head)
-            # DeepSpeed averages gradients over ranks: scale by world so the result is the global-batch loss
-            engine.backward(loss * world)
-            local[0] += loss.item()
-            local[1] += sum(len(examples[i].ids) for i in mb)
-            local[2] += sum(len(examples[i].ids) ** 2 for i in mb)
-        tot = local.to(device)
-        dist.all_reduce(tot)
-        step_loss, tokens, attn_sq = tot.tolist()
+        step_loss, tokens, attn_sq = train_step(engine, micro, examples, weights, args, pad_id, device, attn, head,
+                                                world)
         if not math.isfinite(step_loss):
             bar.close()
             good = (ckdir / "latest").read_text().strip() if (ckdir / "latest").exists() else "none"
@@ -707,20 +774,7 @@ def main():
             save_ds(step + 1)
             last_saved = step + 1
     bar.close()
-    save_hf(engine, tok, args, out, rank)
-    dist.barrier()
-    if rank == 0:
-        if not args.keep_checkpoints:
-            shutil.rmtree(ckdir, ignore_errors=True)
-        meta = json.loads(meta_path.read_text())
-        meta.update(finished=True, steps=total, last_checkpoint_step=last_saved)
-        common.write_json(meta_path, meta)
-        tracker.close()
-        png = plot_loss(log_path, out / "train_loss.png")
-        log(f"done: {total} steps; model in {out}, log in {log_path}, curve in {png}")
-        if args.push_to_hub:
-            common.push_to_hub(args.push_to_hub, out, model_card(meta, args.push_to_hub), repo_type="model",
-                               ignore=["checkpoints/**", "epoch_*/**", "tensorboard/**", "wandb/**"])
+    finish(args, plan, engine, tok, rank, total, last_saved, tracker, log)
 
 
 if __name__ == "__main__":
