@@ -130,7 +130,7 @@ class Args:
     seed: int = field(default=42, metadata={"help": "data order: a seeded permutation per epoch"})
     save_every_epoch: bool = field(default=False, metadata={"help": "HF checkpoint in DIR/epoch_{k}"})
     save_steps: int = field(default=500, metadata={"help": "DeepSpeed checkpoint (for --resume) every this many "
-                                                           "steps, and at each epoch end"})
+                                                           "steps (0: none between), and at each epoch end"})
     save_total_limit: int = field(default=1, metadata={"help": "DeepSpeed checkpoints kept"})
     keep_checkpoints: bool = field(default=False, metadata={"help": "keep DIR/checkpoints after a finished run "
                                                                     "(optimizer states are large)"})
@@ -168,7 +168,8 @@ def resolve(args: Args) -> Args:
               ("max_grad_norm", args.max_grad_norm >= 0, ">= 0 (0: no clipping)"),
               ("weight_decay", args.weight_decay >= 0, ">= 0"), ("adam_beta1", 0 <= args.adam_beta1 < 1, "in [0, 1)"),
               ("adam_beta2", 0 <= args.adam_beta2 < 1, "in [0, 1)"), ("adam_eps", args.adam_eps > 0, "> 0"),
-              ("max_steps", args.max_steps >= 0, ">= 0"), ("save_steps", args.save_steps >= 1, ">= 1"),
+              ("max_steps", args.max_steps >= 0, ">= 0"),
+              ("save_steps", args.save_steps >= 0, ">= 0 (0: only at epoch ends)"),
               ("save_total_limit", args.save_total_limit >= 1, ">= 1"),
               ("stop_after_steps", args.stop_after_steps >= 0, ">= 0"), ("peak_tflops", args.peak_tflops >= 0, ">= 0")]
     for name, ok, rule in checks:

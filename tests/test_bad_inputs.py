@@ -114,7 +114,7 @@ def _cases():
         "train_max_grad_norm_neg": (["train", *T, "--max_grad_norm", "-1", "--output_dir", "OUT/t"],
                                     "--max_grad_norm must be >= 0"),
         "train_adam_beta2_1": (["train", *T, "--adam_beta2", "1", "--output_dir", "OUT/t"], "--adam_beta2 must be"),
-        "train_save_steps_0": (["train", *T, "--save_steps", "0", "--output_dir", "OUT/t"], "--save_steps must be"),
+        "train_save_steps_neg": (["train", *T, "--save_steps", "-1", "--output_dir", "OUT/t"], "--save_steps must be"),
         "train_ds_config_not_json": (["train", *T, "--deepspeed", "IN/broken.json", "--output_dir", "OUT/t"],
                                      "broken.json: cannot read the DeepSpeed config"),
         "train_ds_config_not_zero3": (["train", *T, "--deepspeed", "DSZ2", "--output_dir", "OUT/t"],
