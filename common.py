@@ -1315,14 +1315,18 @@ def cpu_dtype(requested: str = "auto", flags: Optional[set] = None) -> tuple[str
                        "emulated, >10x slower")
 
 
-def cpu_thread_env() -> dict[str, str]:
+def cpu_thread_env(cores: Optional[int] = None) -> dict[str, str]:
     """vLLM-CPU thread settings this project applies unless the environment sets them: the one place to change
-    them. Measured with bench/cpu_speed.py on 2 cores, under load (docs/cpu.md): vLLM's own default, one core
-    reserved for its scheduler process (which busy-waits while the model runs) and OpenMP bound to the other core,
-    was 3-4x faster than giving OpenMP both cores (VLLM_CPU_NUM_OF_RESERVED_CPU=0) and 8-9x faster than unbound threads
-    (VLLM_CPU_OMP_THREADS_BIND=nobind): the OpenMP threads then fight the scheduler for a core. So nothing is
-    overridden: vLLM's default is the fastest setting there."""
-    return {}
+    them. vLLM-CPU reserves one core for its scheduler process by default, which on a 2-core machine leaves the
+    model ONE thread. Measured with bench/cpu_speed.py on an idle 2-core Xeon (docs/cpu.md): no reserved core
+    (VLLM_CPU_NUM_OF_RESERVED_CPU=0, OpenMP bound to both cores) generates 1.8x (bf16) and 1.6x (float32) the
+    tokens/s of the default, and unbound threads are slower than both. So on machines with at most 2 usable cores
+    (laptops, CI, the demo) no core is reserved; on larger ones vLLM's default stands (one core of many). Under
+    heavy load from other jobs the order reversed (docs/cpu.md): set VLLM_CPU_NUM_OF_RESERVED_CPU=1 on a shared
+    machine."""
+    if cores is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return {"VLLM_CPU_NUM_OF_RESERVED_CPU": "0"} if cores <= 2 else {}
 
 
 # ----------------------------------------------------------------------------------------------------------------

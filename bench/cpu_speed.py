@@ -11,8 +11,9 @@ would choose, and a Markdown table.
 Thread settings (--threads):
   vllm      vLLM-CPU's own default: one core reserved for the scheduler process, OpenMP bound to the others
             (VLLM_CPU_NUM_OF_RESERVED_CPU=1 VLLM_CPU_OMP_THREADS_BIND=auto): ONE thread on a 2-core machine;
-            this project's default (common.cpu_thread_env)
-  reserve0  no reserved core, OpenMP bound to every core (VLLM_CPU_NUM_OF_RESERVED_CPU=0)
+            this project's default above 2 cores (common.cpu_thread_env)
+  reserve0  no reserved core, OpenMP bound to every core (VLLM_CPU_NUM_OF_RESERVED_CPU=0): this project's
+            default on machines with at most 2 cores
   nobind    no binding, OMP_NUM_THREADS = all cores (VLLM_CPU_OMP_THREADS_BIND=nobind)
 --emulate_no_bf16 adds rows run with ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 (oneDNN and PyTorch's own
 kernels limited to AVX2, as on a CPU without AVX-512/AMX). This is NOT a faithful AVX2-only CPU: vLLM-CPU's own

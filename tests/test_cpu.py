@@ -32,3 +32,11 @@ def test_cpu_dtype_flag_overrides_and_is_checked():
     with pytest.raises(common.DataError, match="--dtype 'fp8'"):
         common.cpu_dtype("fp8")
     assert common.cpu_flags("/nonexistent/cpuinfo") == set()
+
+
+def test_thread_setting_follows_the_core_count():
+    """bench/cpu_speed.py on an idle 2-core machine: no reserved core is 1.6-1.8x faster (docs/cpu.md); larger
+    machines keep vLLM's default of one reserved core."""
+    assert common.cpu_thread_env(2) == {"VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
+    assert common.cpu_thread_env(1) == {"VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
+    assert common.cpu_thread_env(16) == {}
