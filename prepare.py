@@ -36,11 +36,15 @@ from pathlib import Path
 from typing import Literal, Optional
 
 import common
+import grading
+import models
+import runs
+import sources
 
 HF_ADAPTERS = {"gair/limo": "limo", "simplescaling/s1k-1.1": "s1k"}
-QUESTION_FIELDS = common.QUESTION_FIELDS
+QUESTION_FIELDS = sources.QUESTION_FIELDS
 RESPONSE_FIELDS = ("response", "solution", "completion", "output", "generation")
-ANSWER_FIELDS = common.ANSWER_FIELDS
+ANSWER_FIELDS = sources.ANSWER_FIELDS
 # Settings that do not change the output (excluded from the up-to-date check).
 NOT_SETTINGS = ("output", "overwrite", "grade_workers", "batch_size", "push_to_hub")
 
@@ -84,7 +88,7 @@ class Args:
         default=None, metadata={"help": "TEXT | none | default | eval (unset: from --preset, else 'default')"})
     qfft_eos: bool = field(default=False, metadata={"help": "qfft rule: append the tokenizer's EOS (the released "
                                                             "code does not)"})
-    chat_template: Optional[str] = field(default=None, metadata={"help": common.CHAT_TEMPLATE_HELP})
+    chat_template: Optional[str] = field(default=None, metadata={"help": models.CHAT_TEMPLATE_HELP})
     trust_remote_code: bool = field(default=False, metadata={"help": "allow model code from the hub (untrusted "
                                                                      "otherwise)"})
     # --- mode options
@@ -188,16 +192,16 @@ def parse_record(fmt: str, rec: dict, where: str, args: Args) -> dict:
             else None
         sol = rec.get("solution")
         return {"id": str(rec["id"]) if rec.get("id") is not None else None, "question": q,
-                "answer": common.last_boxed(sol) if isinstance(sol, str) else None, "answer_type": "math",
+                "answer": grading.last_boxed(sol) if isinstance(sol, str) else None, "answer_type": "math",
                 "responses": [resp], "finish": [None]}
     # generic
-    qf = common._pick(rec, args.question_field, QUESTION_FIELDS)
+    qf = sources._pick(rec, args.question_field, QUESTION_FIELDS)
     if qf is None:
         raise common.DataError(f"{where}: no question field (tried {', '.join(QUESTION_FIELDS)}; set --question_field)")
-    rf = common._pick(rec, args.response_field, RESPONSE_FIELDS)
+    rf = sources._pick(rec, args.response_field, RESPONSE_FIELDS)
     if rf is None:
         raise common.DataError(f"{where}: no response field (tried {', '.join(RESPONSE_FIELDS)}; set --response_field)")
-    af = common._pick(rec, args.answer_field, tuple(a for a in ANSWER_FIELDS if a != rf))
+    af = sources._pick(rec, args.answer_field, tuple(a for a in ANSWER_FIELDS if a != rf))
     idf = args.id_field or "id"
     if args.id_field and args.id_field not in rec:
         raise common.DataError(f"{where}: missing field '{args.id_field}'")
@@ -209,7 +213,7 @@ def parse_record(fmt: str, rec: dict, where: str, args: Args) -> dict:
 def load_groups(args: Args) -> tuple[list[dict], Counter, int]:
     """Questions with their responses, in input order. Records sharing an id (or, without ids, a question) are one
     question with several responses. Empty/None responses are dropped and counted."""
-    recs = common.read_records(args.input, args.split)
+    recs = sources.read_records(args.input, args.split)
     fmt = detect_format(args, recs[0][1])
     groups: dict[str, dict] = {}
     dropped: Counter = Counter()
@@ -217,7 +221,7 @@ def load_groups(args: Args) -> tuple[list[dict], Counter, int]:
         r = parse_record(fmt, rec, where, args)
         if not r["question"].strip():
             raise common.DataError(f"{where}: the question is empty")
-        rid = r["id"] if r["id"] is not None else common.stable_id(r["question"])
+        rid = r["id"] if r["id"] is not None else sources.stable_id(r["question"])
         g = groups.get(rid)
         if g is None:
             g = groups[rid] = {"id": rid, "question": r["question"], "answer": r["answer"],
@@ -264,14 +268,14 @@ class Tokens:
         self.tok = tokenizer
         self.bs = max(1, batch_size)
         self.lens_cache: dict[str, int] = {}
-        self.suffixes = {s: len(common.encode(tokenizer, [s])[0]) for s in dict.fromkeys(suffixes)
+        self.suffixes = {s: len(models.encode(tokenizer, [s])[0]) for s in dict.fromkeys(suffixes)
                          if s and self._splits_off(s)}
 
     def _splits_off(self, suffix: str) -> bool:
         if not any(suffix.startswith(t) for t in self.tok.all_special_tokens):
             return False
         probes = ["x", "Hello world.", "a \n", "b  ", "1+1=2\n\n", "\u6570\u5b66 \\boxed{2}", "end<"]
-        ids = common.encode(self.tok, probes + [p + suffix for p in probes] + [suffix])
+        ids = models.encode(self.tok, probes + [p + suffix for p in probes] + [suffix])
         return all(ids[len(probes) + i] == ids[i] + ids[-1] for i in range(len(probes)))
 
     def ids(self, texts: list[str], desc: str = "tokenizing") -> list[list[int]]:
@@ -279,7 +283,7 @@ class Tokens:
         out: list[list[int]] = []
         starts = range(0, len(texts), self.bs)
         for s in tqdm(starts, desc=desc, unit_scale=self.bs, disable=len(texts) < 20 * self.bs, file=sys.stderr):
-            out.extend(common.encode(self.tok, texts[s:s + self.bs]))
+            out.extend(models.encode(self.tok, texts[s:s + self.bs]))
         return out
 
     def head(self, texts: list[str], n: int, desc: str = "tokenizing") -> list[tuple[int, list[int]]]:
@@ -289,7 +293,7 @@ class Tokens:
         starts = range(0, len(texts), self.bs)
         for s in tqdm(starts, desc=desc, unit_scale=self.bs, disable=len(texts) < 20 * self.bs, file=sys.stderr):
             part = texts[s:s + self.bs]
-            for t, ids in zip(part, common.encode(self.tok, part)):
+            for t, ids in zip(part, models.encode(self.tok, part)):
                 self.lens_cache[t] = len(ids)
                 out.append((len(ids), ids[:n]))
         return out
@@ -316,22 +320,22 @@ class Tokens:
         """Text of the first n tokens that re-tokenizes (with `suffix` after it) to exactly ids[:n] + suffix ids.
         Decoding can split a multi-byte character or change a BPE merge at the cut; then n shrinks by one token
         at a time. Returns (text, n used); (\"\", 0) when no prefix is stable."""
-        suffix_ids = common.encode(self.tok, [suffix])[0] if suffix else []
+        suffix_ids = models.encode(self.tok, [suffix])[0] if suffix else []
         while n > 0:
             text = self.decode(ids[:n])
-            if common.encode(self.tok, [text + suffix])[0] == ids[:n] + suffix_ids:
+            if models.encode(self.tok, [text + suffix])[0] == ids[:n] + suffix_ids:
                 return text, n
             n -= 1
         return "", 0
 
 
 class Formatter:
-    """The training-text rules. Prompts only through the chat template (common.render_prompt)."""
+    """The training-text rules. Prompts only through the chat template (models.render_prompt)."""
 
     def __init__(self, tokenizer, system_prompt: Optional[str], qfft_eos: bool, upft_end: bool = False):
         self.tok = tokenizer
         self.system = system_prompt
-        self.eot = common.end_of_turn(tokenizer)
+        self.eot = models.end_of_turn(tokenizer)
         self.eos = tokenizer.eos_token or ""
         # UPFT's SFTDataset: text = (prompt + response + end of turn).rstrip("\n"), + " " + EOS unless it ends with EOS
         self.upft_end = upft_end
@@ -346,7 +350,7 @@ class Formatter:
     def prompt(self, question: str) -> str:
         p = self._prompts.get(question)
         if p is None:
-            p = self._prompts[question] = common.render_prompt(self.tok, question, self.system)
+            p = self._prompts[question] = models.render_prompt(self.tok, question, self.system)
         return p
 
     def sft(self, question: str, response: str) -> tuple[str, str]:
@@ -365,14 +369,14 @@ class Formatter:
 
     def prefix_prompt(self, question: str) -> str:
         """upft prefix rule (UPFT §3.3): the question with the prefix instruction appended, chat-formatted."""
-        return self.prompt(question + common.UPFT_PREFIX_INSTRUCTION)
+        return self.prompt(question + models.UPFT_PREFIX_INSTRUCTION)
 
 
 def resolve_system(args: Args) -> Optional[str]:
     value = args.system_prompt
     if value is None:
         value = {"upft": "eval", "qfft": "default"}.get(args.preset or "", "default")
-    return common.resolve_system_prompt(value)
+    return models.resolve_system_prompt(value)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -413,7 +417,7 @@ def grade_groups(groups: list[dict], workers: int, dropped: Counter) -> list[dic
         for k in g["kept"]:
             items.append((g["responses"][k], g["answer"], g["answer_type"]))
             where.append((g, k))
-    results = common.grade_many(items, workers=workers) if items else []
+    results = grading.grade_many(items, workers=workers) if items else []
     correct = {(id(g), k) for (g, k), r in zip(where, results) if r["correct"]}
     dropped["incorrect"] += len(items) - len(correct)
     for g in groups:
@@ -426,7 +430,7 @@ def noise_wrong_answer(response: str, rng: random.Random, gold: Optional[str] = 
     \\boxed{}) gets another number in its last digit run (digit count kept when it has leading zeros; a box without
     digits gets a random integer), and so does every restatement of it: each box with the same content, "answer is
     X" / "answer: X" / "answer = X", and "X is the correct/final answer". None when there is no \\boxed{}."""
-    span = common.last_boxed_span(response)
+    span = grading.last_boxed_span(response)
     if span is None:
         return None
     s, e = span
@@ -446,7 +450,7 @@ def noise_wrong_answer(response: str, rng: random.Random, gold: Optional[str] = 
 
 def _restate(response: str, old: str, new: str) -> str:
     """Every restatement of the final answer `old` replaced by `new` (boxes: their whole content)."""
-    edits = [(s, e, new) for s, e in common.boxed_spans(response) if response[s:e].strip() == old]
+    edits = [(s, e, new) for s, e in grading.boxed_spans(response) if response[s:e].strip() == old]
     if old:
         esc, word = re.escape(old), r"[0-9A-Za-z]"
         pats = (rf"(?i)\banswer\s*(?:is|=|:)\s*[$*(\\\[ ]*({esc})(?!{word})",
@@ -530,7 +534,7 @@ def prefix_completions(tokens: Tokens, responses: list[str], heads: list[tuple[i
     (token count, first L ids) from Tokens.head. Each text is checked to re-tokenize to the same ids + EOS; where
     decoding is not stable at the cut (a split multi-byte character, a merge) it shrinks one token at a time."""
     texts = [tokens.decode(ids) if n > L else r for (n, ids), r in zip(heads, responses)]
-    eos_ids = common.encode(tokens.tok, [eos])[0] if eos else []
+    eos_ids = models.encode(tokens.tok, [eos])[0] if eos else []
     check = tokens.ids([t + eos for t in texts], "checking prefixes")
     out: list[Optional[str]] = []
     for (n_all, ids), t, got in zip(heads, texts, check):
@@ -797,11 +801,11 @@ def fingerprint(args: Args, tokenizer) -> dict:
     """What besides the arguments determines the output: the input's bytes and the tokenizer/template."""
     p = Path(args.input)
     if p.is_file():
-        inp = common.file_fingerprint(p, full=True)["sha256"]  # prepare reads every byte anyway: hash them all
+        inp = runs.file_fingerprint(p, full=True)["sha256"]  # prepare reads every byte anyway: hash them all
     else:
         inp = f"hub:{args.input}:{args.split}"
     tok_h = hashlib.sha256(json.dumps([tokenizer.chat_template, tokenizer.eos_token, len(tokenizer),
-                                       common.end_of_turn(tokenizer)], default=str).encode())
+                                       models.end_of_turn(tokenizer)], default=str).encode())
     tj = Path(args.model) / "tokenizer.json"
     if tj.is_file():
         tok_h.update(tj.read_bytes())
@@ -812,17 +816,17 @@ def main():
     args = common.parse_args(Args, __doc__)
     check_args(args)
     out = Path(args.output)
-    common.lock_output(out)  # one run per output file
+    runs.lock_output(out)  # one run per output file
     meta_path, stats_path = Path(f"{out}.meta.json"), Path(f"{out}.stats.json")
     if args.push_to_hub:
         common.check_push(args.push_to_hub)
     push = (lambda: common.push_output(args.push_to_hub, out, [stats_path, meta_path], "Training data (prepare.py)")
             ) if args.push_to_hub else (lambda: None)
-    tokenizer = common.load_tokenizer(args.model, args.trust_remote_code)
-    common.set_chat_template(tokenizer, args.chat_template)
+    tokenizer = models.load_tokenizer(args.model, args.trust_remote_code)
+    models.set_chat_template(tokenizer, args.chat_template)
     settings = {k: v for k, v in dataclasses.asdict(args).items() if k not in NOT_SETTINGS}
     settings.update(fingerprint(args, tokenizer))
-    if common.check_settings(meta_path, settings, args.overwrite, f"{out}") and out.exists() and stats_path.exists():
+    if runs.check_settings(meta_path, settings, args.overwrite, f"{out}") and out.exists() and stats_path.exists():
         print(f"{out} is up to date (same settings and input); pass --overwrite to rebuild it")
         return push()
 
@@ -835,8 +839,8 @@ def main():
     meta_path.unlink(missing_ok=True)  # meta is written last: a rebuild killed half-way never looks finished
     common.write_jsonl(out, records)
     common.write_json(stats_path, stats)
-    common.write_json(meta_path, common.run_info(args, settings=settings,
-                                                 versions=common.versions("transformers", "tokenizers")))
+    common.write_json(meta_path, runs.run_info(args, settings=settings,
+                                                 versions=runs.versions("transformers", "tokenizers")))
     types = ", ".join(f"{k} {v}" for k, v in stats["types"].items())
     print(f"wrote {out}: {stats['examples']} examples ({types}) from {stats['questions_out']} questions; "
           f"dropped {stats['dropped_total']}{' ' + str(stats['dropped']) if stats['dropped'] else ''}; "

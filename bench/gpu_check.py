@@ -42,6 +42,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT / "scripts"))
 import common  # noqa: E402
+import models  # noqa: E402
+import runs  # noqa: E402
 
 # Real shapes (config.json of Qwen/Qwen2.5-1.5B-Instruct and -7B-Instruct), random weights.
 SHAPES = {
@@ -281,13 +283,13 @@ def qfft_data(tok, n, lo, hi, seed):
     import numpy as np
     from train_throughput import WORDS
     rng = np.random.default_rng(seed)
-    pool = common.encode(tok, [" ".join(rng.choice(WORDS, size=hi + 1000))])[0]
+    pool = models.encode(tok, [" ".join(rng.choice(WORDS, size=hi + 1000))])[0]
     recs = []
     for i in range(n):
         L = int(rng.integers(lo, hi + 1))
         s = int(rng.integers(0, max(1, len(pool) - L)))
         recs.append({"id": f"q{i}", "type": "qfft", "prompt": "",
-                     "completion": tok.decode(pool[s:s + L]) + common.end_of_turn(tok)})
+                     "completion": tok.decode(pool[s:s + L]) + models.end_of_turn(tok)})
     return recs
 
 
@@ -368,8 +370,8 @@ def check_train(rep, a, model, tok, tmp: Path, gpus, flops_fn, peak_flops):
         d = tmp / mix
         d.mkdir(exist_ok=True)
         common.write_jsonl(d / "data.jsonl", recs)
-        lengths = [len(x) + len(y) for x, y in zip(common.encode(tok, [r["prompt"] for r in recs]),
-                                                   common.encode(tok, [r["completion"] for r in recs]))]
+        lengths = [len(x) + len(y) for x, y in zip(models.encode(tok, [r["prompt"] for r in recs]),
+                                                   models.encode(tok, [r["completion"] for r in recs]))]
         lengths = [min(n, max_len) for n in lengths]
         unit = "process" if os.environ.get("DS_ACCELERATOR") == "cpu" else "GPU"
         label = f"train.py {mix} ({len(recs)} ex, {sum(lengths)} tok, {gpus} {unit}{'s' if gpus > 1 else ''})"
@@ -410,13 +412,13 @@ def check_train(rep, a, model, tok, tmp: Path, gpus, flops_fn, peak_flops):
 VLLM_PART = """
 import json, sys
 sys.path[:0] = [{root!r}, {bench!r}]
-import common, sample, sample_overhead
+import models, sample, sample_overhead
 if __name__ == "__main__":
     from vllm import SamplingParams
     out = {{}}
-    llm = common.make_llm({ckpt!r}, seed=0, max_model_len={max_model_len}, tensor_parallel_size={tp})
+    llm = models.make_llm({ckpt!r}, seed=0, max_model_len={max_model_len}, tensor_parallel_size={tp})
     tok = llm.get_tokenizer()
-    ids = common.encode(tok, [common.render_prompt(tok, "What is 2+3?", None)])[0]
+    ids = models.encode(tok, [models.render_prompt(tok, "What is 2+3?", None)])[0]
     o = llm.generate([{{"prompt_token_ids": ids}}], SamplingParams(max_tokens=16, temperature=0, ignore_eos=True))
     out["round_trip_tokens"] = len(o[0].outputs[0].token_ids)
     a = sample.Args(model={ckpt!r}, data="math500", output="unused.jsonl", limit={limit}, n={n},
@@ -504,7 +506,7 @@ def main(argv=None):
     device = torch.device("cuda" if on_gpu else "cpu")
     rep = Report()
     t_start = time.time()
-    tiny = common.TINY_MODEL
+    tiny = models.TINY_MODEL
     if not (tiny / "config.json").exists():
         from tiny_model import materialize
         materialize()
@@ -513,7 +515,7 @@ def main(argv=None):
            "flash_attn": packing.flash_attn_installed(), "liger": packing.liger_installed(),
            "attention_auto": packing.choose_attention("auto", on_gpu, True, device),
            "loss_head_auto": packing.choose_loss_head("auto", on_gpu, device),
-           **common.versions("torch", "transformers", "deepspeed", "vllm", "trl", "liger-kernel", "flash-attn")}
+           **runs.versions("torch", "transformers", "deepspeed", "vllm", "trl", "liger-kernel", "flash-attn")}
     print("environment: " + ", ".join(f"{k}={v}" for k, v in env.items()), flush=True)
     results = {}
     with tempfile.TemporaryDirectory() as tmp_s:
@@ -521,18 +523,18 @@ def main(argv=None):
         if on_gpu:
             shape = write_shape(a.shape, tmp / a.shape, tiny, save_weights="train" in only or "vllm" in only)
             cfg7 = write_shape("qwen2.5-7b", tmp / "qwen2.5-7b", tiny, save_weights=False)
-            models = [(a.shape, shape, torch.bfloat16, True, [1500, 700, 300, 40, 40, 40])]
+            model_specs = [(a.shape, shape, torch.bfloat16, True, [1500, 700, 300, 40, 40, 40])]
         else:
             from tiny_model import random_tiny_model
             shape = tiny
-            models = [("random-qwen2", random_tiny_model(tmp / "rq", "qwen2"), torch.float32, False,
-                       [60, 30, 20, 9]),
-                      ("smollm2-135m", tiny, torch.float32, False, [40, 20, 10])]
+            model_specs = [("random-qwen2", random_tiny_model(tmp / "rq", "qwen2"), torch.float32, False,
+                            [60, 30, 20, 9]),
+                           ("smollm2-135m", tiny, torch.float32, False, [40, 20, 10])]
         if "attention" in only:
-            for name, path, dtype, from_cfg, lengths in models:
+            for name, path, dtype, from_cfg, lengths in model_specs:
                 check_attention(rep, name, path, device, dtype, tok, lengths, from_config=from_cfg)
         if "loss_head" in only:
-            for name, path, dtype, from_cfg, lengths in models[:1]:
+            for name, path, dtype, from_cfg, lengths in model_specs[:1]:
                 check_loss_head(rep, name, path, device, dtype, tok, lengths, from_config=from_cfg)
             if on_gpu:
                 check_memory(rep, cfg7, device, a.memory_tokens, env["attention_auto"], a.memory_layers)
@@ -548,8 +550,8 @@ def main(argv=None):
             peak = train.peak_flops(train.Args(model="", data="", output_dir="", peak_tflops=a.peak_tflops),
                                     device)  # one device: the TRL rows run on one GPU
             flops_fn = lambda lengths: flops_of(n_params, cfg.num_hidden_layers, cfg.hidden_size, lengths)  # noqa
-            runs = [1] + ([a.gpus] if a.gpus > 1 else [])
-            for g in runs:
+            gpu_counts = [1] + ([a.gpus] if a.gpus > 1 else [])
+            for g in gpu_counts:
                 results[f"train_{g}gpu"] = check_train(rep, a, str(shape), tok, tmp, g, flops_fn, peak)
             ck = tmp / "upft" / "ours"
             ckpt = ck if (ck / "model.safetensors").exists() or list(ck.glob("*.safetensors")) else None

@@ -1,5 +1,5 @@
 """Grading speed: the same 8,000 responses (MATH500 x 16) graded sequentially in one process and with evaluate.py's
-parallel grader (common.grade_many: spawned worker processes, one per core; identical answer/gold pairs verified
+parallel grader (grading.grade_many: spawned worker processes, one per core; identical answer/gold pairs verified
 once), in one run. Also times grade_many in one process, to split the gain into dedup and processes.
 
     python bench/grading.py                  # MATH500 x 16 = 8,000 responses, workers = one per CPU core
@@ -23,6 +23,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import common
+import grading
+import sources
 from tqdm import tqdm
 
 
@@ -45,7 +47,7 @@ def perturb(gold: str, rng: random.Random) -> str:
 
 def synthesize(samples: int, seed: int) -> list[tuple[str, str, str]]:
     rng = random.Random(seed)
-    qs = common.load_questions("math500")
+    qs = sources.load_questions("math500")
     sols = common.read_jsonl(common.DATA_DIR / "benchmarks" / "math500" / "test.jsonl")
     items = []
     for qi, (q, s) in enumerate(zip(qs, sols)):
@@ -58,7 +60,7 @@ def synthesize(samples: int, seed: int) -> list[tuple[str, str, str]]:
                  f"The final answer is ${gold}$."]
         wrong = [f"{reasoning}\nSo the answer is $\\boxed{{{perturb(gold, rng)}}}$.",
                  f"{reasoning}\nSo the answer is $\\boxed{{{qs[(qi + 1) % len(qs)]['gold']}}}$.",
-                 sol.replace(f"\\boxed{{{common.last_boxed(sol)}}}", f"\\boxed{{{perturb(gold, rng)}}}"),
+                 sol.replace(f"\\boxed{{{grading.last_boxed(sol)}}}", f"\\boxed{{{perturb(gold, rng)}}}"),
                  f"{reasoning}\nI get {rng.randint(2, 999)} in the end."]
         # even samples: the right answer in one of 5 forms; odd samples: a wrong one (mostly distinct answers, as
         # real samples are, so caching/dedup in the grader cannot skip the work)
@@ -79,20 +81,20 @@ def main():
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     workers = args.workers or cores
     print(f"{len(items)} responses; {cores} CPU cores; parallel workers: {workers}")
-    common.grade(r"\boxed{1}", "1")  # import math-verify/sympy here, outside the sequential timing
+    grading.grade(r"\boxed{1}", "1")  # import math-verify/sympy here, outside the sequential timing
 
     # alternate the three graders `repeats` times and keep each one's best time: on a shared machine the other
     # jobs' load comes and goes, and the minimum is the least disturbed measurement
     times = {"seq": [], "one": [], "par": []}
     for rep in range(args.repeats):
         t = time.perf_counter()
-        seq = [common.grade(r, g, a) for r, g, a in tqdm(items, desc="sequential")]  # the plain loop
+        seq = [grading.grade(r, g, a) for r, g, a in tqdm(items, desc="sequential")]  # the plain loop
         times["seq"].append(time.perf_counter() - t)
         t = time.perf_counter()
-        one = common.grade_many(items, workers=1, desc="grade_many, 1 process")
+        one = grading.grade_many(items, workers=1, desc="grade_many, 1 process")
         times["one"].append(time.perf_counter() - t)
         t = time.perf_counter()
-        par = common.grade_many(items, workers=workers, desc="parallel")  # includes spawning the workers
+        par = grading.grade_many(items, workers=workers, desc="parallel")  # includes spawning the workers
         times["par"].append(time.perf_counter() - t)
         assert [r["correct"] for r in one] == [r["correct"] for r in par]
         print(f"repeat {rep + 1}: " + "  ".join(f"{k} {v[-1]:.1f} s" for k, v in times.items())
@@ -101,7 +103,7 @@ def main():
 
     diff = sum(a["correct"] != b["correct"] for a, b in zip(seq, par))
     acc = sum(r["correct"] for r in seq) / len(seq)
-    uniq = len({(common._math_input(r), g) for r, g, _ in items})
+    uniq = len({(grading._math_input(r), g) for r, g, _ in items})
     print(f"sequential (plain grade() loop): {t_seq:.1f} s ({len(items) / t_seq:.0f} responses/s)")
     print(f"grade_many in one process ({uniq} distinct answer/gold pairs verified): {t_one:.1f} s")
     print(f"grade_many with {workers} worker processes: {t_par:.1f} s ({len(items) / t_par:.0f} responses/s); "

@@ -4,8 +4,9 @@ a box, e-notation as `m \\times 10^{k}`, `np.arcsin` as `\\arcsin`, thousands as
 perturbed one (another number, exponent or letter; for an expression, the next question's gold) wrong.
 
     python bench/grading_agreement.py                      # this checkout's grader
-    # another version, e.g. git show REV:common.py > OLD/common.py
-    python bench/grading_agreement.py --common OLD/common.py
+    # another version's grader: its grading.py (or, before the split of common.py, its common.py), run from its
+    # own folder so that its imports resolve, e.g. git worktree add OLD REV
+    python bench/grading_agreement.py --grader OLD/grading.py
     GPQA_PATH=../shared/data/restricted/gpqa_diamond.jsonl.gz python bench/grading_agreement.py   # + gpqa, gpqa_open
 
 Prints one table row per benchmark: rendered golds graded correct, perturbed golds graded wrong (never any text).
@@ -85,29 +86,34 @@ def responses(qs: list[dict], perturbed: bool) -> list[tuple[str, str, str]]:
     return items
 
 
-def load_common(path: str | None):
+def load_grader(path: str | None):
+    """The module whose grade_many is measured: this checkout's grading.py, or the file at `path` (imported with
+    its own folder first on sys.path, so that an old common.py or a grading.py finds its siblings)."""
     if not path:
-        import common
-        return common
-    spec = importlib.util.spec_from_file_location("common_under_test", path)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["common_under_test"] = mod
-    spec.loader.exec_module(mod)
-    mod.DATA_DIR = ROOT / "data"  # the data of this checkout
+        import grading
+        return grading
+    folder = str(Path(path).resolve().parent)
+    sys.path.insert(0, folder)
+    try:
+        spec = importlib.util.spec_from_file_location("grader_under_test", path)
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules["grader_under_test"] = mod
+        spec.loader.exec_module(mod)
+    finally:
+        sys.path.remove(folder)
     return mod
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--common", help="a common.py to test instead of this checkout's")
+    ap.add_argument("--grader", help="a grading.py (or an old common.py) to test instead of this checkout's")
     ap.add_argument("--workers", type=int, default=0)
     a = ap.parse_args()
-    c = load_common(a.common)
-    import common as current
-    names = [b for b in current.BENCHMARKS
-             if b in c.REGISTRY and (not b.startswith("gpqa") or os.environ.get("GPQA_PATH"))]
+    c = load_grader(a.grader)
+    import sources as current
+    names = [b for b in current.BENCHMARKS if not b.startswith("gpqa") or os.environ.get("GPQA_PATH")]
     kw = {"extraction": "box"} if "extraction" in c.grade_many.__code__.co_varnames else {}
-    print(f"grader: {a.common or 'this checkout'}" + (" (--extraction box)" if kw else ""))
+    print(f"grader: {a.grader or 'this checkout'}" + (" (--extraction box)" if kw else ""))
     print("| benchmark | golds | rendered golds graded correct | perturbed golds graded wrong |")
     print("|---|---|---|---|")
     for b in names:

@@ -18,12 +18,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import common
+import models
+import sources
 import sample
 
 
 @dataclass
 class Args:
-    model: str = str(common.TINY_MODEL)
+    model: str = str(models.TINY_MODEL)
     data: str = "math500"
     limit: int = 64            # questions
     n: int = 2                 # samples per question
@@ -35,8 +37,8 @@ class Args:
 
 def compare(llm, a: sample.Args, repeats: int, log=print) -> dict:
     """sample.py's path vs bare llm.generate on one engine, `repeats` times each, alternating order."""
-    system_prompt = common.resolve_system_prompt(a.system_prompt)
-    questions = common.load_questions(a.data, limit=a.limit)
+    system_prompt = models.resolve_system_prompt(a.system_prompt)
+    questions = sources.load_questions(a.data, limit=a.limit)
     tokenizer = llm.get_tokenizer()
     params = sample.make_sampling_params(sample.sampling_settings(a))
     bare_prompts = [{"prompt_token_ids": ids} for ids in sample.encode_prompts(tokenizer, questions, system_prompt)]
@@ -74,7 +76,7 @@ def main() -> None:
     (b,) = HfArgumentParser(Args).parse_args_into_dataclasses()
     a = sample.Args(model=b.model, data=b.data, output="unused.jsonl", limit=b.limit, n=b.n, max_tokens=b.max_tokens,
                     chunk_size=b.chunk_size, seed=b.seed)
-    llm = common.make_llm(a.model, seed=a.seed)
+    llm = models.make_llm(a.model, seed=a.seed)
     r = compare(llm, a, b.repeats, log=lambda m: print(m, flush=True))
     sample.shutdown(llm)
     print(f"{r['questions']} questions x n={a.n}, max_tokens {a.max_tokens}, {b.repeats} repeats, model {a.model}")

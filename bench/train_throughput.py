@@ -25,6 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 import common  # noqa: E402
+import models  # noqa: E402
 
 WORDS = ("first we compute the sum of the two numbers then we check whether it is divisible by three wait let me "
          "reconsider the factor of two so the answer is").split()
@@ -33,16 +34,16 @@ WORDS = ("first we compute the sum of the two numbers then we check whether it i
 def make_data(tok, n: int, long_min: int, long_max: int, seed: int) -> list[dict]:
     import numpy as np
     rng = np.random.default_rng(seed)
-    eot = common.end_of_turn(tok)
+    eot = models.end_of_turn(tok)
     vocab_text = " ".join(rng.choice(WORDS, size=20000))
-    pool = common.encode(tok, [vocab_text])[0]
+    pool = models.encode(tok, [vocab_text])[0]
     recs = []
     for i in range(n):
         q = " ".join(rng.choice(WORDS, size=int(rng.integers(15, 40))))
-        prompt = common.render_prompt(tok, q, common.EVAL_SYSTEM_PROMPT)
+        prompt = models.render_prompt(tok, q, models.EVAL_SYSTEM_PROMPT)
         full = i % 10 == 9
         if not full:
-            prompt = common.render_prompt(tok, q + common.UPFT_PREFIX_INSTRUCTION, common.EVAL_SYSTEM_PROMPT)
+            prompt = models.render_prompt(tok, q + models.UPFT_PREFIX_INSTRUCTION, models.EVAL_SYSTEM_PROMPT)
         length = int(rng.integers(long_min, long_max + 1)) if full else int(rng.integers(32, 48))
         start = int(rng.integers(0, len(pool) - length))
         recs.append({"id": str(i), "type": "full" if full else "prefix", "prompt": prompt,
@@ -112,7 +113,7 @@ def run_trl(args, data_path, out_dir, tokens, flops, packing=False, global_batch
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default=str(common.TINY_MODEL))
+    p.add_argument("--model", default=str(models.TINY_MODEL))
     p.add_argument("--n", type=int, default=40, help="examples (90%% prefixes, 10%% full traces)")
     p.add_argument("--long_min", type=int, default=256)
     p.add_argument("--long_max", type=int, default=768)
@@ -129,8 +130,8 @@ def main():
     from transformers import AutoConfig, AutoTokenizer
     tok = AutoTokenizer.from_pretrained(args.model)
     recs = make_data(tok, args.n, args.long_min, args.long_max, args.seed)
-    lengths = [len(a) + len(b) for a, b in zip(common.encode(tok, [r["prompt"] for r in recs]),
-                                               common.encode(tok, [r["completion"] for r in recs]))]
+    lengths = [len(a) + len(b) for a, b in zip(models.encode(tok, [r["prompt"] for r in recs]),
+                                               models.encode(tok, [r["completion"] for r in recs]))]
     tokens = sum(lengths)
     cfg = AutoConfig.from_pretrained(args.model).get_text_config()
     from transformers import AutoModelForCausalLM

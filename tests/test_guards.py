@@ -12,12 +12,13 @@ import pytest
 from conftest import ROOT, run_script
 
 import common
+import runs
 
 HOLD = """
 import sys, time
 sys.path.insert(0, {root!r})
-import common
-common.lock_output({out!r})
+import runs
+runs.lock_output({out!r})
 print("LOCKED", flush=True)
 time.sleep(120)
 """
@@ -37,14 +38,14 @@ def test_lock_refuses_a_second_holder_and_is_never_stale(tmp_path):
     p = hold_lock(out)
     try:
         with pytest.raises(common.DataError, match=rf"out.jsonl is in use by another run \(pid {p.pid} "):
-            common.lock_output(out)
+            runs.lock_output(out)
     finally:
         p.send_signal(signal.SIGKILL)  # a killed holder leaves the lock file, but not the lock
         p.wait()
     assert (tmp_path / "sub" / ".out.jsonl.lock").exists()
-    lock = common.lock_output(out)
+    lock = runs.lock_output(out)
     assert lock == tmp_path / "sub" / ".out.jsonl.lock" and f"pid {os.getpid()}" in lock.read_text()
-    assert common.lock_output(out) == lock  # idempotent in the holder
+    assert runs.lock_output(out) == lock  # idempotent in the holder
 
 
 @pytest.mark.parametrize("stage", ["sample", "sample_merge", "prepare", "evaluate", "evaluate_grade_only", "train"])
@@ -80,22 +81,22 @@ def test_stages_refuse_an_output_in_use_at_once(tmp_path, tiny_model, stage):
 def test_file_fingerprint_sees_a_rewrite_at_the_same_path(tmp_path, monkeypatch):
     f = tmp_path / "d.jsonl"
     f.write_text('{"q": "a"}\n')
-    a = common.file_fingerprint(f)
+    a = runs.file_fingerprint(f)
     os.utime(f, ns=(1, 1))  # touched or copied: same bytes, same input
-    assert common.file_fingerprint(f) == a and "mtime_ns" not in a
+    assert runs.file_fingerprint(f) == a and "mtime_ns" not in a
     f.write_text('{"q": "b"}\n')  # same size, other content
-    b = common.file_fingerprint(f)
-    assert b != a and common.describe_change(a, b).endswith("changed since this output was made (same size, "
+    b = runs.file_fingerprint(f)
+    assert b != a and runs.describe_change(a, b).endswith("changed since this output was made (same size, "
                                                             "other content)")
     # a large file: head + tail hashed, the mtime decides for the middle
-    monkeypatch.setattr(common, "FULL_HASH_BYTES", 10)
-    monkeypatch.setattr(common, "PART_HASH_BYTES", 4)
+    monkeypatch.setattr(runs, "FULL_HASH_BYTES", 10)
+    monkeypatch.setattr(runs, "PART_HASH_BYTES", 4)
     f.write_text("0123456789abcdef")
-    c = common.file_fingerprint(f)
+    c = runs.file_fingerprint(f)
     assert "sha256_head_tail" in c and "mtime_ns" in c
     os.utime(f, ns=(2, 2))
-    assert common.file_fingerprint(f) != c
-    assert common.file_fingerprint(f, full=True)["sha256"] == common.sha256_file(f)
+    assert runs.file_fingerprint(f) != c
+    assert runs.file_fingerprint(f, full=True)["sha256"] == runs.sha256_file(f)
 
 
 def test_model_fingerprint_sees_a_retrained_model(tmp_path):
@@ -104,39 +105,39 @@ def test_model_fingerprint_sees_a_retrained_model(tmp_path):
     (m / "config.json").write_text("{}")
     (m / "model.safetensors").write_bytes(b"x" * 100)
     (m / "README.md").write_text("not part of the model")
-    a = common.model_fingerprint(str(m))
+    a = runs.model_fingerprint(str(m))
     assert set(a["weights"]) == {"model.safetensors"} and set(a["files"]) == {"config.json"}
     (m / "README.md").write_text("edited")
-    assert common.model_fingerprint(str(m)) == a
+    assert runs.model_fingerprint(str(m)) == a
     time.sleep(0.01)
     (m / "model.safetensors").write_bytes(b"y" * 100)  # re-trained: same size, new mtime
-    b = common.model_fingerprint(str(m))
+    b = runs.model_fingerprint(str(m))
     assert b != a
-    assert common.describe_change(a, b) == (f"the model at {m.resolve()} changed since this output was made "
+    assert runs.describe_change(a, b) == (f"the model at {m.resolve()} changed since this output was made "
                                             f"(weights model.safetensors)")
     (m / "config.json").write_text('{"x": 1}')
-    assert "config.json" in common.describe_change(b, common.model_fingerprint(str(m)))
-    assert common.model_fingerprint("Qwen/Qwen2.5-7B") is None
+    assert "config.json" in runs.describe_change(b, runs.model_fingerprint(str(m)))
+    assert runs.model_fingerprint("Qwen/Qwen2.5-7B") is None
 
 
 def test_check_settings_names_the_changed_input(tmp_path):
     f = tmp_path / "d.jsonl"
     f.write_text("a\n")
     meta = tmp_path / "o.meta.json"
-    settings = {"n": 1, "data_fingerprint": common.file_fingerprint(f)}
+    settings = {"n": 1, "data_fingerprint": runs.file_fingerprint(f)}
     common.write_json(meta, {"settings": settings})
-    assert common.check_settings(meta, settings, False, "o")
+    assert runs.check_settings(meta, settings, False, "o")
     f.write_text("bb\n")
-    new = {"n": 2, "data_fingerprint": common.file_fingerprint(f)}
+    new = {"n": 2, "data_fingerprint": runs.file_fingerprint(f)}
     with pytest.raises(common.DataError) as e:
-        common.check_settings(meta, new, False, "o")
+        runs.check_settings(meta, new, False, "o")
     msg = str(e.value)
     assert msg.startswith(f"o: the data file {f.resolve()} changed since this output was made (size 2 -> 3 bytes)")
     assert "n: 1 -> 2" in msg and "--overwrite" in msg
-    assert not common.check_settings(meta, new, True, "o")
+    assert not runs.check_settings(meta, new, True, "o")
     # output made before fingerprints were recorded: resumed (nothing to compare with)
     common.write_json(meta, {"settings": {"n": 2}})
-    assert common.check_settings(meta, new, False, "o")
+    assert runs.check_settings(meta, new, False, "o")
 
 
 def test_sample_refuses_an_edited_data_file(tmp_path, tiny_model):

@@ -13,18 +13,18 @@ import pytest
 from conftest import ROOT, run_script, session_processes, wait_until_gone
 from test_train import DS_ENV, read_log, write_data
 
-import common
+import runs
 
 
 def test_launcher_ancestors_without_a_launcher_is_empty():
-    assert common.launcher_ancestors() == [] and common.exit_with_launcher() == []  # pytest is no launcher
+    assert runs.launcher_ancestors() == [] and runs.exit_with_launcher() == []  # pytest is no launcher
 
 
 STAGE = """
 import subprocess, sys, time
 sys.path.insert(0, {root!r})
-import common
-common.reap_children_on_death()
+import runs
+runs.reap_children_on_death()
 kid = subprocess.Popen([sys.executable, "-c", "import subprocess, sys, time; "
                         "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); time.sleep(60)"])
 time.sleep(1.5)  # the reaper has seen the tree
@@ -34,7 +34,7 @@ time.sleep(60)
 
 
 def test_children_and_grandchildren_die_with_a_killed_parent():
-    """The watchdog of common.reap_children_on_death (what make_llm starts before vLLM's engine processes)."""
+    """The watchdog of runs.reap_children_on_death (what make_llm starts before vLLM's engine processes)."""
     p = subprocess.Popen([sys.executable, "-c", STAGE.format(root=str(ROOT))], stdout=subprocess.PIPE, text=True,
                          start_new_session=True)
     try:

@@ -8,6 +8,9 @@ from collections import Counter
 import pytest
 
 import common
+import grading
+import models
+import sources
 import prepare
 from conftest import run_script
 
@@ -62,13 +65,13 @@ def test_qfft_rule_is_the_bare_response(tokenizer, tiny_model, sample):
 
 
 def test_sft_rule_and_system_prompt_presets(tokenizer, tiny_model, sample):
-    cases = {(None, None): None, ("qfft", None): None, ("upft", None): common.EVAL_SYSTEM_PROMPT,
-             (None, "eval"): common.EVAL_SYSTEM_PROMPT, ("upft", "none"): None, (None, "Be brief."): "Be brief."}
+    cases = {(None, None): None, ("qfft", None): None, ("upft", None): models.EVAL_SYSTEM_PROMPT,
+             (None, "eval"): models.EVAL_SYSTEM_PROMPT, ("upft", "none"): None, (None, "Be brief."): "Be brief."}
     for (preset, sp), system in cases.items():
         recs, _ = run(tokenizer, make_args(tiny_model, sample, mode="sft", preset=preset, system_prompt=sp))
         for i, r in enumerate(recs):
             assert r["type"] == "sft"
-            assert r["prompt"] == common.render_prompt(tokenizer, f"What is {i}+{i}?", system)
+            assert r["prompt"] == models.render_prompt(tokenizer, f"What is {i}+{i}?", system)
             # UPFT's code ends its SFT examples at the end of turn without the newline (train_utils/sft_dataset.py)
             assert r["completion"] == sentence(i) + (EOS if preset == "upft" else EOT)
     assert "SmolLM" in recs[0]["prompt"] or "Be brief." in recs[0]["prompt"]
@@ -87,17 +90,17 @@ def test_upft_prefix_and_full_examples(tokenizer, tiny_model, tmp_path):
     for r in prefix:
         resp = by_id[r["id"]]
         q = f"What is {r['id'][1:]}+{r['id'][1:]}?"
-        assert r["prompt"] == common.render_prompt(tokenizer, q + common.UPFT_PREFIX_INSTRUCTION,
-                                                   common.EVAL_SYSTEM_PROMPT)
+        assert r["prompt"] == models.render_prompt(tokenizer, q + models.UPFT_PREFIX_INSTRUCTION,
+                                                   models.EVAL_SYSTEM_PROMPT)
         ids = enc(tokenizer, resp)
         n = min(L, len(ids))
         assert enc(tokenizer, r["completion"]) == ids[:n] + eos_ids  # exactly the first L tokens, then EOS
         assert r["completion"].endswith(EOS) and resp.startswith(r["completion"][:-len(EOS)])
     assert stats["prefix_whole"] == (0 if "q5" in {r["id"] for r in full} else 1)
     for r in full:
-        assert common.UPFT_PREFIX_INSTRUCTION not in r["prompt"]
-        assert r["prompt"] == common.render_prompt(tokenizer, f"What is {r['id'][1:]}+{r['id'][1:]}?",
-                                                   common.EVAL_SYSTEM_PROMPT)
+        assert models.UPFT_PREFIX_INSTRUCTION not in r["prompt"]
+        assert r["prompt"] == models.render_prompt(tokenizer, f"What is {r['id'][1:]}+{r['id'][1:]}?",
+                                                   models.EVAL_SYSTEM_PROMPT)
         assert r["completion"] == by_id[r["id"]] + EOS  # UPFT strips the end of turn's newline
     # seeded: same seed, same split; another seed, another split
     again, _ = run(tokenizer, args)
@@ -167,11 +170,11 @@ def test_noise_level2_wrong_final_answer(tokenizer, tiny_model, tmp_path):
         orig = sentence(i) + " Check: 025 is \\boxed{025}"
         new = r["completion"][:-len(EOT)]
         assert r["noise"] == 2 and r["type"] == "sft"
-        assert common.last_boxed(new) != "025" and len(common.last_boxed(new)) == 3
+        assert grading.last_boxed(new) != "025" and len(grading.last_boxed(new)) == 3
         assert new[:new.rindex("\\boxed{")] == orig[:orig.rindex("\\boxed{")]  # only the final answer changed
-        assert not common.grade(new, "25")["correct"]
+        assert not grading.grade(new, "25")["correct"]
     assert prepare.noise_wrong_answer("x \\boxed{\\frac{1}{2}}", random.Random(0)) != "x \\boxed{\\frac{1}{2}}"
-    assert common.last_boxed(prepare.noise_wrong_answer("\\boxed{yes}", random.Random(0))).isdigit()
+    assert grading.last_boxed(prepare.noise_wrong_answer("\\boxed{yes}", random.Random(0))).isdigit()
 
 
 def test_noise_level3_half_at_sentence_boundary(tokenizer, tiny_model, sample):
@@ -192,7 +195,7 @@ def test_noise_level4_derangement(tokenizer, tiny_model, sample):
     for r in recs:
         i = int(r["source_id"][1:])
         assert r["response_from"] != r["source_id"] and sentence(i) not in r["completion"]
-        assert r["prompt"] == common.render_prompt(tokenizer, f"What is {i}+{i}?", None)
+        assert r["prompt"] == models.render_prompt(tokenizer, f"What is {i}+{i}?", None)
         donors.setdefault(r["source_id"], set()).add(r["response_from"])
     assert all(len(d) == 1 for d in donors.values())
     assert sorted(d.pop() for d in donors.values()) == sorted(donors)  # a permutation: every response used once
@@ -262,7 +265,7 @@ def test_upft_cut_forces_eos_and_prefixes_ignore_full_length(tokenizer, tiny_mod
     full_len = {}
     for r in run(tokenizer, make_args(tiny_model, path, **args))[0]:
         full_len[r["id"]] = len(enc(tokenizer, r["prompt"])) + len(enc(tokenizer, r["completion"]))
-    plen = len(enc(tokenizer, common.render_prompt(tokenizer, "What is 1+1?", common.EVAL_SYSTEM_PROMPT)))
+    plen = len(enc(tokenizer, models.render_prompt(tokenizer, "What is 1+1?", models.EVAL_SYSTEM_PROMPT)))
     limit = plen + 60  # shorter than the long responses, longer than any prefix example
     recs, stats = run(tokenizer, make_args(tiny_model, path, max_len=limit, **args))
     assert len(recs) == 10 and stats["types"] == {"full": 5, "prefix": 5} and stats["truncated"] >= 1
@@ -297,7 +300,7 @@ def test_adapters_limo_s1k_generic(tokenizer, tiny_model, tmp_path):
     limo = tmp_path / "limo.jsonl"
     limo.write_text(json.dumps({"question": "Q1?", "solution": "Reason. \\boxed{3}", "answer": "3"}) + "\n")
     recs, _ = run(tokenizer, make_args(tiny_model, limo, mode="qfft", format="limo"))
-    assert recs[0]["completion"] == "Reason. \\boxed{3}" and recs[0]["id"] == common.stable_id("Q1?")
+    assert recs[0]["completion"] == "Reason. \\boxed{3}" and recs[0]["id"] == sources.stable_id("Q1?")
     s1k = tmp_path / "s1k.jsonl"
     s1k.write_text(json.dumps({"question": "Q2?", "solution": "ref", "deepseek_thinking_trajectory": "Hmm. Wait.\n",
                                "deepseek_attempt": "Answer: \\boxed{5}"}) + "\n")
@@ -427,7 +430,7 @@ def test_noise_level2_changes_every_restatement(tokenizer, tiny_model, tmp_path)
     text = ("So the answer is 025. Thus 025 is the correct answer, and 1025 stays. \\boxed{025}\n"
             "**Final Answer**\n\\boxed{025}")
     new = prepare.noise_wrong_answer(text, random.Random(1), gold="25")
-    v = common.last_boxed(new)
+    v = grading.last_boxed(new)
     assert v != "025" and len(v) == 3 and "025" not in new.replace("1025", "")
     assert new == text.replace("1025", "@").replace("025", v).replace("@", "1025")
     path = write_sample(tmp_path / "n.jsonl", n=4, responses=lambda i: [text])
@@ -481,7 +484,7 @@ def test_trained_tokens_skip_the_first_token_of_prompt_less_examples(tokenizer, 
 
 
 def test_chat_template_file(tokenizer, tiny_model, sample, tmp_path, monkeypatch, capsys):
-    """--chat_template FILE through common.set_chat_template: UPFT's Llama-3.1 template (empty system turn, no date
+    """--chat_template FILE through models.set_chat_template: UPFT's Llama-3.1 template (empty system turn, no date
     lines) reaches the training text; a missing or broken file is a one-line error."""
     out = tmp_path / "t.jsonl"
     argv = ["prepare.py", "--input", sample, "--output", str(out), "--model", tiny_model, "--mode", "sft",
@@ -498,7 +501,7 @@ def test_chat_template_file(tokenizer, tiny_model, sample, tmp_path, monkeypatch
     for path, msg in ((bad, r"bad\.jinja:\d+: not a valid Jinja chat template"),
                       (tmp_path / "none.jinja", r"none\.jinja: cannot read the chat template")):
         with pytest.raises(common.DataError, match=msg):
-            common.set_chat_template(tokenizer.__class__.from_pretrained(tiny_model), str(path))
+            models.set_chat_template(tokenizer.__class__.from_pretrained(tiny_model), str(path))
     r = run_script("prepare.py", "--input", sample, "--output", tmp_path / "x.jsonl", "--model", tiny_model,
                    "--chat_template", bad, check=False)
     assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith("error: ")

@@ -14,6 +14,7 @@ import pytest
 from conftest import ROOT, run_script, session_processes, wait_until_gone
 
 import common
+import models
 import sample
 
 QUESTIONS = [
@@ -108,7 +109,7 @@ def test_no_question_text_in_the_log(tmp_path, tiny_model, monkeypatch, capsys, 
 
     class Engine(Exception):
         pass
-    monkeypatch.setattr(common, "make_llm", lambda *a, **k: (_ for _ in ()).throw(Engine()))
+    monkeypatch.setattr(models, "make_llm", lambda *a, **k: (_ for _ in ()).throw(Engine()))
     monkeypatch.setattr(sys, "argv", ["sample.py", "--model", tiny_model, "--data", "gpqa", "--output",
                                       str(tmp_path / "s.jsonl")])
     caplog.set_level("INFO")
@@ -167,7 +168,7 @@ def test_sample_kill_resume_settings_and_merge(tmp_path, tiny_model, tokenizer):
             # (<|im_end|>) that the text leaves out. Re-encoding the text may merge/split a token at most rarely.
             if why == "length":
                 assert ntok == 32
-            retok = len(common.encode(tokenizer, [text])[0]) + (1 if why == "stop" else 0)
+            retok = len(models.encode(tokenizer, [text])[0]) + (1 if why == "stop" else 0)
             assert abs(retok - ntok) <= 2, (text, ntok, retok)
     # smoke: the tiny model really generates text through vLLM CPU
     assert sum(len(t.strip()) > 0 for r in recs for t in r["responses"]) >= 12

@@ -13,6 +13,7 @@ import torch
 from conftest import ROOT, run_script
 
 import common
+import models
 import packing
 import train
 
@@ -25,8 +26,8 @@ def write_data(path, tok, n=16, seed=0, long=40):
     recs = []
     for i in range(n):
         q = " ".join(rng.choice(WORDS, size=int(rng.integers(3, 12))))
-        prompt = common.render_prompt(tok, q, None) if i % 3 else ""  # every third: question-free (QFFT)
-        comp = " ".join(rng.choice(WORDS, size=int(rng.integers(2, long)))) + common.end_of_turn(tok)
+        prompt = models.render_prompt(tok, q, None) if i % 3 else ""  # every third: question-free (QFFT)
+        comp = " ".join(rng.choice(WORDS, size=int(rng.integers(2, long)))) + models.end_of_turn(tok)
         recs.append({"id": str(i), "type": "sft" if prompt else "qfft", "prompt": prompt, "completion": comp})
     common.write_jsonl(path, recs)
     return recs
@@ -39,8 +40,8 @@ def args_for(**kw):
 
 # ------------------------------------------------------------------------------------------------ unit tests
 def test_labels_are_exactly_the_completion_tokens(tmp_path, tokenizer):
-    prompt = common.render_prompt(tokenizer, "What is 2+3?", common.EVAL_SYSTEM_PROMPT)
-    completion = "2+3 = 5, so \\boxed{5}." + common.end_of_turn(tokenizer)
+    prompt = models.render_prompt(tokenizer, "What is 2+3?", models.EVAL_SYSTEM_PROMPT)
+    completion = "2+3 = 5, so \\boxed{5}." + models.end_of_turn(tokenizer)
     common.write_jsonl(tmp_path / "d.jsonl", [{"id": "a", "type": "sft", "prompt": prompt, "completion": completion},
                                               {"id": "b", "type": "qfft", "prompt": "", "completion": completion}])
     examples, stats = train.load_examples(tokenizer, str(tmp_path / "d.jsonl"), max_len=4096)
@@ -61,8 +62,8 @@ def test_labels_are_exactly_the_completion_tokens(tmp_path, tokenizer):
 
 
 def test_truncation_drops_and_counts(tmp_path, tokenizer):
-    prompt = common.render_prompt(tokenizer, "a long question " * 10, None)
-    n_p = len(common.encode(tokenizer, [prompt])[0])
+    prompt = models.render_prompt(tokenizer, "a long question " * 10, None)
+    n_p = len(models.encode(tokenizer, [prompt])[0])
     common.write_jsonl(tmp_path / "d.jsonl", [{"id": "a", "prompt": prompt, "completion": "yes<|im_end|>"},
                                               {"id": "b", "prompt": "", "completion": "one two three"}])
     ex, stats = train.load_examples(tokenizer, str(tmp_path / "d.jsonl"), max_len=n_p)
@@ -246,9 +247,9 @@ sys.path.insert(0, {root!r})
 import common
 if __name__ == "__main__":
     from vllm import SamplingParams
-    llm = common.make_llm({model!r}, seed=0, max_model_len=512)
+    llm = models.make_llm({model!r}, seed=0, max_model_len=512)
     tok = llm.get_tokenizer()
-    ids = common.encode(tok, [common.render_prompt(tok, "What is 2+3?", None)])[0]
+    ids = models.encode(tok, [models.render_prompt(tok, "What is 2+3?", None)])[0]
     out = llm.generate([{{"prompt_token_ids": ids}}], SamplingParams(max_tokens=8, temperature=0))
     print("GENERATED", json.dumps(len(out[0].outputs[0].token_ids)))
 """

@@ -1,0 +1,267 @@
+"""Question sources: the benchmark and training-question registry, local files and Hugging Face datasets.
+
+Every loader returns records {"id": str, "question": str, "gold": str|None, "answer_type": "math"|"mc", ...}.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import random
+import re
+import zlib
+from pathlib import Path
+from typing import Callable, Optional
+
+from common import DATA_DIR, DataError, _open, iter_jsonl, require
+from grading import MC_INSTRUCTION, last_boxed
+from models import check_hub
+from runs import file_fingerprint
+
+
+def answer_str(x) -> str:
+    """27.0 -> '27' (AMC's float answers), other values as strings."""
+    if isinstance(x, float) and x.is_integer():
+        return str(int(x))
+    return str(x).strip()
+
+
+def _gsm8k_gold(rec) -> str:
+    return rec["answer"].split("####")[-1].strip().replace(",", "")
+
+
+def _mc_question(question: str, options: list[str]) -> str:
+    """QFFT's multiple-choice prompt (eval/data/gpqa/test.jsonl): the question, the options as `A. text`, and the
+    instruction to put the choice letter in \\boxed{} (MC_INSTRUCTION, defined with the grader below)."""
+    letters = "ABCDEFGHIJKLMNOP"
+    opts = "\n".join(f"{letters[i]}. {str(o).strip()}" for i, o in enumerate(options))
+    return f"{question.rstrip()}\n\n{opts}\n\n{MC_INSTRUCTION}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+    """One registry entry: where a benchmark or question pool lives and how to read it."""
+    file: str                       # path under data/ (or absolute; .gz read directly)
+    question: str                   # question field
+    gold: Callable[[dict], Optional[str]]  # gold answer from a record
+    id_field: Optional[str] = None  # None: the record's line index
+    answer_type: str = "math"       # "math" (math-verify) or "mc" (a letter)
+    level: Optional[str] = None     # difficulty field (MATH500)
+    format_question: Optional[Callable[[dict], str]] = None  # e.g. multiple-choice options
+    kind: str = "benchmark"         # "benchmark" or "pool" (training questions)
+
+
+REGISTRY: dict[str, Source] = {
+    "gsm8k": Source("benchmarks/gsm8k/test.jsonl", "question", _gsm8k_gold),
+    "math500": Source("benchmarks/math500/test.jsonl", "problem", lambda r: answer_str(r["answer"]),
+                      id_field="unique_id", level="level"),
+    "aime24": Source("benchmarks/aime24/test.jsonl", "problem", lambda r: answer_str(r["answer"]), id_field="id"),
+    "aime25": Source("benchmarks/aime25/test.jsonl", "problem", lambda r: answer_str(r["answer"]), id_field="id"),
+    "amc23": Source("benchmarks/amc23/test.jsonl", "problem", lambda r: answer_str(r["answer"]), id_field="id"),
+    # Minerva: the gold is the last \boxed{} of the reference solution (Qwen2.5-Math's harness) ...
+    "minerva": Source("benchmarks/minerva_math/test.jsonl", "problem", lambda r: last_boxed(r["solution"])),
+    # ... or LIMO's short extracted answers for the same 272 questions in the same order.
+    "minerva_short": Source("benchmarks/minerva_math/limo_minerva_qa.jsonl", "question",
+                            lambda r: answer_str(r["answer"])),
+    "mmlu_pro": Source("benchmarks/mmlu_pro_test.jsonl.gz", "question", lambda r: r["answer"], id_field="question_id",
+                       answer_type="mc", format_question=lambda r: _mc_question(r["question"], r["options"])),
+    # GPQA diamond is never committed: --data PATH, $GPQA_PATH, or the gated hub dataset Idavidrein/gpqa.
+    "gpqa": Source("", "question", lambda r: r["gold"], id_field="id", answer_type="mc"),
+    # UPFT's GPQA: the same 198 questions without options; gold = the correct answer's text (LLM judge: --judge)
+    "gpqa_open": Source("", "question", lambda r: r["gold"], id_field="id"),
+    # Training question pools
+    "prm12k": Source("train/prm12k_questions.jsonl.gz", "problem", lambda r: answer_str(r["answer"]), kind="pool"),
+    "math_train": Source("train/math_train_7500.jsonl.gz", "problem", lambda r: answer_str(r["answer"]), kind="pool"),
+    "gsm8k_train": Source("train/gsm8k_train.jsonl.gz", "question", _gsm8k_gold, kind="pool"),
+}
+BENCHMARKS = [k for k, v in REGISTRY.items() if v.kind == "benchmark"]
+GPQA_SEED = 0  # choices are shuffled per question with this seed: the same letters in every run
+
+
+def stable_id(question: str) -> str:
+    return hashlib.sha1(question.encode("utf-8")).hexdigest()[:16]
+
+
+def _gpqa_records(path: Optional[str], open_ended: bool = False) -> list[dict]:
+    """GPQA diamond with its four choices shuffled by a fixed seed into A-D; open_ended (UPFT's GPQA): the question
+    alone, gold = the correct answer's text."""
+    path = path or os.environ.get("GPQA_PATH")
+    if path:
+        raw = [(f"{path}:{n}", r) for n, r in iter_jsonl(path)] if not str(path).endswith(".csv") else \
+            [(f"{path}:{i + 2}", r) for i, r in enumerate(_read_table(path))]
+    else:
+        raw = [(f"Idavidrein/gpqa:{i}", r) for i, r in enumerate(_load_hf("Idavidrein/gpqa", "train", "gpqa_diamond"))]
+    out = []
+    for where, r in raw:
+        if "Question" in r:  # the official CSV / hub schema
+            r = {"id": r.get("Record ID"), "question": r["Question"], "correct_answer": r["Correct Answer"],
+                 "incorrect_answers": [r[f"Incorrect Answer {i}"] for i in (1, 2, 3)]}
+        q = require(r, "question", where)
+        correct = str(require(r, "correct_answer", where, (str, int, float))).strip()
+        wrong = [str(x).strip() for x in require(r, "incorrect_answers", where, (list,))]
+        rid = str(r.get("id") or stable_id(q))
+        if open_ended:
+            out.append({"id": rid, "question": q.strip(), "gold": correct, "answer_type": "math"})
+            continue
+        options = [correct] + wrong
+        random.Random(f"{GPQA_SEED}-{rid}").shuffle(options)
+        out.append({"id": rid, "question": _mc_question(q.strip(), options), "gold": "ABCD"[options.index(correct)],
+                    "answer_type": "mc"})
+    return out
+
+
+def _read_table(path) -> list[dict]:
+    import pandas as pd
+    p = str(path)
+    try:
+        if p.endswith(".parquet"):
+            df = pd.read_parquet(p)
+        elif p.endswith(".csv"):
+            df = pd.read_csv(p)
+        else:
+            with _open(Path(p)) as f:
+                obj = json.load(f)
+            obj = obj.get("data", obj) if isinstance(obj, dict) else obj
+            if not isinstance(obj, list):
+                raise DataError(f"{p}: expected a JSON list of records (or {{\"data\": [...]}})")
+            return obj
+    except (EOFError, zlib.error) as e:
+        raise DataError(f"{p}: corrupt or truncated gzip file ({e})") from None
+    except UnicodeDecodeError as e:
+        raise DataError(f"{p}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start})") from None
+    except (ValueError, OSError) as e:
+        raise DataError(f"{p}: cannot read ({e})") from None
+    return df.to_dict("records")
+
+
+def _load_hf(name: str, split: str, config: Optional[str] = None) -> list[dict]:
+    check_hub(name, "dataset")
+    try:
+        import datasets
+        ds = datasets.load_dataset(name, config, split=split)
+    except Exception as e:  # offline, gated, misspelled: one line, not a traceback
+        raise DataError(f"could not load Hugging Face dataset '{name}' split '{split}': {str(e).splitlines()[0]}") \
+            from None
+    return list(ds)
+
+
+def read_records(source: str, split: str = "train") -> list[tuple[str, dict]]:
+    """(where, record) pairs from a local .jsonl/.jsonl.gz/.json/.parquet/.csv file or a Hugging Face dataset."""
+    p = Path(source)
+    if p.exists():
+        if p.is_dir():
+            raise DataError(f"{p}: is a directory, expected a data file")
+        if p.stat().st_size == 0:
+            raise DataError(f"{p}: file is empty")
+        if re.search(r"\.jsonl(\.gz)?$", p.name):
+            recs = [(f"{p}:{n}", r) for n, r in iter_jsonl(p)]
+        else:
+            recs = [(f"{p}:{i + 1}", r) for i, r in enumerate(_read_table(p))]
+    elif re.fullmatch(r"[\w.-]+/[\w.-]+", source) and not source.endswith((".jsonl", ".json", ".parquet", ".gz")):
+        recs = [(f"{source}[{i}]", r) for i, r in enumerate(_load_hf(source, split))]
+    else:
+        raise DataError(f"{source}: no such file, registry name ({', '.join(REGISTRY)}) or Hugging Face dataset")
+    if not recs:
+        raise DataError(f"{source}: no records")
+    return recs
+
+
+# Field names tried, in order, when a file or HF dataset does not say (--question_field / --answer_field): the same
+# in every stage (sample.py, evaluate.py --data, prepare.py).
+QUESTION_FIELDS = ("question", "problem", "prompt", "instruction")
+ANSWER_FIELDS = ("answer", "gold", "final_answer")
+
+
+def _pick(rec: dict, given: Optional[str], candidates: tuple[str, ...]) -> Optional[str]:
+    if given:
+        return given
+    return next((c for c in candidates if c in rec), None)
+
+
+def load_questions(source: str, *, question_field: Optional[str] = None, answer_field: Optional[str] = None,
+                   id_field: Optional[str] = None, split: str = "train", limit: Optional[int] = None,
+                   data_path: Optional[str] = None) -> list[dict]:
+    """Questions from a registry name (benchmark or pool), a local file or a Hugging Face dataset.
+
+    `data_path` points a registry name at another file with the same schema (for gpqa: the GPQA file).
+    Ids are unique strings; duplicates are an error naming both places.
+    """
+    if limit is not None and limit < 1:
+        raise DataError(f"--limit must be >= 1, got {limit}")
+    out: list[dict] = []
+    where_of: dict[str, str] = {}
+    if source in REGISTRY:
+        src = REGISTRY[source]
+        if source in ("gpqa", "gpqa_open"):
+            out = _gpqa_records(data_path, open_ended=source == "gpqa_open")
+            wheres = [f"{source}[{i}]" for i in range(len(out))]
+        else:
+            path = Path(data_path) if data_path else DATA_DIR / src.file
+            wheres = []
+            for lineno, rec in iter_jsonl(path):
+                where = f"{path}:{lineno}"
+                q = src.format_question(rec) if src.format_question else require(rec, src.question, where)
+                try:
+                    gold = src.gold(rec)
+                except (KeyError, AttributeError, TypeError) as e:
+                    raise DataError(f"{where}: cannot read the gold answer ({e!r})") from None
+                rid = str(rec[src.id_field]) if src.id_field and src.id_field in rec else str(len(out))
+                item = {"id": rid, "question": q, "gold": None if gold is None else str(gold),
+                        "answer_type": src.answer_type}
+                if src.level and src.level in rec:
+                    lv = rec[src.level]
+                    item["level"] = int(re.sub(r"\D", "", str(lv)) or 0)
+                out.append(item)
+                wheres.append(where)
+    else:
+        wheres = []
+        for where, rec in read_records(source, split):
+            qf = _pick(rec, question_field, QUESTION_FIELDS)
+            if qf is None:
+                raise DataError(f"{where}: no question field (tried {', '.join(QUESTION_FIELDS)}; "
+                                f"set --question_field)")
+            q = require(rec, qf, where)
+            if not q.strip():
+                raise DataError(f"{where}: field '{qf}' is empty")
+            af = _pick(rec, answer_field, ANSWER_FIELDS)
+            gold = rec.get(af) if af else None
+            idf = _pick(rec, id_field, ("id",))
+            if id_field and id_field not in rec:
+                raise DataError(f"{where}: missing field '{id_field}'")
+            rid = str(rec[idf]) if idf and rec.get(idf) is not None else stable_id(q)
+            out.append({"id": rid, "question": q, "gold": None if gold is None else answer_str(gold),
+                        "answer_type": "math"})
+            wheres.append(where)
+    for item, where in zip(out, wheres):
+        if item["id"] in where_of:
+            raise DataError(f"{where}: duplicate id '{item['id']}' (first at {where_of[item['id']]})")
+        where_of[item["id"]] = where
+    if not out:
+        raise DataError(f"{source}: no records")
+    return out[:limit] if limit else out
+
+
+def eval_output_files(directory) -> dict[str, Path]:
+    """The per-benchmark files of an evaluate.py output directory, {benchmark: DIR/<benchmark>.jsonl}, registry
+    benchmarks first in registry order. The one reader of that layout (evaluate.py --grade_only, rak.py).
+    Benchmark names have no dots: hidden, temporary or partial files (.x.jsonl, x.partial.jsonl) are not results."""
+    files = {f.name[:-len(".jsonl")]: f for f in sorted(Path(directory).glob("*.jsonl"))
+             if "." not in f.name[:-len(".jsonl")]}
+    order = {b: i for i, b in enumerate(BENCHMARKS)}
+    return dict(sorted(files.items(), key=lambda kv: (order.get(kv[0], len(order)), kv[0])))
+
+
+def data_fingerprint(source: Optional[str], data_path: Optional[str] = None) -> Optional[dict]:
+    """The fingerprint of the local file a question source reads (registry name, or a path; `data_path` points a
+    registry name at another file); None for a Hugging Face dataset or GPQA from the hub."""
+    if not source:
+        return None
+    if data_path:
+        path = Path(data_path)
+    elif source in REGISTRY:
+        f = REGISTRY[source].file or os.environ.get("GPQA_PATH" if source == "gpqa" else "", "")
+        path = (DATA_DIR / f) if f else None
+    else:
+        path = Path(source)
+    return file_fingerprint(path) if path is not None and path.is_file() else None
