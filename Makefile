@@ -40,7 +40,7 @@ lint: $(BIN)/.installed
 # The speed benchmarks (they print their numbers; see bench/README.md). On a CPU machine: DS_ACCELERATOR=cpu make bench
 bench: tiny
 	$(BIN)/python -m pip install -q -r requirements-bench.txt
-	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python bench/grading.py
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python bench/grading_speed.py
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python bench/sample_overhead.py
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python bench/train_throughput.py
 

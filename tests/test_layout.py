@@ -55,3 +55,12 @@ def test_grading_imports_no_torch_transformers_or_vllm():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "", f"importing grading loaded: {out.stdout.strip()}"
+
+
+def test_no_helper_script_shadows_a_project_module():
+    """bench/ and scripts/ go on sys.path beside the root (gpu_check, the benchmarks): a file there named like a
+    root module (bench/grading.py once did) would be imported instead of it."""
+    root = {p.stem for p in ROOT.glob("*.py")}
+    clash = sorted(f"{d}/{p.name}" for d in ("bench", "scripts", "tests") for p in (ROOT / d).glob("*.py")
+                   if p.stem in root)
+    assert not clash, f"{len(clash)} helper files shadow root modules: {clash}"

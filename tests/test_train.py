@@ -244,7 +244,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, tokenize
 VLLM_SNIPPET = """
 import sys, json
 sys.path.insert(0, {root!r})
-import common
+import models
 if __name__ == "__main__":
     from vllm import SamplingParams
     llm = models.make_llm({model!r}, seed=0, max_model_len=512)

@@ -2,8 +2,8 @@
 parallel grader (grading.grade_many: spawned worker processes, one per core; identical answer/gold pairs verified
 once), in one run. Also times grade_many in one process, to split the gain into dedup and processes.
 
-    python bench/grading.py                  # MATH500 x 16 = 8,000 responses, workers = one per CPU core
-    python bench/grading.py --workers 4 --samples 16
+    python bench/grading_speed.py                  # MATH500 x 16 = 8,000 responses, workers = one per CPU core
+    python bench/grading_speed.py --workers 4 --samples 16
 
 The responses are synthesized from the gold answers and reference solutions, half of them perturbed into wrong
 answers (a digit changed, another question's answer, a wrong unboxed number), so math-verify parses and compares
