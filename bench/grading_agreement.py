@@ -32,6 +32,8 @@ MATH_FORMS = ["The final answer is $\\boxed{{{}}}$.", "Therefore, the answer is 
               "So we get\n\\[\n\\boxed{{{}}}\n\\]"]
 MC_FORMS = ["\\boxed{{{}}}", "The correct option is **{}**.", "ANSWER: {}", "\\boxed{{\\text{{({})}}}}",
             "After checking every option, the choice is ({}).", "Final answer: $\\boxed{{\\mathrm{{{}}}}}$"]
+# the boxed phrasings: under --extraction box a letter is read from the final box only (QFFT's harness)
+MC_BOX_FORMS = [f for f in MC_FORMS if "boxed" in f] + ["So the answer is $\\boxed{{{}}}$, not the others."]
 
 
 def _thousands(n: str, i: int) -> str:
@@ -73,13 +75,13 @@ def perturb(gold: str, other: str) -> str:
     return render(other, 0) if other.strip() != g else f"{g}+1"
 
 
-def responses(qs: list[dict], perturbed: bool) -> list[tuple[str, str, str]]:
+def responses(qs: list[dict], perturbed: bool, mc_forms: list[str] = MC_BOX_FORMS) -> list[tuple[str, str, str]]:
     items = []
     for i, q in enumerate(qs):
         g = q["gold"]
         if q["answer_type"] == "mc":
             letter = chr(ord("A") + (ord(g) - ord("A") + 1) % 4) if perturbed else g
-            items.append((MC_FORMS[i % len(MC_FORMS)].format(letter), g, "mc"))
+            items.append((mc_forms[i % len(mc_forms)].format(letter), g, "mc"))
         else:
             ans = perturb(g, qs[(i + 1) % len(qs)]["gold"]) if perturbed else render(g, i)
             items.append((MATH_FORMS[i % len(MATH_FORMS)].format(ans), g, "math"))
