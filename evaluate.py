@@ -6,15 +6,16 @@ accuracy, pass@k, maj@n, generated tokens and the long- vs short-CoT split (QFFT
     python evaluate.py --model out/qfft --benchmarks gsm8k,math500,aime24,aime25,amc23 --output_dir runs/eval/qfft \
         --count_tokenizer Qwen/Qwen2.5-7B-Instruct
     # UPFT protocol: greedy, one sample, 16384 new tokens within UPFT's per-family context (4096 Qwen2.5-Math, else
-    # 8192); GPQA open-ended, rule grader OR UPFT's LLM judge
+    # 8192), UPFT's "1" after each question and its double BOS; GPQA open-ended; UPFT's box OR its LLM judge, with
+    # the judge's own prompt (its remote code only: --judge_trust_remote_code)
     python evaluate.py --model out/upft --benchmarks gsm8k,math500,aime24,gpqa_open --protocol upft \
-        --judge KbsdJames/Omni-Judge --trust_remote_code --output_dir runs/eval/upft
+        --judge KbsdJames/Omni-Judge --judge_trust_remote_code --output_dir runs/eval/upft
     # multi-GPU: one engine split over 4 GPUs
     python evaluate.py --model out/qfft-32b --benchmarks math500 --tensor_parallel_size 4 --output_dir runs/eval/q32
     # GPQA diamond is never committed: point --data (or $GPQA_PATH) at it
     python evaluate.py --model M --benchmarks gpqa --data gpqa_diamond.jsonl --output_dir runs/eval/gpqa
-    # re-grade existing outputs without a model (e.g. after a grader fix, with other --reflect_words or
-    # --extraction, or adding a --judge)
+    # re-grade existing outputs without a model (e.g. after a grader fix, with other --reflect_words,
+    # --long_cot_rule or --extraction, or adding a --judge)
     python evaluate.py --grade_only --output_dir runs/eval/qfft
 
 

@@ -276,12 +276,13 @@ def _letter_in(answer: str, letters: str) -> Optional[str]:
 
 
 def extract_choice(response: str, letters: str = "ABCDEFGHIJ", extraction: str = "any") -> Optional[str]:
-    """The multiple-choice letter under an extraction rule (EXTRACTIONS). 'box' (QFFT) and 'box_or_answer_is': the
-    answer extract_answer takes (the final box; the UPFT rule also a last-line 'The answer is: X'), and in it the
-    letter (_letter_in); no box, no letter. 'any' (lenient): the LAST hit, by position in the response, of any of
-    these forms: \\boxed{C} (also \\text{}, \\mathrm{}, parentheses), 'the answer is (C)', 'Answer: C', 'correct
-    option is C', 'choice is (B)', '... it is (C)', a final bold **C**. The letter must stand alone (`Cat`,
-    `I believe` are no labels: a bare I or A followed by a lower-case word is English, not an option), else None."""
+    """The multiple-choice letter under an extraction rule (EXTRACTIONS). 'box' (QFFT), 'box_or_answer_is',
+    'upft_box': the answer extract_answer takes (the final box; box_or_answer_is also a last-line 'The answer is:
+    X'), and in it the letter (_letter_in); no box, no letter. 'any' (lenient): the LAST hit, by position in the
+    response, of any of these forms: \\boxed{C} (also \\text{}, \\mathrm{}, parentheses), 'the answer is (C)',
+    'Answer: C', 'correct option is C', 'choice is (B)', '... it is (C)', a final bold **C**. The letter must stand
+    alone (`Cat`, `I believe` are no labels: a bare I or A followed by a lower-case word is English, not an
+    option), else None."""
     if extraction != "any":
         ans = extract_answer(response, extraction)
         return _letter_in(ans, letters) if ans is not None else None
