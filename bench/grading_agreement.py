@@ -208,7 +208,7 @@ def compare_with_papers(a) -> None:
             if b.startswith("gpqa") and not os.environ.get("GPQA_PATH"):
                 continue
             qs = [q for q in sources.load_questions(b, data_path=os.environ.get("GPQA_PATH") if b.startswith("gpqa")
-                                                    else None) if q["gold"] is not None]
+                                                    else None) if q["gold"] is not None][:a.limit or None]
             sets[b] = responses(qs, False) + responses(qs, True)
     print("| source | responses | rule (ours vs theirs) | both right | both wrong | only ours right | "
           "only theirs right | their errors | agreement |")
@@ -217,7 +217,7 @@ def compare_with_papers(a) -> None:
              ("upft", "upft_box", "upft_judge_rule", a.upft_repo, a.upft_python),
              ("upft", "box_or_answer_is", "upft_no_judge", a.upft_repo, a.upft_python)]
     for name, items in sets.items():
-        items = items[:a.limit] if a.limit else items
+        items = items[:a.limit] if a.limit and a.outputs else items
         theirs_by_paper = {}
         for paper, ours_rule, their_rule, repo, python in pairs:
             if not repo:
@@ -248,7 +248,8 @@ def main():
     ap.add_argument("--qfft_python", help="python with QFFT's grader dependencies (default: this one)")
     ap.add_argument("--upft_python", help="python with UPFT's grader dependencies (default: this one)")
     ap.add_argument("--outputs", nargs="*", help="real model outputs: evaluate.py output dirs or response JSONL files")
-    ap.add_argument("--limit", type=int, help="the first K responses of each source")
+    ap.add_argument("--limit", type=int, help="the first K responses of each --outputs source (without: the first K "
+                                              "questions of each benchmark, rendered and perturbed)")
     ap.add_argument("--worker", choices=["qfft", "upft"], help=argparse.SUPPRESS)
     ap.add_argument("--repo", help=argparse.SUPPRESS)
     a = ap.parse_args()
