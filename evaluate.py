@@ -6,15 +6,16 @@ accuracy, pass@k, maj@n, generated tokens and the long- vs short-CoT split (QFFT
     python evaluate.py --model out/qfft --benchmarks gsm8k,math500,aime24,aime25,amc23 --output_dir runs/eval/qfft \
         --count_tokenizer Qwen/Qwen2.5-7B-Instruct
     # UPFT protocol: greedy, one sample, 16384 new tokens within UPFT's per-family context (4096 Qwen2.5-Math, else
-    # 8192); GPQA open-ended, rule grader OR UPFT's LLM judge
+    # 8192), UPFT's "1" after each question and its double BOS; GPQA open-ended; UPFT's box OR its LLM judge, with
+    # the judge's own prompt (its remote code only: --judge_trust_remote_code)
     python evaluate.py --model out/upft --benchmarks gsm8k,math500,aime24,gpqa_open --protocol upft \
-        --judge KbsdJames/Omni-Judge --trust_remote_code --output_dir runs/eval/upft
+        --judge KbsdJames/Omni-Judge --judge_trust_remote_code --output_dir runs/eval/upft
     # multi-GPU: one engine split over 4 GPUs
     python evaluate.py --model out/qfft-32b --benchmarks math500 --tensor_parallel_size 4 --output_dir runs/eval/q32
     # GPQA diamond is never committed: point --data (or $GPQA_PATH) at it
     python evaluate.py --model M --benchmarks gpqa --data gpqa_diamond.jsonl --output_dir runs/eval/gpqa
-    # re-grade existing outputs without a model (e.g. after a grader fix, with other --reflect_words or
-    # --extraction, or adding a --judge)
+    # re-grade existing outputs without a model (e.g. after a grader fix, with other --reflect_words,
+    # --long_cot_rule or --extraction, or adding a --judge)
     python evaluate.py --grade_only --output_dir runs/eval/qfft
 
 
@@ -56,31 +57,43 @@ PROTOCOLS = {
     # QFFT §4.1 / App. A.3: 16 samples at temperature 0.6 (4 for GPQA and MMLU-Pro), a 32,768-token budget, the eval
     # system prompt, the model's chat template. The paper gives no top-p; the official eval script (eval/eval.sh)
     # passes --top_p 1. Its harness takes the answer from the last \boxed{} only (eval/utils/parser.py).
+    # Long-CoT: the paper's rule (QFFT §2); its analysis code's rule is --long_cot_rule qfft_code.
     "qfft": dict(n=16, temperature=0.6, top_p=1.0, max_tokens=32768, system_prompt="eval", extraction="box",
-                 n_by_benchmark="gpqa=4,mmlu_pro=4", max_model_len=None),
+                 n_by_benchmark="gpqa=4,mmlu_pro=4", max_model_len=None, long_cot_rule="paper", question_suffix="",
+                 prompt_tokens="template"),
     # UPFT's evaluation (inference/eval.py): greedy decoding, one sample, up to 16384 new tokens, but a context of
     # max_model_len 4096 for Qwen2.5-Math and 8192 otherwise, and the system prompt of its chat template per model
-    # family ('auto': see upft_model_defaults). Rule grader: the box, else "The answer is: X".
-    "upft": dict(n=1, temperature=0.0, top_p=1.0, max_tokens=16384, system_prompt="auto", extraction="box_or_answer_is",
-                 n_by_benchmark="", max_model_len="auto"),
+    # family ('auto': see upft_model_defaults). Rule grader ('auto'): with --judge the box alone OR the judge (UPFT's
+    # llm_judge branch, behind every published number), without one the box, else "The answer is: X". Every
+    # question gets UPFT's --add_prompt "1" appended (scripts/train_sft.sh; inference/eval.py drops it only for
+    # deepseek), and the rendered prompt is tokenized as vLLM tokenizes UPFT's text prompts (prompt_tokens 'text':
+    # a second BOS for Llama-3.1 and R1-distill, whose templates already write one). docs/paper_numbers.md.
+    "upft": dict(n=1, temperature=0.0, top_p=1.0, max_tokens=16384, system_prompt="auto", extraction="auto",
+                 n_by_benchmark="", max_model_len="auto", long_cot_rule="paper", question_suffix="auto",
+                 prompt_tokens="text"),
 }
 
 
+GPQA_BENCHMARKS = ("gpqa", "gpqa_open")  # read from the one GPQA file (--data / $GPQA_PATH); never committed
+
+
 def upft_model_defaults(model: str) -> dict:
-    """UPFT's per-family evaluation context and system prompt (inference/eval.py, inference/chat_template.py):
-    Qwen2.5-Math: max_model_len 4096 and the qwen-math system prompt ('eval'); Llama-3.x: 8192 and no system
-    prompt; DeepSeek-R1-Distill: 8192, no system prompt; anything else: 8192 and 'eval'. The family is read from
-    the model name or path, then from a local config.json (model_type 'llama')."""
+    """UPFT's per-family evaluation context, system prompt and question suffix (inference/eval.py,
+    inference/chat_template.py, scripts/train_sft.sh): Qwen2.5-Math: max_model_len 4096 and the qwen-math system
+    prompt ('eval'); Llama-3.x: 8192 and no system prompt; DeepSeek-R1-Distill: 8192, no system prompt and no
+    suffix (eval.py drops --add_prompt when "deepseek" is in the path); anything else: 8192 and 'eval'. Every
+    family but R1-distill gets the suffix "1". The family is read from the model name or path, then from a local
+    config.json (model_type 'llama')."""
     name = model.lower()
     if "qwen2.5-math" in name:
-        return {"max_model_len": 4096, "system_prompt": "eval"}
+        return {"max_model_len": 4096, "system_prompt": "eval", "question_suffix": "1"}
     if "deepseek" in name or "r1-distill" in name:
-        return {"max_model_len": 8192, "system_prompt": "none"}
+        return {"max_model_len": 8192, "system_prompt": "none", "question_suffix": ""}
     cfg = Path(model) / "config.json"
     model_type = json.loads(cfg.read_text()).get("model_type") if cfg.is_file() else None
     if "llama" in name or model_type == "llama":
-        return {"max_model_len": 8192, "system_prompt": "none"}
-    return {"max_model_len": 8192, "system_prompt": "eval"}
+        return {"max_model_len": 8192, "system_prompt": "none", "question_suffix": "1"}
+    return {"max_model_len": 8192, "system_prompt": "eval", "question_suffix": "1"}
 
 
 @dataclass
@@ -121,6 +134,18 @@ class Args:
     reflect_words: Optional[str] = field(
         default=None, metadata={"help": "long-CoT keywords, comma-separated, whole word, any case (None: 'wait'; "
                                         "with --grade_only: the ones the run used)"})
+    long_cot_rule: Optional[Literal["paper", "qfft_code"]] = field(default=None, metadata={"help": (
+        "which responses are long-CoT: paper (a --reflect_words keyword at least once; QFFT §2) or qfft_code (QFFT's "
+        "eval/analysis/analysis_cli.py: the substring 'wait' more than 3 times, or at least once with "
+        "'alternatively'). None: the protocol's (paper); with --grade_only: the one the run used")})
+    question_suffix: Optional[str] = field(default=None, metadata={"help": (
+        "text appended to every question before the chat template ('' for none). None: the protocol's: qfft none; "
+        "upft '1' (UPFT's --add_prompt \"1\" in scripts/train_sft.sh, appended by inference/eval.py), none for "
+        "DeepSeek-R1-Distill")})
+    prompt_tokens: Optional[Literal["template", "text"]] = field(default=None, metadata={"help": (
+        "how a rendered prompt becomes token ids: template (only the special tokens the chat template writes) or "
+        "text (the tokenizer adds its own as well, as vLLM does with a text prompt: UPFT's eval, where Llama-3.1 "
+        "and R1-distill get a second BOS). None: the protocol's (qfft template, upft text)")})
     tensor_parallel_size: int = field(default=1, metadata={"help": "GPUs per engine"})
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = field(
         default="auto", metadata={"help": "model dtype in vLLM. auto: the model's on GPU; on CPU float32 unless the "
@@ -135,14 +160,21 @@ class Args:
     trust_remote_code: bool = field(default=False, metadata={"help": "allow custom model code (untrusted input "
                                                                      "otherwise); also lets a --judge tokenizer "
                                                                      "bring its own prompt/parse functions"})
-    extraction: Optional[Literal["box", "box_or_answer_is", "any"]] = field(default=None, metadata={"help": (
-        "where a math answer is taken from: box (last complete \\boxed{}, else no answer; QFFT), box_or_answer_is "
-        "(the box, else a final 'The answer is: X'; UPFT), any (the box, else math-verify's scan of the whole text). "
-        "None: the protocol's (qfft box, upft box_or_answer_is); with --grade_only: the one the run used")})
+    extraction: Optional[Literal["box", "box_or_answer_is", "upft_box", "any"]] = field(default=None, metadata={
+        "help": (
+            "where an answer (math, or a multiple-choice letter) is taken from: box (the last box, QFFT's reading; "
+            "none or cut off: no answer), box_or_answer_is (UPFT's box, else a final 'The answer is: X'; UPFT without "
+            "its judge), upft_box (UPFT's box alone: its rule check beside the judge), any (the box, else "
+            "math-verify's / the letter patterns' scan of the whole text). None: the protocol's (qfft box; upft "
+            "upft_box with --judge, else box_or_answer_is); with --grade_only: the one the run used")})
     judge: Optional[str] = field(default=None, metadata={"help": (
         "an LLM judge (e.g. KbsdJames/Omni-Judge, UPFT's) that reads question, reference answer and response after "
         "the rule grader; correct = rule OR judge. Works with --grade_only; verdicts are stored per sample")})
     judge_tensor_parallel_size: int = field(default=1, metadata={"help": "GPUs for the judge engine"})
+    judge_trust_remote_code: bool = field(default=False, metadata={"help": (
+        "run the --judge tokenizer's own code (remote code, the judge's alone: not the evaluated model's), so that "
+        "Omni-Judge brings its own prompt and parser (get_context / parse_response) as in UPFT's eval; without it "
+        "(or --trust_remote_code) the judge gets judge.BUILTIN_PROMPT, with a warning for Omni-Judge")})
     count_tokenizer: Optional[str] = field(default=None, metadata={"help": (
         "recount response tokens with this tokenizer for the 'tokens' metric (QFFT counts every model with "
         "Qwen/Qwen2.5-7B-Instruct's); None: the generated tokens (with --grade_only: the one the run used)")})
@@ -241,10 +273,11 @@ def markdown_table(metrics: dict[str, dict]) -> str:
 # ----------------------------------------------------------------------------------------------------------------
 # Grading
 def grade_records(records: list[dict], pattern: re.Pattern, workers: int, timeout: int, desc: str,
-                  extraction: str = "any") -> None:
+                  extraction: str = "any", long_cot_rule: Optional[str] = "paper") -> None:
     """Fill preds/correct/timeouts/long_cot/reflect_offsets of each record from its responses (in place). A record
     with stored judge verdicts (--judge) gets rule_correct (the rule grader alone) and correct = rule OR judge, as
-    UPFT; a sample only the judge accepts takes the judge's extracted answer as its pred."""
+    UPFT; a sample only the judge accepts takes the judge's extracted answer as its pred. long_cot_rule: see
+    grading.LONG_COT_RULES (`pattern` holds the paper rule's keywords)."""
     items = [(resp, r["gold"], r.get("answer_type", "math")) for r in records for resp in r["responses"]]
     results = iter(grading.grade_many(items, workers=workers, timeout=timeout, desc=desc, extraction=extraction))
     for r in records:
@@ -260,7 +293,7 @@ def grade_records(records: list[dict], pattern: re.Pattern, workers: int, timeou
                     r["correct"][i] = True
                     if r["preds"][i] is None:
                         r["preds"][i] = answers[i] or judge.JUDGE_ONLY_PRED
-        offsets = [grading.first_reflection(t, pattern) for t in r["responses"]]
+        offsets = [grading.long_cot_offset(t, long_cot_rule or "paper", pattern) for t in r["responses"]]
         r["long_cot"] = [o is not None for o in offsets]
         r["reflect_offsets"] = offsets
 
@@ -302,7 +335,13 @@ def parse_benchmarks(spec) -> list[str]:
 def resolve_protocol(args: Args) -> Args:
     proto = dict(PROTOCOLS[args.protocol])
     if args.n is not None:  # --n overrides every benchmark's n
+        if proto["n_by_benchmark"] and args.n_by_benchmark is None:
+            print(f"note: --n {args.n} overrides the {args.protocol} protocol's per-benchmark n "
+                  f"({proto['n_by_benchmark']}); pass --n_by_benchmark '{proto['n_by_benchmark']}' to keep it",
+                  file=sys.stderr)
         proto["n_by_benchmark"] = ""
+    if proto["extraction"] == "auto":  # UPFT: the box alone beside its judge, the box or "The answer is:" without
+        proto["extraction"] = "upft_box" if args.judge else "box_or_answer_is"
     family = upft_model_defaults(args.model or "")
     proto = {k: (family[k] if v == "auto" else v) for k, v in proto.items()}
     if args.no_system_prompt:
@@ -337,8 +376,8 @@ def bench_n(args: Args, bench: str) -> int:
 
 
 def load_benchmark(bench: str, args: Args, benches: list[str]) -> list[dict]:
-    """--data is the file of the only benchmark given, or of gpqa among several (the GPQA file)."""
-    data = args.data if len(benches) == 1 or bench == "gpqa" else None
+    """--data is the file of the only benchmark given, or of gpqa / gpqa_open among several (the GPQA file)."""
+    data = args.data if len(benches) == 1 or bench in GPQA_BENCHMARKS else None
     return sources.load_questions(bench, limit=args.limit, data_path=data)
 
 
@@ -351,12 +390,13 @@ def grade_only(args: Args, out_dir: Path) -> None:
     pattern = grading.reflect_pattern(words)
     # a run from before --extraction existed graded with 'any'
     extraction = args.extraction or meta.get("settings", {}).get("extraction") or "any"
+    long_cot_rule = args.long_cot_rule or meta.get("settings", {}).get("long_cot_rule") or "paper"
     count_tok = args.count_tokenizer or meta.get("count_tokenizer")
     files = list(sources.eval_output_files(out_dir).values())
     if not files:
         raise DataError(f"{out_dir}: no <benchmark>.jsonl files to grade ({', '.join(sources.BENCHMARKS)})")
-    print(f"re-grading {', '.join(f.stem for f in files)} in {out_dir} (reflect words: {words}; extraction: "
-          f"{extraction}{'; judge: ' + args.judge if args.judge else ''})")
+    print(f"re-grading {', '.join(f.stem for f in files)} in {out_dir} (reflect words: {words}; long-CoT rule: "
+          f"{long_cot_rule}; extraction: {extraction}{'; judge: ' + args.judge if args.judge else ''})")
     loaded = {}
     for f in files:
         records = []
@@ -378,15 +418,17 @@ def grade_only(args: Args, out_dir: Path) -> None:
         judge_records(args, [r for rs in loaded.values() for r in rs])
     metrics = {}
     for f, records in loaded.items():
-        grade_records(records, pattern, args.grade_workers, args.grade_timeout, f"grading {f.stem}", extraction)
+        grade_records(records, pattern, args.grade_workers, args.grade_timeout, f"grading {f.stem}", extraction,
+                      long_cot_rule)
         if count_tok:
             recount_tokens(records, count_tok)
         common.write_jsonl(f, records)
         metrics[f.stem] = update_metrics(out_dir, f.stem, records)
     if meta:
         meta["reflect_words"] = words
-        for key, val in (("reflect_words", words), ("extraction", extraction)):
-            if key in meta.get("settings", {}):  # a resumed run must now use the same rules
+        for key, val in (("reflect_words", words), ("extraction", extraction), ("long_cot_rule", long_cot_rule)):
+            # a resumed run must now use the same rules (long_cot_rule: also in settings written before it existed)
+            if key in meta.get("settings", {}) or (key == "long_cot_rule" and "settings" in meta):
                 meta["settings"][key] = val
         meta["extraction"] = extraction
         meta["count_tokenizer"] = count_tok
@@ -407,8 +449,14 @@ def judge_records(args: Args, records: list[dict]) -> None:
     items = [(r["question"] if isinstance(r.get("question"), str) else "", r["gold"], resp)
              for r in todo for resp in r["responses"]]
     results = judge.run_judge(args.judge, items, tensor_parallel_size=args.judge_tensor_parallel_size,
-                              trust_remote_code=args.trust_remote_code, seed=args.seed)
+                              trust_remote_code=judge_trusts_remote_code(args), seed=args.seed)
     judge.store(todo, results, args.judge)
+
+
+def judge_trusts_remote_code(args: Args) -> bool:
+    """The judge may run its tokenizer's own code: --judge_trust_remote_code, or --trust_remote_code (which also
+    trusts the evaluated model's)."""
+    return bool(args.judge) and (args.judge_trust_remote_code or args.trust_remote_code)
 
 
 def judge_benchmarks(args: Args, out_dir: Path, benches: list[str], pattern: re.Pattern) -> None:
@@ -418,7 +466,8 @@ def judge_benchmarks(args: Args, out_dir: Path, benches: list[str], pattern: re.
     loaded = {b: common.read_jsonl(f) for b, f in files.items()}
     judge_records(args, [r for rs in loaded.values() for r in rs])
     for b, records in loaded.items():
-        grade_records(records, pattern, args.grade_workers, args.grade_timeout, f"grading {b}", args.extraction)
+        grade_records(records, pattern, args.grade_workers, args.grade_timeout, f"grading {b}", args.extraction,
+                      args.long_cot_rule)
         common.write_jsonl(files[b], records)
         update_metrics(out_dir, b, records)
 
@@ -515,8 +564,16 @@ def make_record(q: dict, out) -> dict:
 
 def keep_finished(args: Args, out_dir: Path, bench: str, records: list[dict], pattern: re.Pattern) -> None:
     """Rule-grade finished questions and append them (fsynced) to the benchmark's partial file."""
-    grade_records(records, pattern, args.grade_workers, args.grade_timeout, f"grading {bench}", args.extraction)
+    grade_records(records, pattern, args.grade_workers, args.grade_timeout, f"grading {bench}", args.extraction,
+                  args.long_cot_rule)
     common.append_jsonl(partial_path(out_dir, bench), records)
+
+
+def prompt_ids(args: Args, tok, questions: list[str], system_prompt: Optional[str]) -> list[list[int]]:
+    """Token ids of each question's prompt: the question + --question_suffix through the chat template; with
+    --prompt_tokens text the tokenizer adds its special tokens too, as vLLM does with a text prompt (UPFT)."""
+    texts = [models.render_prompt(tok, q + (args.question_suffix or ""), system_prompt) for q in questions]
+    return models.encode(tok, texts, special_tokens=args.prompt_tokens == "text")
 
 
 def generate(args: Args, out_dir: Path, tok, pending: dict[str, list[dict]], system_prompt: Optional[str],
@@ -534,8 +591,8 @@ def generate(args: Args, out_dir: Path, tok, pending: dict[str, list[dict]], sys
     owner: list[tuple[str, int]] = []
     prompts = []
     for bench, qs in pending.items():
-        texts = [models.render_prompt(tok, q["question"], system_prompt) for q in qs]
-        prompts += [{"prompt_token_ids": ids} for ids in models.encode(tok, texts)]
+        prompts += [{"prompt_token_ids": ids} for ids in prompt_ids(args, tok, [q["question"] for q in qs],
+                                                                     system_prompt)]
         owner += [(bench, i) for i in range(len(qs))]
     max_len = llm.llm_engine.model_config.max_model_len
     for (bench, i), p in zip(owner, prompts):
@@ -621,7 +678,7 @@ def check_model(args: Args):
 
 def warn_if_tracked(out_dir: Path, benches: list[str]) -> None:
     """GPQA questions must never be committed: warn when its output would land in the repository, not ignored."""
-    if "gpqa" not in benches:
+    if not set(GPQA_BENCHMARKS) & set(benches):
         return
     try:
         out_dir.resolve().relative_to(common.ROOT)
@@ -654,9 +711,9 @@ def main():
     common.check_writable(out_dir, "--output_dir", folder=True)
     runs.lock_output(out_dir, f"evaluation output {out_dir}")  # one run per output directory
     benches = parse_benchmarks(args.benchmarks)
-    if args.data and len(benches) != 1 and "gpqa" not in benches:
-        raise DataError("--data points ONE benchmark at another file (the only one given, or gpqa among others); "
-                        "run one benchmark per --data")
+    if args.data and len(benches) != 1 and not set(GPQA_BENCHMARKS) & set(benches):
+        raise DataError("--data points ONE benchmark at another file (the only one given, or gpqa / gpqa_open "
+                        "among others); run one benchmark per --data")
     args = resolve_protocol(args)
     system_prompt = models.resolve_system_prompt(args.system_prompt or PROTOCOLS[args.protocol]["system_prompt"],
                                                  args.no_system_prompt)
@@ -665,13 +722,15 @@ def main():
     warn_if_tracked(out_dir, benches)
     print(f"protocol {args.protocol}: n={args.n} temperature={args.temperature} top_p={args.top_p} "
           f"max_tokens={args.max_tokens} max_model_len={args.max_model_len} extraction={args.extraction} "
-          f"system prompt={system_prompt!r}" + (f" n by benchmark={args.n_by_benchmark}" if args.n_by_benchmark else "")
-          + f" -> {out_dir}")
+          f"system prompt={system_prompt!r} question suffix={args.question_suffix!r} prompt tokens="
+          f"{args.prompt_tokens} long-CoT rule={args.long_cot_rule}"
+          + (f" n by benchmark={args.n_by_benchmark}" if args.n_by_benchmark else "") + f" -> {out_dir}")
 
     settings = {"model": args.model, "protocol": args.protocol, "n": args.n, "temperature": args.temperature,
                 "top_p": args.top_p, "max_tokens": args.max_tokens, "max_model_len": args.max_model_len,
                 "system_prompt": system_prompt, "seed": args.seed, "limit": args.limit, "data": args.data,
-                "reflect_words": words, "extraction": args.extraction,
+                "reflect_words": words, "extraction": args.extraction, "long_cot_rule": args.long_cot_rule,
+                "question_suffix": args.question_suffix, "prompt_tokens": args.prompt_tokens,
                 "n_by_benchmark": {b: bench_n(args, b) for b in benches if bench_n(args, b) != args.n} or None,
                 "model_fingerprint": runs.model_fingerprint(args.model),
                 "data_fingerprint": sources.data_fingerprint(args.data) if args.data else None,

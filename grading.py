@@ -14,31 +14,41 @@ from common import DataError
 _BOX_CMD = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])")
 
 
+def _box_content(text: str, i: int) -> Optional[tuple[int, int]]:
+    """(start, end) of the content of a box whose command ends at i: braces balanced, spaces allowed before the
+    brace (`\\boxed {12}`), or brace-less (`\\boxed 5`, up to the next space or `$`); None when the brace never
+    closes (a box cut off by max_tokens) or nothing follows."""
+    start = i
+    while i < len(text) and text[i] == " ":
+        i += 1
+    if i < len(text) and text[i] == "{":
+        depth = 0
+        for j in range(i, len(text)):
+            if text[j] == "{":
+                depth += 1
+            elif text[j] == "}":
+                depth -= 1
+                if depth == 0:
+                    return i + 1, j
+        return None
+    if i > start:  # \boxed 5
+        k = i
+        while k < len(text) and not text[k].isspace() and text[k] != "$":
+            k += 1
+        if k > i:
+            return i, k
+    return None
+
+
 def boxed_spans(text: str) -> list[tuple[int, int]]:
     """(start, end) of the content of every complete \\boxed{...} / \\fbox{...} in text, in order: braces
     balanced, spaces allowed before the brace (`\\boxed {12}`), and the brace-less `\\boxed 5` (up to the next
     space or `$`). A box cut off before its closing brace is not complete and is not listed."""
     spans = []
     for m in _BOX_CMD.finditer(text or ""):
-        i = m.end()
-        while i < len(text) and text[i] == " ":
-            i += 1
-        if i < len(text) and text[i] == "{":
-            depth = 0
-            for j in range(i, len(text)):
-                if text[j] == "{":
-                    depth += 1
-                elif text[j] == "}":
-                    depth -= 1
-                    if depth == 0:
-                        spans.append((i + 1, j))
-                        break
-        elif i > m.end():  # \boxed 5
-            k = i
-            while k < len(text) and not text[k].isspace() and text[k] != "$":
-                k += 1
-            if k > i:
-                spans.append((i, k))
+        span = _box_content(text, m.end())
+        if span:
+            spans.append(span)
     return spans
 
 
@@ -51,6 +61,33 @@ def last_boxed_span(text: str) -> Optional[tuple[int, int]]:
 def last_boxed(text: str) -> Optional[str]:
     """Content of the last complete \\boxed{...} (or \\fbox{...}, or `\\boxed x`), stripped; None if none."""
     span = last_boxed_span(text)
+    return text[span[0]:span[1]].strip() if span else None
+
+
+_QFFT_BOX = re.compile(r"(?<![A-Za-z])boxed(?![A-Za-z])")
+
+
+def paper_box(text: str, extraction: str) -> Optional[str]:
+    """The final box as a paper's harness reads it, stripped; None when there is none. In both papers the LAST box
+    command decides: when it is cut off (max_tokens) the response has no answer, never an earlier box.
+      box               QFFT (eval/utils/parser.py extract_answer: `pred_str.split("boxed")[-1]`): the last `boxed`,
+                        with or without its backslash; `\\fbox` is no box. (QFFT takes the tail of a cut-off box as
+                        the answer, which then fails to match: no answer here.)
+      box_or_answer_is, upft_box
+                        UPFT (utils/openmathinst_utils.py extract_answer): the last `\\boxed`, whose `{` must follow
+                        at once (`\\boxed {x}`, `\\boxed x` and `\\fbox` are no box).
+    ('any' is the lenient last_boxed: any complete box, an earlier one when the last is cut off.)"""
+    text = text or ""
+    if extraction in ("box_or_answer_is", "upft_box"):
+        i = text.rfind("\\boxed")
+        if i < 0 or text[i + 6:i + 7] != "{":
+            return None
+        span = _box_content(text, i + 6)
+    elif extraction == "box":
+        hits = list(_QFFT_BOX.finditer(text))
+        span = _box_content(text, hits[-1].end()) if hits else None
+    else:
+        return last_boxed(text)
     return text[span[0]:span[1]].strip() if span else None
 
 
@@ -73,23 +110,45 @@ def first_reflection(text: str, pattern: re.Pattern) -> Optional[int]:
     return m.start() if m else None
 
 
+# Which responses count as long-CoT (evaluate.py / rak.py --long_cot_rule):
+#   paper      QFFT §2: a reflective keyword (--reflect_words, whole word, any case) appears at least once
+#   qfft_code  QFFT's released analysis (eval/analysis/analysis_cli.py): the lower-case substring "wait" counted,
+#              long when that count is > 3, or >= 1 with "alternatively" in the response (--reflect_words unused)
+LONG_COT_RULES = ("paper", "qfft_code")
+
+
+def long_cot_offset(text: str, rule: str = "paper", pattern: Optional[re.Pattern] = None) -> Optional[int]:
+    """Character offset of the first reflective keyword of a long-CoT response under `rule`; None for a short-CoT
+    one. `pattern` (reflect_pattern) is the paper rule's keywords."""
+    if rule == "qfft_code":
+        low = (text or "").lower()
+        waits = low.count("wait")
+        return low.find("wait") if waits > 3 or (waits > 0 and "alternatively" in low) else None
+    if rule != "paper":
+        raise ValueError(f"long_cot_rule must be one of {LONG_COT_RULES}, got {rule!r}")
+    return first_reflection(text, pattern or reflect_pattern())
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Grading: math-verify for math, letter extraction for multiple choice. Shared by evaluate.py and prepare.py (rft).
 # How answers are extracted and compared, per benchmark and per extraction rule: docs/grading.md.
 GRADE_TIMEOUT = 5  # seconds per math-verify call
 # Where the final answer of a math response is taken from (evaluate.py --extraction):
 #   box              the last complete \boxed{}/\fbox{}, else no answer (QFFT's harness, eval/utils/parser.py)
-#   box_or_answer_is the box, else the text after "The answer is: " on the last line (UPFT's rule grader,
-#                    inference/eval.py + utils/openmathinst_utils.py)
+#   box_or_answer_is the box, else the text after "The answer is: " on the last line (UPFT's rule grader without
+#                    its judge, inference/eval.py + utils/openmathinst_utils.py)
+#   upft_box         the box alone: UPFT's rule check beside its LLM judge (inference/eval.py _judge, llm_judge
+#                    branch: math_equal(extract_answer(response), ...)), i.e. behind every published UPFT number
 #   any              the box, else math-verify's own extraction over the whole response (the lenient fallback)
-EXTRACTIONS = ("box", "box_or_answer_is", "any")
+# The box each rule reads (QFFT's, UPFT's, or any complete box): paper_box.
+EXTRACTIONS = ("box", "box_or_answer_is", "upft_box", "any")
 _ANSWER_IS = re.compile(r"The answer is: (.+)$")  # UPFT: re.search without flags, so only on the last line
 
 
 def extract_answer(response: str, extraction: str = "box") -> Optional[str]:
-    """The final answer text of a math response under a rule-based extraction ('box' or 'box_or_answer_is');
-    None when there is none. ('any' adds math-verify's scan of the whole text: see grade_math.)"""
-    boxed = last_boxed(response)
+    """The final answer text of a math response under a rule-based extraction ('box', 'box_or_answer_is',
+    'upft_box'); None when there is none. ('any' adds math-verify's scan of the whole text: see grade_math.)"""
+    boxed = paper_box(response, extraction)
     if boxed is not None or extraction != "box_or_answer_is":
         return boxed
     m = _ANSWER_IS.search(response or "")
@@ -201,11 +260,32 @@ _MC_PATTERNS = [re.compile(p) for p in (
 )]
 
 
-def extract_choice(response: str, letters: str = "ABCDEFGHIJ") -> Optional[str]:
-    """The multiple-choice letter: the LAST hit, by position in the response, of any of these forms: \\boxed{C}
-    (also \\text{}, \\mathrm{}, parentheses), 'the answer is (C)', 'Answer: C', 'correct option is C',
-    'choice is (B)', '... it is (C)', a final bold **C**. The letter must stand alone (`Cat`, `I believe` are no
-    labels: a bare I or A followed by a lower-case word is English, not an option), else None."""
+_WRAPPERS = re.compile(r"\\(?:text|textbf|mathrm|mathbf)\s*\{([^{}]*)\}")
+
+
+def _letter_in(answer: str, letters: str) -> Optional[str]:
+    """The choice inside an extracted answer (QFFT eval/utils/grader.py math_equal: the answer equals the letter
+    in any case, or choice_answer_clean's LAST standalone letter): `\\text{}`-like wrappers dropped, a lone
+    lower-case letter read as the option, else the last standalone capital letter."""
+    s = _WRAPPERS.sub(r"\1", answer)
+    m = re.fullmatch(r"[\s$*(.:]*([a-z])[\s$*).:]*", s)
+    if m and m.group(1).upper() in letters:
+        return m.group(1).upper()
+    hits = [h for h in re.findall(r"(?<![A-Za-z0-9\\])([A-Z])(?![A-Za-z0-9])", s) if h in letters]
+    return hits[-1] if hits else None
+
+
+def extract_choice(response: str, letters: str = "ABCDEFGHIJ", extraction: str = "any") -> Optional[str]:
+    """The multiple-choice letter under an extraction rule (EXTRACTIONS). 'box' (QFFT), 'box_or_answer_is',
+    'upft_box': the answer extract_answer takes (the final box; box_or_answer_is also a last-line 'The answer is:
+    X'), and in it the letter (_letter_in); no box, no letter. 'any' (lenient): the LAST hit, by position in the
+    response, of any of these forms: \\boxed{C} (also \\text{}, \\mathrm{}, parentheses), 'the answer is (C)',
+    'Answer: C', 'correct option is C', 'choice is (B)', '... it is (C)', a final bold **C**. The letter must stand
+    alone (`Cat`, `I believe` are no labels: a bare I or A followed by a lower-case word is English, not an
+    option), else None."""
+    if extraction != "any":
+        ans = extract_answer(response, extraction)
+        return _letter_in(ans, letters) if ans is not None else None
     text = response or ""
     best = None
     for pat in _MC_PATTERNS:
@@ -225,7 +305,7 @@ def grade(response: str, gold: Optional[str], answer_type: str = "math", timeout
     if gold is None:
         return {"pred": last_boxed(response), "correct": False, "timeout": False}
     if answer_type == "mc":
-        pred = extract_choice(response)
+        pred = extract_choice(response, extraction=extraction)
         return {"pred": pred, "correct": pred is not None and pred == gold.strip().upper(), "timeout": False}
     return grade_math(response, gold, timeout, extraction)
 
@@ -258,7 +338,7 @@ def grade_many(items: list[tuple[str, Optional[str], str]], workers: int = 0, ti
     todo: dict[tuple[str, str], list[int]] = {}
     for i, (r, g, t) in enumerate(items):
         if g is None or t == "mc":
-            results[i] = grade(r, g, t, timeout)
+            results[i] = grade(r, g, t, timeout, extraction)
         else:
             todo.setdefault((_math_input(r, extraction), g), []).append(i)
     keys = list(todo)

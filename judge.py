@@ -3,15 +3,19 @@ engine reads question, reference answer and response and says TRUE or FALSE; eva
 when the rule grader OR the judge says so.
 
 Prompt and parser: a judge whose tokenizer brings its own `get_context(question, reference, response)` and
-`parse_response(text)` through remote code (UPFT's judge, KbsdJames/Omni-Judge) uses them, but only with
---trust_remote_code; every other judge (or without that flag) gets BUILTIN_PROMPT through its chat template, parsed
-by parse_verdict. Greedy, JUDGE_MAX_TOKENS new tokens, as UPFT. An output that cannot be parsed counts as "judge
-said no" and is counted (metric judge_unparsed). Not a stage script: evaluate.py imports it.
+`parse_response(text)` through remote code (UPFT's judge, KbsdJames/Omni-Judge) uses them, but only when its remote
+code is trusted (evaluate.py --judge_trust_remote_code, which the UPFT recipes pass by default, or
+--trust_remote_code); every other judge (or without that) gets BUILTIN_PROMPT through its chat template, parsed by
+parse_verdict, and Omni-Judge run that way is warned about loudly: it is not UPFT's protocol. Omni-Judge's prompt
+lives in its hub repository's tokenizer code only, so it is not copied here. Greedy, JUDGE_MAX_TOKENS new tokens,
+as UPFT. An output that cannot be parsed counts as "judge said no" and is counted (metric judge_unparsed). Not a
+stage script: evaluate.py imports it.
 """
 from __future__ import annotations
 
 import gc
 import re
+import sys
 
 import common
 import models
@@ -46,6 +50,11 @@ def parse_verdict(text: str) -> dict:
     hits = _VERDICT.findall(text or "")
     ans = _ANSWER.findall(text or "")
     return {"verdict": hits[-1].upper() == "TRUE" if hits else None, "answer": ans[-1] if ans else None}
+
+
+def is_omni_judge(model: str) -> bool:
+    """UPFT's judge (KbsdJames/Omni-Judge, or a local copy whose folder says so)."""
+    return "omni-judge" in model.lower().replace("_", "-")
 
 
 def has_own_protocol(tokenizer) -> bool:
@@ -116,6 +125,14 @@ def run_judge(model: str, items: list[tuple[str, str, str]], *, tensor_parallel_
     max_len = min(JUDGE_MAX_MODEL_LEN, ctx or JUDGE_MAX_MODEL_LEN)
     print(f"judge {model}: {'its own prompt/parser (remote code)' if own else 'the built-in prompt'}, "
           f"{len(items)} responses, max_model_len {max_len}")
+    if own:
+        print(f"note: the judge's REMOTE CODE runs here: {model}'s tokenizer code (get_context / parse_response) "
+              f"builds every prompt and reads every verdict, as UPFT's inference/eval.py does", file=sys.stderr)
+    elif is_omni_judge(model):
+        why = "its tokenizer has no get_context/parse_response" if trust_remote_code else \
+            "its remote code is not trusted (pass --judge_trust_remote_code)"
+        print(f"WARNING: {model} judges with judge.BUILTIN_PROMPT, NOT Omni-Judge's own prompt and parser as in UPFT's "
+              f"protocol: {why}. Its verdicts are not comparable with UPFT's numbers.", file=sys.stderr)
     prompts = build_prompts(tok, items, own, max_len - JUDGE_MAX_TOKENS - 1)
     free_engine()
     llm = models.make_llm(model, seed=seed, tensor_parallel_size=tensor_parallel_size, max_model_len=max_len,

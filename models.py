@@ -150,11 +150,12 @@ def check_hub(name: str, kind: str = "model") -> None:
     _HUB_CHECKED[(name, kind)] = None
 
 
-def encode(tokenizer, texts: list[str]) -> list[list[int]]:
-    """Token ids of each text, without special tokens added (templates already carry them). Batched."""
+def encode(tokenizer, texts: list[str], special_tokens: bool = False) -> list[list[int]]:
+    """Token ids of each text, without special tokens added (templates already carry them). Batched.
+    special_tokens=True: with the tokenizer's own added (BOS), as vLLM tokenizes a text prompt."""
     if not texts:
         return []
-    return tokenizer(texts, add_special_tokens=False)["input_ids"]
+    return tokenizer(texts, add_special_tokens=special_tokens)["input_ids"]
 
 
 def count_tokens(tokenizer, texts: list[str]) -> list[int]:

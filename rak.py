@@ -40,6 +40,7 @@ from typing import Literal, Optional
 import numpy as np
 
 import common
+import grading
 import runs
 import sources
 
@@ -78,6 +79,11 @@ class Args:
                             metadata={"help": "tables to print (all four are always written): qfft (QFFT Table 2), "
                                               "aes (QFFT Table 3), upft (UPFT Table 1), long_cot"})
     overwrite: bool = _f(False, "replace an --out made from other runs or settings")
+    long_cot_rule: Optional[Literal["paper", "qfft_code"]] = _f(None, (
+        "which responses are long-CoT, recomputed from every run's responses: paper (a reflective keyword, each "
+        "run's --reflect_words; QFFT §2) or qfft_code (QFFT's eval/analysis/analysis_cli.py: 'wait' > 3 times, or "
+        ">= 1 with 'alternatively'). None: the long_cot each run's evaluate.py stored (its --long_cot_rule, "
+        "default paper)"))
 
 
 CANONICAL = ["gsm8k", "math500", "aime24", "aime25", "amc23", "minerva", "minerva_short", "gpqa", "gpqa_open",
@@ -120,7 +126,10 @@ def _sample_list(rec: dict, fld: str, where: str, kind: str) -> list:
     return vals
 
 
-def load_benchmark(path: Path) -> Bench:
+def load_benchmark(path: Path, long_cot_rule: Optional[str] = None, words: Optional[str] = None) -> Bench:
+    """One evaluate.py benchmark file; long_cot_rule given: long_cot recomputed from the responses under it (paper:
+    the keywords `words`, default 'wait')."""
+    pattern = grading.reflect_pattern(words or grading.DEFAULT_REFLECT_WORDS)
     ids, correct, long_cot, tokens, levels = [], [], [], [], []
     first: dict[str, str] = {}
     n = None
@@ -132,6 +141,12 @@ def load_benchmark(path: Path) -> Bench:
         first[rid] = where
         c = _sample_list(rec, "correct", where, "bool")
         lc = _sample_list(rec, "long_cot", where, "bool")
+        if long_cot_rule:
+            resp = common.require(rec, "responses", where, (list,))
+            if len(resp) != len(lc) or not all(isinstance(t, str) for t in resp):
+                raise common.DataError(f"{where}: field 'responses' must hold one text per sample ({len(lc)}) to "
+                                       f"apply --long_cot_rule")
+            lc = [grading.long_cot_offset(t, long_cot_rule, pattern) is not None for t in resp]
         # evaluate.py --count_tokenizer: every model's responses counted with one tokenizer (QFFT's convention)
         t = _sample_list(rec, "counted_tokens" if "counted_tokens" in rec else "num_tokens", where, "num")
         if not c:
@@ -158,6 +173,13 @@ def load_benchmark(path: Path) -> Bench:
         raise common.DataError(f"{path}: no records")
     return Bench(path, ids, np.array(correct, dtype=bool), np.array(long_cot, dtype=bool),
                  np.array(tokens, dtype=float), levels)
+
+
+def run_meta(d: str) -> dict:
+    """An evaluate.py output directory's meta.json ({} when absent or not a JSON object)."""
+    p = Path(d) / "meta.json"
+    m = common.read_json(p, "metadata") if p.exists() else {}
+    return m if isinstance(m, dict) else {}
 
 
 def parse_pairs(specs: list[str], flag: str, bare_ok: bool) -> dict[str, str]:
@@ -594,11 +616,19 @@ def main(argv=None):
     else:
         benches = present
     out = Path(args.out)
+    metas = {r: run_meta(d) for r, d in run_dirs.items()}
+    stored = {r: metas[r].get("settings", {}).get("long_cot_rule") or "paper" for r in names}  # before the flag: paper
     settings = {"runs": {r: str(Path(d).resolve()) for r, d in run_dirs.items()}, "reference": ref,
                 "baseline": base, "benchmarks": benches, "solvable": args.solvable, "alpha": args.alpha,
-                "beta": args.beta, "gamma": args.gamma, "train_stats": stats_files}
+                "beta": args.beta, "gamma": args.gamma, "train_stats": stats_files,
+                "long_cot_rule": args.long_cot_rule or stored}
     runs.check_settings(out / "meta.json", settings, args.overwrite, f"{out}")
-    data = {r: {b: load_benchmark(files[r][b]) for b in benches if b in files[r]} for r in names}
+    if args.long_cot_rule is None and len(set(stored.values())) > 1:
+        used = ", ".join(f"{r}: {v}" for r, v in stored.items())
+        warn(f"the runs were evaluated with different long-CoT rules ({used}): pass --long_cot_rule to recompute "
+             f"them all with one")
+    data = {r: {b: load_benchmark(files[r][b], args.long_cot_rule, metas[r].get("reflect_words"))
+                for b in benches if b in files[r]} for r in names}
     for r in names:
         for b in benches:
             if b not in data[r]:

@@ -58,7 +58,11 @@ class Args:
     top_p: Optional[float] = field(default=None, metadata={"help": "default: the model's generation config (local "
                                                                    "or hub), else 1.0"})
     top_k: Optional[int] = field(default=None, metadata={"help": "default: the model's generation config (local or "
-                                                                 "hub), else off"})
+                                                                 "hub), else --top_k_default"})
+    top_k_default: int = field(default=0, metadata={"help": (
+        "top-k when neither --top_k nor the model's generation config gives one: 0 = off; 50 = transformers' "
+        "GenerationConfig default, which UPFT's sampler (inference/vllm_inference.py) gets for a model without one "
+        "(Llama-3.1, R1-distill; the UPFT recipes pass it)")})
     max_tokens: int = field(default=16384, metadata={"help": "generated tokens per sample"})
     system_prompt: str = field(default="eval", metadata={"help": models.SYSTEM_PROMPT_HELP})
     no_system_prompt: bool = field(default=False, metadata={"help": "no system message (R1-distill teachers)"})
@@ -129,6 +133,8 @@ def check_args(args: Args) -> None:
         raise common.DataError(f"--gpu_memory_utilization must be in (0, 1], got {args.gpu_memory_utilization}")
     if args.temperature < 0 or (args.top_p is not None and not 0 < args.top_p <= 1):
         raise common.DataError("--temperature must be >= 0 and --top_p in (0, 1]")
+    if args.top_k_default < 0:
+        raise common.DataError(f"--top_k_default must be >= 0 (0: off), got {args.top_k_default}")
     if args.top_k is not None and args.top_k < -1:
         raise common.DataError(f"--top_k must be >= 1, or 0 / -1 for no top-k, got {args.top_k}")
     if args.max_model_len is not None and args.max_model_len < 2:
@@ -137,13 +143,15 @@ def check_args(args: Args) -> None:
 
 def sampling_settings(args: Args) -> dict:
     """What the sampler does: explicit flags, else the model's generation config (top_p/top_k; a local directory
-    and a hub name give the same), else top-p 1 and no top-k. Printed, with where each value came from."""
+    and a hub name give the same), else top-p 1 and --top_k_default (0: no top-k). Printed, with where each value
+    came from."""
     gen = models.generation_defaults(args.model)
     s = {"n": args.n, "temperature": args.temperature, "max_tokens": args.max_tokens,
          "top_p": args.top_p if args.top_p is not None else float(gen.get("top_p", 1.0)),
-         "top_k": args.top_k if args.top_k is not None else int(gen.get("top_k") or 0)}
-    src = {k: "flag" if getattr(args, k) is not None else "model's generation config" if k in gen else "default"
-           for k in ("top_p", "top_k")}
+         "top_k": args.top_k if args.top_k is not None else
+         int(gen["top_k"] or 0) if "top_k" in gen else args.top_k_default}
+    src = {k: "flag" if getattr(args, k) is not None else "model's generation config" if k in gen else
+           "--top_k_default" if k == "top_k" and args.top_k_default else "default" for k in ("top_p", "top_k")}
     print(f"sampling: n={s['n']} temperature={s['temperature']} max_tokens={s['max_tokens']} "
           f"top_p={s['top_p']} ({src['top_p']}) top_k={s['top_k'] or 'off'} ({src['top_k']})", flush=True)
     return s

@@ -85,7 +85,8 @@ def stable_id(question: str) -> str:
 
 def _gpqa_records(path: Optional[str], open_ended: bool = False) -> list[dict]:
     """GPQA diamond with its four choices shuffled by a fixed seed into A-D; open_ended (UPFT's GPQA): the question
-    alone, gold = the correct answer's text."""
+    alone, gold = the correct answer's text. open_ended also reads UPFT's own file (data/math_test/gpqa/test.jsonl:
+    `question`, `solution`, `answer`, no options), whose question text is kept as it is (UPFT's prompt)."""
     path = path or os.environ.get("GPQA_PATH")
     if path:
         raw = [(f"{path}:{n}", r) for n, r in iter_jsonl(path)] if not str(path).endswith(".csv") else \
@@ -98,6 +99,13 @@ def _gpqa_records(path: Optional[str], open_ended: bool = False) -> list[dict]:
             r = {"id": r.get("Record ID"), "question": r["Question"], "correct_answer": r["Correct Answer"],
                  "incorrect_answers": [r[f"Incorrect Answer {i}"] for i in (1, 2, 3)]}
         q = require(r, "question", where)
+        if "correct_answer" not in r and "answer" in r:  # UPFT's open-ended file: no options
+            if not open_ended:
+                raise DataError(f"{where}: a GPQA record with 'answer' and no answer options (UPFT's open-ended "
+                                f"file): it can only be read as gpqa_open")
+            gold = str(require(r, "answer", where, (str, int, float))).strip()
+            out.append({"id": str(r.get("id") or stable_id(q)), "question": q, "gold": gold, "answer_type": "math"})
+            continue
         correct = str(require(r, "correct_answer", where, (str, int, float))).strip()
         wrong = [str(x).strip() for x in require(r, "incorrect_answers", where, (list,))]
         rid = str(r.get("id") or stable_id(q))

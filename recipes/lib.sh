@@ -32,6 +32,27 @@ fi
 
 limit() { [ -n "$1" ] && echo "--limit $1" || true; }
 
+# QFFT App. A.3 samples GPQA and MMLU-Pro 4 times, whatever EVAL_N is; evaluate.py's --n alone would drop that, so
+# the QFFT recipes pass this too (empty: EVAL_N for every benchmark).
+EVAL_N_BY_BENCHMARK=${EVAL_N_BY_BENCHMARK-gpqa=4,mmlu_pro=4}
+
+# upft_judge: JUDGE_ARGS for every UPFT evaluation. UPFT judges every benchmark behind every published number: its
+# inference/eval.py parses --llm_judge with type=bool, so any value is true. correct = rule grader (the box alone)
+# OR KbsdJames/Omni-Judge with the judge's own prompt and parser, which only its tokenizer's remote code holds:
+# TRUST_JUDGE=1 (default) passes --judge_trust_remote_code (the judge's code alone, not the evaluated model's).
+# TRUST_JUDGE=0: our built-in prompt instead (evaluate.py warns: not UPFT's protocol). JUDGE= : rule grader only.
+upft_judge() {
+  JUDGE=${JUDGE-KbsdJames/Omni-Judge}
+  TRUST_JUDGE=${TRUST_JUDGE:-1}
+  JUDGE_ARGS=""
+  [ -z "$JUDGE" ] || JUDGE_ARGS="--judge $JUDGE --judge_tensor_parallel_size ${TP:-1}"
+  if [ -n "$JUDGE" ] && [ "$TRUST_JUDGE" = 1 ]; then
+    JUDGE_ARGS="$JUDGE_ARGS --judge_trust_remote_code"
+    echo "note: the judge $JUDGE runs its own tokenizer code (remote code) to build prompts and read verdicts, as" \
+      "UPFT's eval; TRUST_JUDGE=0 to refuse it (then not UPFT's protocol)" >&2
+  fi
+}
+
 # qfft_source: SRC = the long-CoT traces for DATA (s1k | limo | teacher: sampled from $TEACHER on $QUESTIONS).
 # SFT_SYSTEM = the system prompt QFFT's SFT baseline saw on that data: LIMO's LLaMA-Factory file carries the eval
 # prompt; s1K and teacher traces have none, so the model's default (docs/paper_numbers.md, "Issue 12").

@@ -62,6 +62,7 @@ for run in base sft qfft; do
   model=$MODEL; [ "$run" = base ] || model=$OUT/$run-model
   step "evaluate $run (n=$EVAL_N)"
   python evaluate.py --model "$model" --protocol qfft --benchmarks "$BENCHMARKS" --n "$EVAL_N" \
+    --n_by_benchmark "$EVAL_N_BY_BENCHMARK" \
     --max_tokens "$EVAL_MAX_TOKENS" $(limit "$EVAL_LIMIT") --tensor_parallel_size "$TP" --output_dir "$OUT/eval-$run"
 done
 

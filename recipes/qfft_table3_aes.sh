@@ -20,7 +20,7 @@ MODEL=${MODEL:-Qwen/Qwen2.5-7B-Instruct}
 DATA=${DATA:-limo}                         # Table 3: LIMO (needs gold answers: limo | teacher)
 QUESTIONS=${QUESTIONS:-prm12k}
 SHORTEST_N=${SHORTEST_N:-10}               # samples per question for SFT-Shortest (QFFT's setting: 10)
-SHORTEST_T=${SHORTEST_T:-0.7}
+SHORTEST_T=${SHORTEST_T:-0.7}               # no source: QFFT gives no sampling temperature for SFT-Shortest
 SAMPLE_MAX_TOKENS=${SAMPLE_MAX_TOKENS:-16384}
 NUM_GPUS=${NUM_GPUS:-8}
 TP=${TP:-1}
@@ -52,6 +52,7 @@ train --model "$OUT/table2/sft-model" --data "$OUT/shortest.jsonl" --output_dir 
   --epochs "$EPOCHS" --global_batch_size "$GLOBAL_BATCH" --max_len "$MAX_LEN" --deepspeed "$DEEPSPEED" $GRAD_CKPT
 step "evaluate SFT-Shortest"
 python evaluate.py --model "$OUT/shortest-model" --protocol qfft --benchmarks "$BENCHMARKS" --n "$EVAL_N" \
+  --n_by_benchmark "$EVAL_N_BY_BENCHMARK" \
   --max_tokens "$EVAL_MAX_TOKENS" $(limit "$EVAL_LIMIT") --tensor_parallel_size "$TP" --output_dir "$OUT/eval-shortest"
 
 step "table: AES against the SFT model (QFFT Table 3)"

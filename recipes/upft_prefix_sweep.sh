@@ -31,14 +31,16 @@ BENCHMARKS=${BENCHMARKS:-math500}
 EVAL_N=${EVAL_N:-1}
 EVAL_MAX_TOKENS=${EVAL_MAX_TOKENS:-16384}
 EVAL_LIMIT=${EVAL_LIMIT:-}
+upft_judge                                 # JUDGE_ARGS: UPFT judges every evaluation (recipes/lib.sh)
 OUT=${OUT:-runs/upft_prefix_sweep/$(basename "$MODEL")}
 mkdir -p "$OUT"
 ev() { python evaluate.py --model "$1" --protocol upft --benchmarks "$BENCHMARKS" --n "$EVAL_N" \
   --max_tokens "$EVAL_MAX_TOKENS" --system_prompt "$SYSTEM_PROMPT" $CHAT_TEMPLATE_ARGS $(limit "$EVAL_LIMIT") \
-  --tensor_parallel_size "$TP" --output_dir "$2"; }
+  --tensor_parallel_size "$TP" --output_dir "$2" $JUDGE_ARGS; }
 
 step "sample ONE self-generated solution per question"
 python sample.py --model "$MODEL" --data "$QUESTIONS" $(limit "$NUM_QUESTIONS") --n 1 --temperature 0.6 \
+  --top_k_default "${SAMPLE_TOP_K_DEFAULT:-50}" \
   --system_prompt "$SYSTEM_PROMPT" $CHAT_TEMPLATE_ARGS --max_tokens "$SAMPLE_MAX_TOKENS" \
   --tensor_parallel_size "$TP" --output "$OUT/self.jsonl"
 step "evaluate base"

@@ -11,7 +11,8 @@
 #   Llama-3.1-8B-Instruct        RFT     36.9M    2.3M    86.0  52.0    6.7    9.1   38.5
 #   Qwen2.5-Math-7B-Instruct     RFT     51.7M    3.2M    95.7  85.2    20.0   9.6   52.6
 #   DeepSeek-R1-Distill-Qwen-7B  RFT     318.0M   19.9M   90.7  87.0    40.0   11.1  57.2
-# (UPFT rows of the same table: recipes/upft_table1.sh; base rows as in Table 1.)
+# (UPFT rows of the same table: recipes/upft_table1.sh; base rows as in Table 1.) The GPQA column is open-ended
+# and judged, as in Table 1 (gpqa_open + Omni-Judge: see recipes/upft_table1.sh); GPQA_PATH as there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source recipes/lib.sh
@@ -31,7 +32,8 @@ GLOBAL_BATCH=${GLOBAL_BATCH:-64}
 if [[ $CHAT_TEMPLATE == *deepseek* ]]; then d_len=16384; else d_len=4096; fi
 MAX_LEN=${MAX_LEN:-$d_len}
 DEEPSPEED=${DEEPSPEED:-configs/ds_z3.json}
-BENCHMARKS=${BENCHMARKS:-gsm8k,math500,aime24,gpqa}
+BENCHMARKS=${BENCHMARKS:-gsm8k,math500,aime24,gpqa_open}   # Table 2's GPQA is Table 1's: open-ended, judged
+upft_judge                                 # JUDGE_ARGS: UPFT judges every evaluation (recipes/lib.sh)
 EVAL_N=${EVAL_N:-1}
 EVAL_MAX_TOKENS=${EVAL_MAX_TOKENS:-16384}
 EVAL_LIMIT=${EVAL_LIMIT:-}
@@ -40,6 +42,7 @@ mkdir -p "$OUT"
 
 step "sample $SAMPLES_N solutions per question from $MODEL"
 python sample.py --model "$MODEL" --data "$QUESTIONS" $(limit "$NUM_QUESTIONS") --n "$SAMPLES_N" --temperature 0.6 \
+  --top_k_default "${SAMPLE_TOP_K_DEFAULT:-50}" \
   --system_prompt "$SYSTEM_PROMPT" $CHAT_TEMPLATE_ARGS --max_tokens "$SAMPLE_MAX_TOKENS" \
   --tensor_parallel_size "$TP" --output "$OUT/samples.jsonl"
 step "prepare RFT: correct responses only (math-verify against the gold answer), --select $SELECT"
@@ -53,7 +56,7 @@ for run in base rft; do
   step "evaluate $run (UPFT protocol: greedy)"
   python evaluate.py --model "$model" --protocol upft --benchmarks "$BENCHMARKS" --n "$EVAL_N" \
     --max_tokens "$EVAL_MAX_TOKENS" --system_prompt "$SYSTEM_PROMPT" $CHAT_TEMPLATE_ARGS $(limit "$EVAL_LIMIT") \
-    --tensor_parallel_size "$TP" --output_dir "$OUT/eval-$run"
+    --tensor_parallel_size "$TP" --output_dir "$OUT/eval-$run" $JUDGE_ARGS
 done
 
 step "table: accuracy and trained tokens (UPFT Table 2 layout)"

@@ -12,10 +12,13 @@
 # with the eval prompt; the same in sampling, training data and evaluation. PREFIX_RULE=words FULL_PICK=last give
 # UPFT's code's prefix text and full-trace choice instead of the paper's (docs/paper_numbers.md, "Issue 12").
 # GPQA diamond is gated and never committed: export GPQA_PATH=/path/gpqa_diamond.jsonl (or log in to the hub).
-# UPFT's GPQA column is OPEN-ENDED (gpqa_open: no options; 8.6-17.7%, below 4-way chance) and judged by an LLM
-# (rule OR judge): JUDGE=KbsdJames/Omni-Judge (its remote-code prompt needs TRUST_JUDGE=1; else our built-in
-# prompt); JUDGE= (empty) grades by rule only, which undercounts free-text answers. Compare the GPQA column only
-# with the paper's open-ended numbers below, never with multiple-choice GPQA (gpqa).
+# UPFT's GPQA column is OPEN-ENDED (gpqa_open: no options; 8.6-17.7%, below 4-way chance; GPQA_PATH may also be
+# UPFT's own data/math_test/gpqa/test.jsonl) and EVERY benchmark is judged by an LLM (rule OR judge, as UPFT's
+# eval): JUDGE=KbsdJames/Omni-Judge with its own prompt, which runs the judge's REMOTE CODE (TRUST_JUDGE=1, the
+# default; TRUST_JUDGE=0: our built-in prompt, not UPFT's protocol); JUDGE= (empty) grades by rule only, which
+# undercounts free-text answers. Compare the GPQA column only with the paper's open-ended numbers below, never with
+# multiple-choice GPQA (gpqa). UPFT's eval also appends "1" to every question but R1-distill's and sends a second
+# BOS (evaluate.py --protocol upft does both: docs/paper_numbers.md, "Issue 19").
 #
 # GPUs: one node of 8x80GB. Expected wall time on 8xH100 (our estimate, not measured): sampling 12k PRM
 # questions with an 8B model ~20 min (8 shards, see docs/stages.md), UPFT training minutes (~16 tokens per example), SFT
@@ -56,8 +59,7 @@ if [ "$DATA" = limo ] || [[ $CHAT_TEMPLATE == *deepseek* ]]; then d_len=16384; e
 MAX_LEN=${MAX_LEN:-$d_len}                 # UPFT App. B: 4096 (PRM), 16384 (LIMO, R1-distill)
 DEEPSPEED=${DEEPSPEED:-configs/ds_z3.json}
 BENCHMARKS=${BENCHMARKS:-gsm8k,math500,aime24,gpqa_open}
-JUDGE=${JUDGE-KbsdJames/Omni-Judge}        # UPFT's LLM judge (empty: rule grader only)
-TRUST_JUDGE=${TRUST_JUDGE:-0}              # 1: let the judge's tokenizer bring its own prompt (remote code)
+upft_judge                                 # JUDGE_ARGS: JUDGE (Omni-Judge; empty: none), TRUST_JUDGE (1: its prompt)
 EVAL_N=${EVAL_N:-1}                        # UPFT's protocol: greedy, n=1, 16384 tokens
 EVAL_MAX_TOKENS=${EVAL_MAX_TOKENS:-16384}
 case "$MODEL" in                           # UPFT's eval context per family (inference/eval.py)
@@ -74,6 +76,7 @@ case "$DATA" in prm12k) SRC=prm12k ;; limo) SRC=GAIR/LIMO ;; *) echo "DATA must 
 
 step "sample ONE self-generated solution per question from $MODEL (no labels used)"
 python sample.py --model "$MODEL" --data "$SRC" $(limit "$NUM_QUESTIONS") --n 1 --temperature 0.6 \
+  --top_k_default "${SAMPLE_TOP_K_DEFAULT:-50}" \
   --system_prompt "$SYSTEM_PROMPT" $CHAT_TEMPLATE_ARGS --max_tokens "$SAMPLE_MAX_TOKENS" \
   --tensor_parallel_size "$TP" --output "$OUT/self.jsonl"
 
@@ -96,7 +99,7 @@ for run in base sft upft; do
   python evaluate.py --model "$model" --protocol upft --benchmarks "$BENCHMARKS" --n "$EVAL_N" \
     --max_tokens "$EVAL_MAX_TOKENS" --max_model_len "$EVAL_MAX_MODEL_LEN" --system_prompt "$EVAL_SYSTEM_PROMPT" \
     $CHAT_TEMPLATE_ARGS $(limit "$EVAL_LIMIT") --tensor_parallel_size "$TP" --output_dir "$OUT/eval-$run" \
-    ${JUDGE:+--judge "$JUDGE" --judge_tensor_parallel_size "$TP"} $([ "$TRUST_JUDGE" = 1 ] && echo --trust_remote_code)
+    $JUDGE_ARGS
 done
 
 step "tables: accuracy per benchmark and the trained-token columns (UPFT Table 1 layout)"

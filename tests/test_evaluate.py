@@ -1,6 +1,8 @@
 """evaluate.py: metric helpers on hand-made records, argument checks, and (slow) the tiny model end to end through
 vLLM CPU: outputs with every field, --grade_only reproducing `correct`, resume without an engine start, partial
 resume, settings mismatch refused. Two engine starts in all."""
+import copy
+import dataclasses
 import json
 import math
 import sys
@@ -508,3 +510,92 @@ def test_tiny_model_as_judge(tmp_path, tiny_model):
     p = run_script("evaluate.py", "--grade_only", "--output_dir", out, "--judge", tiny_model, env=ENV)
     assert "every response already judged" in p.stdout and "Loading" not in p.stderr  # re-used, no engine
     assert (out / "gpqa_open.jsonl").read_text() == before
+
+
+# Issue 19: the papers' code where it is not the paper
+def test_long_cot_rule_per_run_and_grade_only(tmp_path):
+    assert evaluate.resolve_protocol(evaluate.Args(model="m")).long_cot_rule == "paper"
+    assert evaluate.resolve_protocol(evaluate.Args(model="m", protocol="upft")).long_cot_rule == "paper"
+    recs = [{"id": "a", "gold": "4", "answer_type": "math",
+             "responses": [r"Wait, \boxed{4}", r"wait wait wait wait \boxed{4}", r"Wait. Alternatively \boxed{4}"]}]
+    evaluate.grade_records(recs, grading.reflect_pattern("wait"), 1, 5, "t", long_cot_rule="qfft_code")
+    assert recs[0]["long_cot"] == [False, True, True] and recs[0]["reflect_offsets"] == [None, 0, 0]
+    out = tmp_path / "ev"
+    out.mkdir()
+    rec = {**recs[0], "num_tokens": [3] * 3, "finish_reasons": ["stop"] * 3}
+    common.write_jsonl(out / "gsm8k.jsonl", [rec])
+    common.write_json(out / "meta.json", {"settings": {"long_cot_rule": "qfft_code", "extraction": "box"}})
+    evaluate.grade_only(evaluate.Args(grade_only=True, output_dir=str(out), grade_workers=1), out)
+    assert common.read_jsonl(out / "gsm8k.jsonl")[0]["long_cot"] == [False, True, True]  # the run's rule
+    evaluate.grade_only(evaluate.Args(grade_only=True, output_dir=str(out), grade_workers=1,
+                                      long_cot_rule="paper"), out)
+    assert common.read_jsonl(out / "gsm8k.jsonl")[0]["long_cot"] == [True, True, True]
+    assert json.loads((out / "meta.json").read_text())["settings"]["long_cot_rule"] == "paper"
+
+
+def test_upft_question_suffix_and_prompt_tokens():
+    r = lambda model, **kw: evaluate.resolve_protocol(evaluate.Args(model=model, protocol="upft", **kw))  # noqa
+    # UPFT's scripts/train_sft.sh evaluates with --add_prompt "1", appended by inference/eval.py except for deepseek
+    assert r("meta-llama/Llama-3.1-8B-Instruct").question_suffix == "1"
+    assert r("Qwen/Qwen2.5-Math-7B-Instruct").question_suffix == "1"
+    assert r("deepseek-ai/DeepSeek-R1-Distill-Qwen-7B").question_suffix == ""
+    assert r("meta-llama/Llama-3.1-8B-Instruct", question_suffix="").question_suffix == ""
+    assert r("m").prompt_tokens == "text"  # UPFT sends the rendered prompt to vLLM as text
+    q = evaluate.resolve_protocol(evaluate.Args(model="m"))
+    assert (q.question_suffix, q.prompt_tokens) == ("", "template")
+
+
+def test_prompt_ids_suffix_and_double_bos(tokenizer):
+    from tokenizers.processors import TemplateProcessing
+    tok = copy.deepcopy(tokenizer)
+    bos = tok.convert_tokens_to_ids("<|im_start|>")
+    tok.bos_token = "<|im_start|>"
+    tok.chat_template = "{{ bos_token }}{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    tok._tokenizer.post_processor = TemplateProcessing(single="<|im_start|> $A", special_tokens=[("<|im_start|>", bos)])
+    args = evaluate.Args(model="m", question_suffix="1", prompt_tokens="template")
+    one = evaluate.prompt_ids(args, tok, ["What is 2+2?"], None)[0]
+    assert one[0] == bos and one[1] != bos and tok.decode(one).endswith("2+2?1")
+    two = evaluate.prompt_ids(dataclasses.replace(args, prompt_tokens="text"), tok, ["What is 2+2?"], None)[0]
+    assert two[:2] == [bos, bos] and two[1:] == one  # vLLM with a text prompt: the tokenizer's BOS + the template's
+
+
+def test_n_keeps_the_per_benchmark_n_only_when_asked(capsys):
+    o = evaluate.resolve_protocol(evaluate.Args(model="m", n=8))
+    assert "overrides the qfft protocol's per-benchmark n" in capsys.readouterr().err
+    assert evaluate.bench_n(o, "gpqa") == 8
+    k = evaluate.resolve_protocol(evaluate.Args(model="m", n=8, n_by_benchmark="gpqa=4,mmlu_pro=4"))
+    assert [evaluate.bench_n(k, b) for b in ("gsm8k", "gpqa", "mmlu_pro")] == [8, 4, 4]
+
+
+def test_upft_extraction_follows_the_judge():
+    # UPFT's inference/eval.py: with its LLM judge (always on: --llm_judge is parsed with type=bool) the rule check is
+    # the box alone; without a judge, the box or "The answer is: X"
+    u = evaluate.resolve_protocol(evaluate.Args(model="m", protocol="upft"))
+    assert u.extraction == "box_or_answer_is"
+    j = evaluate.resolve_protocol(evaluate.Args(model="m", protocol="upft", judge="KbsdJames/Omni-Judge"))
+    assert j.extraction == "upft_box"
+    assert grading.extract_answer("x\nThe answer is: 7", "upft_box") is None
+    assert grading.extract_answer(r"so \boxed{7}", "upft_box") == "7"
+    assert grading.extract_answer(r"so \boxed {7}", "upft_box") is None
+
+
+def test_gpqa_open_among_several_benchmarks_gets_data(tmp_path):
+    args = evaluate.Args(model="m", data="G.jsonl")
+    calls = []
+    orig = sources.load_questions
+    try:
+        sources.load_questions = lambda b, **kw: calls.append((b, kw["data_path"])) or []
+        for b in ("gsm8k", "gpqa_open"):
+            evaluate.load_benchmark(b, args, ["gsm8k", "gpqa_open"])
+    finally:
+        sources.load_questions = orig
+    assert calls == [("gsm8k", None), ("gpqa_open", "G.jsonl")]
+
+
+def test_judge_remote_code_is_the_judges_alone():
+    import judge
+    a = evaluate.Args(model="m", judge="KbsdJames/Omni-Judge", judge_trust_remote_code=True)
+    assert evaluate.judge_trusts_remote_code(a) and not a.trust_remote_code
+    assert not evaluate.judge_trusts_remote_code(evaluate.Args(model="m", judge="J"))
+    assert judge.is_omni_judge("KbsdJames/Omni-Judge") and judge.is_omni_judge("/models/omni-judge")
+    assert not judge.is_omni_judge("Qwen/Qwen2.5-7B-Instruct")

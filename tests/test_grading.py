@@ -297,3 +297,92 @@ def test_gold_rendered_in_latex(name):
 @pytest.mark.parametrize("name", ["gpqa", "gpqa_open"])
 def test_gold_rendered_in_latex_gpqa(name, gpqa_path):
     _agreement(name, gpqa_path)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Issue 19: multiple choice follows --extraction; which box each paper's harness reads; QFFT's long-CoT rule
+MC_BY_EXTRACTION = [
+    # (response, {extraction: letter})
+    (r"\boxed{B}. Note that option C is incorrect.", {"box": "B", "box_or_answer_is": "B", "any": "C"}),
+    ("The answer is (C)", {"box": None, "box_or_answer_is": None, "any": "C"}),
+    ("Work.\nThe answer is: C", {"box": None, "box_or_answer_is": "C", "any": "C"}),
+    (r"\boxed{b}", {"box": "B", "box_or_answer_is": "B", "any": None}),           # QFFT: case-insensitive match
+    (r"\boxed{\text{(A)} or maybe \text{(D)}}", {"box": "D", "box_or_answer_is": "D", "any": "A"}),  # last in box
+    (r"\boxed{C: 10^-4 eV}", {"box": "C", "box_or_answer_is": "C", "any": "C"}),
+    (r"\boxed{A} at first; finally \boxed{C", {"box": None, "box_or_answer_is": None, "any": "C"}),  # cut off
+    (r"\boxed{J}", {"box": "J", "box_or_answer_is": "J", "any": "J"}),             # MMLU-Pro: up to J
+    (r"\boxed{42}", {"box": None, "box_or_answer_is": None, "any": None}),
+]
+
+
+@pytest.mark.parametrize("response,expected", MC_BY_EXTRACTION)
+def test_mc_follows_the_extraction(response, expected):
+    for extraction, letter in expected.items():
+        assert extract_choice(response, extraction=extraction) == letter, extraction
+        r = grade(response, "B", "mc", extraction=extraction)
+        assert r["pred"] == letter and r["correct"] is (letter == "B"), (extraction, r)
+    items = [(response, "B", "mc")]
+    assert [r["pred"] for r in grade_many(items, workers=1, extraction="box")] == [expected["box"]]
+
+
+PAPER_BOXES = [
+    # (response, {extraction: the answer extracted}): the LAST box command decides, a cut-off one gives nothing
+    (r"\boxed{3} and then \boxed{4", {"box": None, "box_or_answer_is": None, "any": "3"}),
+    (r"\fbox{7}", {"box": None, "box_or_answer_is": None, "any": "7"}),           # neither paper reads \fbox
+    (r"so boxed{7}", {"box": "7", "box_or_answer_is": None, "any": None}),        # QFFT: split("boxed")
+    (r"\boxed{1} and \boxed{2}", {"box": "2", "box_or_answer_is": "2", "any": "2"}),
+    (r"\boxed {12}", {"box": "12", "box_or_answer_is": None, "any": "12"}),       # UPFT: `\boxed{` exactly
+]
+
+
+@pytest.mark.parametrize("response,expected", PAPER_BOXES)
+def test_the_box_each_paper_reads(response, expected):
+    for extraction, ans in expected.items():
+        got = grading.extract_answer(response, extraction) if extraction != "any" else \
+            grade(response, "0", "math", extraction="any")["pred"]
+        assert got == ans, (extraction, got)
+    assert grade(r"\boxed{3} and then \boxed{4", "3", extraction="box")["correct"] is False
+    assert grade(r"\fbox{7}", "7", extraction="box")["correct"] is False
+    assert grade(r"\fbox{7}", "7", extraction="any")["correct"] is True
+
+
+LONG_COT = [
+    # (response, paper rule, QFFT's analysis_cli.py rule)
+    ("Wait, that is wrong.", True, False),                                   # one "wait": paper yes, code no
+    ("wait wait wait wait", True, True),                                    # > 3
+    ("Wait. Alternatively, try x.", True, True),                             # >= 1 with "alternatively"
+    ("I awaited the result, waiting, awaits, await.", False, True),         # substring count: 4
+    ("Alternatively, no reflection here.", False, False),
+    ("", False, False),
+]
+
+
+@pytest.mark.parametrize("text,paper,code", LONG_COT)
+def test_long_cot_rules(text, paper, code):
+    pat = grading.reflect_pattern("wait")
+    assert (grading.long_cot_offset(text, "paper", pat) is not None) is paper
+    assert (grading.long_cot_offset(text, "qfft_code", pat) is not None) is code
+    assert grading.LONG_COT_RULES == ("paper", "qfft_code")
+
+
+def test_mc_lenient_forms_under_any():  # 'any' keeps reading 'ANSWER: C', 'the choice is (C)', ... anywhere
+    from bench.grading_agreement import MC_FORMS, responses
+    qs = load_questions("mmlu_pro", limit=600)
+    ok = grade_many(responses(qs, False, MC_FORMS), workers=1, extraction="any")
+    bad = grade_many(responses(qs, True, MC_FORMS), workers=1, extraction="any")
+    assert sum(r["correct"] for r in ok) == len(qs) and not any(r["correct"] for r in bad)
+    box = grade_many(responses(qs, False, MC_FORMS), workers=1, extraction="box")
+    assert sum(r["correct"] for r in box) == 300, sum(r["correct"] for r in box)  # 3 of the 6 forms have a box
+
+
+def test_gpqa_open_reads_upfts_own_file(tmp_path):
+    # UPFT's data/math_test/gpqa/test.jsonl: question, solution, answer (no options); made-up records, never GPQA's
+    f = tmp_path / "upft_gpqa.jsonl"
+    f.write_text('{"question": "Which energy?\\n", "solution": "Because.", "answer": "10^-4 eV", "subject": "P"}\n'
+                 '{"question": "How many carbons?", "solution": "C11.", "answer": "11"}\n')
+    qs = load_questions("gpqa_open", data_path=str(f))
+    assert [(q["question"], q["gold"], q["answer_type"]) for q in qs] == \
+        [("Which energy?\n", "10^-4 eV", "math"), ("How many carbons?", "11", "math")]  # UPFT's text, unstripped
+    assert qs[0]["id"] == sources.stable_id("Which energy?\n")
+    with pytest.raises(sources.DataError, match="upft_gpqa.jsonl:1: .*no answer options.*gpqa_open"):
+        load_questions("gpqa", data_path=str(f))

@@ -348,3 +348,33 @@ def test_counted_tokens_win_over_num_tokens(tmp_path):
                             "counted_tokens": [7]}])
     assert rak.load_benchmark(p).tokens.tolist() == [[7.0]]
     assert rak.LABELS["gpqa_open"] == "GPQA (open)"
+
+
+def test_long_cot_rule_recomputes_from_responses(tmp_path, capsys):
+    """--long_cot_rule paper|qfft_code: long_cot recomputed from the responses (paper: the run's reflect words);
+    default: what each run's evaluate.py stored, with a warning when the runs used different rules."""
+    p = tmp_path / "a" / "gsm8k.jsonl"
+    p.parent.mkdir()
+    common.write_jsonl(p, [{"id": "a", "correct": [True, True, False], "long_cot": [True, True, True],
+                            "num_tokens": [1, 1, 1],
+                            "responses": ["Wait, no.", "wait wait wait wait", "Hmm, alternatively x"]}])
+    assert rak.load_benchmark(p).long_cot.tolist() == [[True, True, True]]  # stored
+    assert rak.load_benchmark(p, "qfft_code").long_cot.tolist() == [[False, True, False]]
+    assert rak.load_benchmark(p, "paper", "hmm").long_cot.tolist() == [[False, False, True]]
+    common.write_json(tmp_path / "a" / "meta.json", {"reflect_words": "hmm", "settings": {"long_cot_rule": "paper"}})
+    (tmp_path / "b").mkdir()
+    common.write_jsonl(tmp_path / "b" / "gsm8k.jsonl", common.read_jsonl(p))
+    common.write_json(tmp_path / "b" / "meta.json", {"settings": {"long_cot_rule": "qfft_code"}})
+    rak.main(["--runs", f"a={tmp_path / 'a'}", f"b={tmp_path / 'b'}", "--out", str(tmp_path / "o1")])
+    assert "runs were evaluated with different long-CoT rules (a: paper, b: qfft_code)" in capsys.readouterr().err
+    rak.main(["--runs", f"a={tmp_path / 'a'}", f"b={tmp_path / 'b'}", "--out", str(tmp_path / "o2"),
+              "--long_cot_rule", "paper"])
+    meta = json.loads((tmp_path / "o2" / "meta.json").read_text())
+    assert meta["settings"]["long_cot_rule"] == "paper"
+    assert meta["metrics"]["a"]["gsm8k"]["long_cot"] == pytest.approx(100 / 3)   # a's reflect words: hmm
+    assert meta["metrics"]["b"]["gsm8k"]["long_cot"] == pytest.approx(200 / 3)   # b's: wait (the default)
+    with pytest.raises(common.DataError, match="gsm8k.jsonl:1: missing field 'responses'"):
+        q = tmp_path / "c" / "gsm8k.jsonl"
+        q.parent.mkdir()
+        common.write_jsonl(q, [{"id": "a", "correct": [True], "long_cot": [True], "num_tokens": [1]}])
+        rak.load_benchmark(q, "qfft_code")

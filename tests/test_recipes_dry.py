@@ -106,3 +106,38 @@ def test_low_resource_recipe_makes_the_papers_100_examples(tmp_path):
     prep = args_of(cmds, "prepare.py")
     assert [(a.mode, a.max_questions, a.responses) for a in prep] == [("sft", 10, "all"), ("qfft", 10, "all")]
     assert {a.epochs for a in args_of(cmds, "train.py")} == {50}
+
+
+# Issue 19: UPFT judges every evaluation (its --llm_judge is parsed with type=bool) and its GPQA is open-ended;
+# QFFT samples GPQA / MMLU-Pro 4 times whatever EVAL_N is; UPFT's sampler has top-k 50 for models without one.
+UPFT_RECIPES = [r for r in RECIPES if r.startswith("upft")]
+
+
+@pytest.mark.parametrize("recipe", UPFT_RECIPES)
+def test_upft_recipes_judge_every_evaluation_and_gpqa_is_open(tmp_path, recipe):
+    for env in ({}, {"MODEL": R1}, {"MODEL": QMATH, "DATA": "limo"}):
+        cmds = dry_run(tmp_path, recipe, **env)
+        evals = [c for c in cmds if c[1] == "evaluate.py"]
+        assert evals, recipe
+        for cmd in evals:
+            _, a = check(cmd)
+            benches = {b for x in a.benchmarks for b in x.split(",")}
+            assert "gpqa" not in benches, (recipe, a.benchmarks)  # multiple-choice GPQA is not UPFT's
+            assert a.judge == "KbsdJames/Omni-Judge" and a.judge_trust_remote_code, (recipe, cmd)
+            assert not a.trust_remote_code  # the judge's remote code only, never the evaluated model's
+        if recipe != "upft_prefix_sweep.sh":  # the sweep is MATH500 only
+            assert all("gpqa_open" in ",".join(check(c)[1].benchmarks) for c in evals), recipe
+        assert {check(c)[1].top_k_default for c in cmds if c[1] == "sample.py"} == {50}, recipe
+    off = [check(c)[1] for c in dry_run(tmp_path, recipe, JUDGE="") if c[1] == "evaluate.py"]
+    assert off and all(a.judge is None and not a.judge_trust_remote_code for a in off)
+    bare = [check(c)[1] for c in dry_run(tmp_path, recipe, TRUST_JUDGE=0) if c[1] == "evaluate.py"]
+    assert all(a.judge == "KbsdJames/Omni-Judge" and not a.judge_trust_remote_code for a in bare)
+
+
+@pytest.mark.parametrize("recipe", [r for r in RECIPES if r.startswith("qfft")])
+def test_qfft_recipes_keep_n_4_for_gpqa_and_mmlu_pro(tmp_path, recipe):
+    import evaluate
+    for cmd in dry_run(tmp_path, recipe, BENCHMARKS="gsm8k,gpqa,mmlu_pro"):
+        if cmd[1] == "evaluate.py":
+            a = evaluate.resolve_protocol(check(cmd)[1])
+            assert [evaluate.bench_n(a, b) for b in ("gsm8k", "gpqa", "mmlu_pro")] == [a.n, 4, 4], recipe

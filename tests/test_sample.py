@@ -221,3 +221,14 @@ def test_sample_kill_resume_settings_and_merge(tmp_path, tiny_model, tokenizer):
     s1.write_text(good + good.splitlines(keepends=True)[0])
     p = run_script("sample.py", "--merge_shards", "--output", merged, "--num_shards", "2", check=False, timeout=120)
     assert p.returncode == 2 and "duplicate id" in p.stderr and not merged.exists()
+
+
+def test_top_k_default_as_upfts_sampler(tiny_model):
+    # UPFT's inference/vllm_inference.py reads top_k from transformers' GenerationConfig, which defaults to 50 when
+    # the model's generation_config.json has none (Llama-3.1, R1-distill); ours is off unless --top_k_default says
+    a = sample.Args(model=tiny_model, data="d", output="o")
+    assert sample.sampling_settings(a)["top_k"] == 0
+    a.top_k_default = 50
+    assert sample.sampling_settings(a)["top_k"] == 50
+    a.top_k = 7
+    assert sample.sampling_settings(a)["top_k"] == 7  # a flag wins
