@@ -406,4 +406,7 @@ def test_lora_zero3_two_processes_merged_output_evaluates(tmp_path, tokenizer, t
                    "--max_tokens", 16, "--output_dir", ev, env={"VLLM_CPU_KV_GB": "1"})
     recs = common.read_jsonl(ev / "mine.jsonl")
     assert [(r["id"], r["gold"], r["answer_type"]) for r in recs] == [("a", "5", "math"), ("b", "B", "mc")]
-    assert all(len(r["responses"]) == 1 and 0 < r["num_tokens"][0] <= 16 for r in recs) and "| mine" in p.stdout
+    # loaded and generated (3 steps at lr 5e-3 teach this tiny model to end its turn at once: 0 tokens is fine)
+    assert all(len(r["responses"]) == 1 and r["num_tokens"][0] <= 16 and r["finish_reasons"][0] in ("stop", "length")
+               for r in recs), recs
+    assert "| mine" in p.stdout and json.loads((ev / "meta.json").read_text())["model"] == str(out)
