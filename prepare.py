@@ -15,8 +15,11 @@
     python prepare.py --mode qfft --max_questions 10 --responses all ...   # 10 questions x 10 responses (§6.3)
 
 Input: sample.py output (one record per question with `responses`; `--responses first|all|shortest|longest`),
-any local file / Hugging Face dataset with question and response fields, or the built-in adapters
-(`--format limo|s1k`, chosen automatically for GAIR/LIMO and simplescaling/s1K-1.1).
+any local file / Hugging Face dataset (`--split`, `--dataset_config`) with question and response fields, chat
+records (`messages` role/content or ShareGPT `conversations` from/value: question = the user turn, response = the
+assistant turn; `--chat_turns all` for several), or the built-in adapters (`--format limo|s1k`, chosen
+automatically for GAIR/LIMO and simplescaling/s1K-1.1). A record offering several responses (e.g. OpenR1-Math:
+`solution`, `generations` and `messages`) is refused until one is chosen (--format chat or --response_field).
 Output: one JSON line per example {"id", "type", "prompt", "completion", "source_id"} (pairs: "chosen",
 "rejected" instead of "completion"); train.py tokenizes prompt and completion separately (no special tokens
 added), concatenates them and puts the loss on the completion only. Sidecars: OUTPUT.stats.json (counts, drops,
@@ -44,6 +47,8 @@ import sources
 HF_ADAPTERS = {"gair/limo": "limo", "simplescaling/s1k-1.1": "s1k"}
 QUESTION_FIELDS = sources.QUESTION_FIELDS
 RESPONSE_FIELDS = ("response", "solution", "completion", "output", "generation")
+# Fields holding a LIST of responses to one question (OpenR1-Math's `generations`): every item is a response
+RESPONSE_LIST_FIELDS = ("generations",)
 ANSWER_FIELDS = sources.ANSWER_FIELDS
 # Settings that do not change the output (excluded from the up-to-date check).
 NOT_SETTINGS = ("output", "overwrite", "grade_workers", "batch_size", "push_to_hub")
@@ -63,13 +68,23 @@ class Args:
     seed: int = field(default=42, metadata={"help": "every random choice (mix, upft, noise, max_questions) derives "
                                                     "from it"})
     # --- input
-    format: Literal["auto", "sample", "generic", "limo", "s1k"] = field(
-        default="auto", metadata={"help": "auto | sample (sample.py) | generic | limo | s1k"})
+    format: Literal["auto", "sample", "generic", "chat", "limo", "s1k"] = field(
+        default="auto", metadata={"help": "auto | sample (sample.py) | generic (question/response fields) | chat "
+                                          "(messages or ShareGPT conversations: the user turn and the assistant "
+                                          "turn) | limo | s1k"})
     split: str = field(default="train", metadata={"help": "split of a Hugging Face dataset"})
+    dataset_config: Optional[str] = field(default=None, metadata={"help": "configuration (subset) name of a Hugging "
+                                                                          "Face dataset, e.g. 'default'"})
+    chat_turns: Optional[Literal["all"]] = field(default=None, metadata={"help": (
+        "chat records with several turns. unset: exactly one user turn and one assistant turn per record, anything "
+        "else refused (FILE:LINE, field) | all: every assistant turn is a response to the user turn before it "
+        "(several in a row: several responses to it; each later user turn a question of its own, id ID:k, without "
+        "the earlier turns in its prompt)")})
     question_field: Optional[str] = field(
         default=None, metadata={"help": "generic: default first of question/problem/prompt/instruction"})
     response_field: Optional[str] = field(
-        default=None, metadata={"help": "generic: default first of response/solution/completion/output"})
+        default=None, metadata={"help": "generic: default first of response/solution/completion/output/generation; "
+                                        "a list-valued field (e.g. generations) gives every item as a response"})
     answer_field: Optional[str] = field(default=None, metadata={"help": "generic: gold answer (rft), default first "
                                                                         "of answer/gold/final_answer"})
     id_field: Optional[str] = field(default=None, metadata={"help": "generic: default \"id\"; without one, a hash "
@@ -152,6 +167,14 @@ def s1k_response(thinking: str, attempt: str) -> str:
     return f"<think>\n{thinking.strip()}\n</think>\n\n{attempt.strip()}"
 
 
+def response_sources(rec: dict) -> list[str]:
+    """The fields of a record that could each be 'the response': a chat, a list of generations, the first response
+    field. More than one, with nothing chosen, is refused: OpenR1-Math has `messages`, `generations` and a short
+    reference `solution`, and guessing would train on the wrong one."""
+    rf = next((f for f in RESPONSE_FIELDS if f in rec), None)
+    return [f for f in sources.CHAT_FIELDS + RESPONSE_LIST_FIELDS if f in rec] + ([rf] if rf else [])
+
+
 def detect_format(args: Args, first: dict) -> str:
     if args.format != "auto":
         return args.format
@@ -161,7 +184,43 @@ def detect_format(args: Args, first: dict) -> str:
         return "sample"
     if "deepseek_thinking_trajectory" in first:
         return "s1k"
+    if sources.chat_field(first) and len(response_sources(first)) == 1 and args.response_field is None:
+        return "chat"
     return "generic"
+
+
+def parse_chat(rec: dict, where: str, args: Args) -> list[dict]:
+    """A chat record -> parse_record's dicts: one per user turn (one unless --chat_turns all), its responses the
+    assistant turns after it."""
+    fld = sources.chat_field(rec)
+    if fld is None:
+        raise common.DataError(f"{where}: missing field 'messages' or 'conversations' (--format chat)")
+    exchanges = sources.chat_exchanges(rec, fld, where)
+    n_assistant = sum(len(a) for _, a in exchanges)
+    if args.chat_turns != "all" and (len(exchanges) > 1 or n_assistant > 1):
+        raise common.DataError(f"{where}: field '{fld}' has {len(exchanges)} user and {n_assistant} assistant "
+                               f"turns, expected one of each; pass --chat_turns all to train on every assistant "
+                               f"turn (each as a response to the user turn before it)")
+    if args.id_field and args.id_field not in rec:
+        raise common.DataError(f"{where}: missing field '{args.id_field}'")
+    idf = args.id_field or "id"
+    rid = str(rec[idf]) if rec.get(idf) is not None else None
+    af = sources._pick(rec, args.answer_field, ANSWER_FIELDS)
+    one = len(exchanges) == 1  # the record's gold answer belongs to its question only when it has one
+    return [{"id": rid if rid is None or one else f"{rid}:{k}", "question": q,
+             "answer": _gold(rec.get(af)) if af and one else None, "answer_type": rec.get("answer_type") or "math",
+             "responses": answers, "finish": [None] * len(answers)} for k, (q, answers) in enumerate(exchanges)]
+
+
+def _texts(rec: dict, fld: str, where: str) -> list[Optional[str]]:
+    """A response field: one str (or None), or a list of them (every item a response)."""
+    val = rec.get(fld)
+    if not isinstance(val, list):
+        return [_text(rec, fld, where)]
+    for k, r in enumerate(val):
+        if r is not None and not isinstance(r, str):
+            raise common.DataError(f"{where}: field '{fld}[{k}]' must be str, got {type(r).__name__}")
+    return list(val)
 
 
 def parse_record(fmt: str, rec: dict, where: str, args: Args) -> dict:
@@ -198,27 +257,35 @@ def parse_record(fmt: str, rec: dict, where: str, args: Args) -> dict:
     qf = sources._pick(rec, args.question_field, QUESTION_FIELDS)
     if qf is None:
         raise common.DataError(f"{where}: no question field (tried {', '.join(QUESTION_FIELDS)}; set --question_field)")
-    rf = sources._pick(rec, args.response_field, RESPONSE_FIELDS)
+    found = response_sources(rec)
+    if args.response_field is None and len(found) > 1:
+        raise common.DataError(f"{where}: several fields could be the response ({', '.join(found)}); choose one: "
+                               f"--format chat (the assistant turn of the chat) or --response_field FIELD (a list "
+                               f"such as 'generations': every item)")
+    rf = sources._pick(rec, args.response_field, RESPONSE_FIELDS + RESPONSE_LIST_FIELDS)
     if rf is None:
-        raise common.DataError(f"{where}: no response field (tried {', '.join(RESPONSE_FIELDS)}; set --response_field)")
+        raise common.DataError(f"{where}: no response field (tried {', '.join(RESPONSE_FIELDS + RESPONSE_LIST_FIELDS)}"
+                               f"; set --response_field" + (", or --format chat" if found else "") + ")")
     af = sources._pick(rec, args.answer_field, tuple(a for a in ANSWER_FIELDS if a != rf))
     idf = args.id_field or "id"
     if args.id_field and args.id_field not in rec:
         raise common.DataError(f"{where}: missing field '{args.id_field}'")
+    resps = _texts(rec, rf, where)
     return {"id": str(rec[idf]) if rec.get(idf) is not None else None, "question": common.require(rec, qf, where),
             "answer": _gold(rec.get(af)) if af else None, "answer_type": rec.get("answer_type") or "math",
-            "responses": [_text(rec, rf, where)], "finish": [None]}
+            "responses": resps, "finish": [None] * len(resps)}
 
 
 def load_groups(args: Args) -> tuple[list[dict], Counter, int]:
     """Questions with their responses, in input order. Records sharing an id (or, without ids, a question) are one
     question with several responses. Empty/None responses are dropped and counted."""
-    recs = sources.read_records(args.input, args.split)
+    recs = sources.read_records(args.input, args.split, args.dataset_config)
     fmt = detect_format(args, recs[0][1])
     groups: dict[str, dict] = {}
     dropped: Counter = Counter()
-    for where, rec in recs:
-        r = parse_record(fmt, rec, where, args)
+    parsed = ((where, r) for where, rec in recs  # a chat record may hold several questions (--chat_turns all)
+              for r in (parse_chat(rec, where, args) if fmt == "chat" else [parse_record(fmt, rec, where, args)]))
+    for where, r in parsed:
         if not r["question"].strip():
             raise common.DataError(f"{where}: the question is empty")
         rid = r["id"] if r["id"] is not None else sources.stable_id(r["question"])
@@ -803,7 +870,7 @@ def fingerprint(args: Args, tokenizer) -> dict:
     if p.is_file():
         inp = runs.file_fingerprint(p, full=True)["sha256"]  # prepare reads every byte anyway: hash them all
     else:
-        inp = f"hub:{args.input}:{args.split}"
+        inp = f"hub:{args.input}:{args.split}" + (f":{args.dataset_config}" if args.dataset_config else "")
     tok_h = hashlib.sha256(json.dumps([tokenizer.chat_template, tokenizer.eos_token, len(tokenizer),
                                        models.end_of_turn(tokenizer)], default=str).encode())
     tj = Path(args.model) / "tokenizer.json"

@@ -3,6 +3,7 @@
     python rak.py --runs base=runs/eval_base sft=runs/eval_sft qfft=runs/eval_qfft \
         --reference base --baseline sft --out results
     python rak.py --runs base=DIR upft=DIR --train_stats upft=data/upft.jsonl.stats.json --plots
+    python rak.py --runs base=DIR sft=DIR qfft=DIR --baseline sft --ci 0.95   # bootstrap intervals over questions
 
 Each DIR is an evaluate.py output directory: DIR/<benchmark>.jsonl, one line per question with the lists
 `correct`, `num_tokens` and `long_cot` (one entry per sample; `level` for MATH500). Everything is computed from
@@ -21,6 +22,11 @@ Metrics
   AES = 100(α ΔL + β|ΔA|) if ΔA ≥ 0 else 100(α ΔL - γ|ΔA|); the base's own AES is left empty ('-' in the paper).
 - Average: the mean over the chosen benchmarks (empty when a run lacks one of them); Δ rows (against --baseline:
   accuracy and RAK differences, tokens as relative change in %) average the per-benchmark Δ, as QFFT Table 2 does.
+- --ci LEVEL: percentile bootstrap intervals over questions (--ci_resamples resamples, --seed) for accuracy, tokens,
+  RAK and long-CoT, their averages and the Δ rows. Each resample draws the benchmark's questions with replacement,
+  the same draw for every run (Δ rows are paired), and recomputes every metric from the per-sample arrays, RAK with
+  the reference on the same questions. Markdown/LaTeX: `value ± half the interval's width`; CSV: exact
+  `<column>_lower` and `<column>_upper` columns.
 
 Outputs (OUT = --out, default `results`): the tables printed as Markdown and written as OUT/tables.md,
 OUT/table_qfft.csv, table_aes.csv, table_upft.csv, long_cot.csv (column `run`, Δ rows `Δ <name>`, columns
@@ -33,6 +39,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Optional
@@ -84,6 +91,11 @@ class Args:
         "run's --reflect_words; QFFT §2) or qfft_code (QFFT's eval/analysis/analysis_cli.py: 'wait' > 3 times, or "
         ">= 1 with 'alternatively'). None: the long_cot each run's evaluate.py stored (its --long_cot_rule, "
         "default paper)"))
+    ci: Optional[float] = _f(None, "confidence level of bootstrap intervals over questions, e.g. 0.95: accuracy, "
+                                   "tokens, RAK, long-CoT, averages and Δ rows get 'value ± half-width' in Markdown/"
+                                   "LaTeX and <column>_lower/_upper in CSV (unset: none)")
+    ci_resamples: int = _f(1000, "bootstrap resamples for --ci")
+    seed: int = _f(0, "seed of the bootstrap resamples (--ci): the same seed gives the same intervals")
 
 
 CANONICAL = ["gsm8k", "math500", "aime24", "aime25", "amc23", "minerva", "minerva_short", "gpqa", "gpqa_open",
@@ -329,6 +341,94 @@ def train_stats(path: str) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# Bootstrap intervals over questions (--ci)
+def kappa_counts(tp, fn, fp, tn) -> np.ndarray:
+    """Cohen's κ from (possibly weighted) confusion counts, element-wise; 0 where p_e = 1, as kappa() does."""
+    tp, fn, fp, tn = (np.asarray(x, dtype=float) for x in (tp, fn, fp, tn))
+    n = tp + fn + fp + tn
+    with np.errstate(divide="ignore", invalid="ignore"):
+        p_o = (tp + tn) / n
+        p_e = ((tp + fp) * (tp + fn) + (fn + tn) * (fp + tn)) / n ** 2
+        k = (p_o - p_e) / (1 - p_e)
+    return np.where(np.isclose(p_e, 1.0), 0.0, k)
+
+
+def question_weights(ids: list[str], resamples: int, seed: int, bench: str) -> np.ndarray:
+    """(resamples, len(ids)): how often each question is drawn in each bootstrap resample (multinomial = drawing
+    len(ids) questions with replacement), seeded by --seed and the benchmark's name."""
+    rng = np.random.default_rng([seed, zlib.crc32(bench.encode())])
+    return rng.multinomial(len(ids), np.full(len(ids), 1.0 / len(ids)), size=resamples).astype(np.float32)
+
+
+def bootstrap(data: dict, names: list[str], benches: list[str], ref: str, base: Optional[str], mode: str,
+              resamples: int, seed: int) -> dict[str, dict[str, np.ndarray]]:
+    """{row: {csv column: the metric in every resample}} for the columns of build_tables (<bench>_acc, _tokens,
+    _long_cot, _rak, avg_*) and the Δ rows ('Δ <run>'). Each benchmark's questions (the union of the runs' ids) are
+    resampled once; every run is weighted by the same draw, so Δ rows are paired."""
+    out: dict[str, dict[str, np.ndarray]] = {r: {} for r in names}
+    for b in benches:
+        ids = sorted({i for r in names if b in data[r] for i in data[r][b].ids})
+        col = {i: k for k, i in enumerate(ids)}
+        w = question_weights(ids, resamples, seed, b)
+        for r in names:
+            x = data[r].get(b)
+            if x is None:
+                continue
+            wr = w[:, [col[i] for i in x.ids]]
+            tot = wr.sum(axis=1)
+            with np.errstate(divide="ignore", invalid="ignore"):  # a subset of the union may draw no question
+                for m, arr, scale in (("acc", x.correct, 100.0), ("tokens", x.tokens, 1.0),
+                                      ("long_cot", x.long_cot, 100.0)):
+                    out[r][f"{b}_{m}"] = scale * (wr @ arr.mean(axis=1)) / tot
+            if b in data[ref]:
+                rf = data[ref][b]
+                rows = match_ids(rf, x, ref, r, b)
+                short = ~x.long_cot[rows]
+                solvable = rf.correct if mode == "index" else np.repeat((rf.correct.mean(axis=1) >= 0.5)[:, None],
+                                                                        x.n, axis=1)
+                wq = w[:, [col[i] for i in rf.ids]]
+                ks = [kappa_counts(*(wq @ (a & c).astype(np.float32) for a, c in
+                                     ((solvable[:, i], short[:, i]), (solvable[:, i], ~short[:, i]),
+                                      (~solvable[:, i], short[:, i]), (~solvable[:, i], ~short[:, i]))))
+                      for i in range(x.n)]
+                out[r][f"{b}_rak"] = 100.0 * np.mean(ks, axis=0)
+    nan = np.full(resamples, np.nan)
+    for r in names:
+        for m in ("acc", "tokens", "long_cot", "rak"):
+            out[r][f"avg_{m}"] = np.mean([out[r].get(f"{b}_{m}", nan) for b in benches], axis=0)
+    if base:
+        for r in names:
+            if r == base:
+                continue
+            d = {}
+            for b in benches:
+                x, y = out[r], out[base]
+                d[f"{b}_acc"] = x.get(f"{b}_acc", nan) - y.get(f"{b}_acc", nan)
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    d[f"{b}_tokens"] = 100.0 * (x.get(f"{b}_tokens", nan) - y.get(f"{b}_tokens", nan)) \
+                        / y.get(f"{b}_tokens", nan)
+                d[f"{b}_rak"] = x.get(f"{b}_rak", nan) - y.get(f"{b}_rak", nan)
+            for m in ("acc", "tokens", "rak"):
+                d[f"avg_{m}"] = np.mean([d[f"{b}_{m}"] for b in benches], axis=0)
+            out[f"Δ {r}"] = d
+    return out
+
+
+def intervals(boot: dict[str, dict[str, np.ndarray]], level: float) -> dict[str, dict[str, tuple[float, float]]]:
+    """Percentile intervals at `level` from bootstrap(); a column with no finite resample gets none."""
+    lo_q, hi_q = 100 * (1 - level) / 2, 100 * (1 + level) / 2
+    out: dict[str, dict[str, tuple[float, float]]] = {}
+    for row, cols in boot.items():
+        for c, v in cols.items():
+            v = np.asarray(v, dtype=float)
+            v = v[np.isfinite(v)]
+            if len(v):
+                lo, hi = np.percentile(v, [lo_q, hi_q])
+                out.setdefault(row, {})[c] = (float(lo), float(hi))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # Tables: raw values (CSV, full precision) + formatted cells (Markdown / LaTeX)
 def _num(v) -> bool:
     return v is not None and not (isinstance(v, float) and math.isnan(v))
@@ -360,19 +460,34 @@ class Table:
     rows: list = field(default_factory=list)  # [(run label, {csv column: value}, is_delta)]
     notes: list = field(default_factory=list)
     dash: set = field(default_factory=set)  # (run label, csv column) cells printed '-' (not applicable), NaN in CSV
+    ci: dict = field(default_factory=dict)  # (run label, csv column) -> (lower, upper) of --ci
 
     def columns(self):
         return [c for _, ms in self.groups for _, c, _ in ms]
 
     def frame(self):
+        """One row per run; with --ci, `<column>_lower` and `<column>_upper` after each column that has intervals."""
         import pandas as pd
-        return pd.DataFrame([{"run": r, **{c: vals.get(c, float("nan")) for c in self.columns()}}
-                             for r, vals, _ in self.rows], columns=["run"] + self.columns())
+        cols = []
+        for c in self.columns():
+            cols.append(c)
+            if any(key[1] == c for key in self.ci):
+                cols += [f"{c}_lower", f"{c}_upper"]
+        nan = (float("nan"), float("nan"))
+        rows = []
+        for r, vals, _ in self.rows:
+            row = {"run": r}
+            for c in self.columns():
+                row[c] = vals.get(c, float("nan"))
+                if f"{c}_lower" in cols:
+                    row[f"{c}_lower"], row[f"{c}_upper"] = nan if (r, c) in self.dash else self.ci.get((r, c), nan)
+            rows.append(row)
+        return pd.DataFrame(rows, columns=["run"] + cols)
 
     def cells(self):
         fmts = [f for _, ms in self.groups for _, _, f in ms]
-        return [[r] + ["-" if (r, c) in self.dash else f(vals.get(c), d) for c, f in zip(self.columns(), fmts)]
-                for r, vals, d in self.rows]
+        return [[r] + ["-" if (r, c) in self.dash else _with_ci(f, vals.get(c), d, self.ci.get((r, c)))
+                       for c, f in zip(self.columns(), fmts)] for r, vals, d in self.rows]
 
     def markdown(self) -> str:
         head = ["run"] + [f"{g} {m}".strip() for g, ms in self.groups for m, _, _ in ms]
@@ -396,6 +511,18 @@ class Table:
         return _latex_math(tex)
 
 
+def _with_ci(f, v, delta: bool, ci: Optional[tuple]) -> str:
+    """A cell, with `± half the interval's width` when --ci gave it an interval (tokens: in K, or % in Δ rows)."""
+    cell = f(v, delta)
+    if not cell or ci is None:
+        return cell
+    half = (ci[1] - ci[0]) / 2
+    if f is f_tok and not delta:  # K with as many decimals as it takes for the half-width not to read 0.0K
+        d = next((d for d in (1, 2, 3) if round(half / 1000, d) > 0), 3)
+        return f"{v / 1000:.{d}f}K ± {half / 1000:.{d}f}K"
+    return f"{cell} ± {f'{half:.1f}%' if f is f_tok else f(half)}"
+
+
 def _latex_escape(s: str) -> str:
     from pandas.io.formats.style_render import _escape_latex
     return _escape_latex(s)
@@ -403,7 +530,7 @@ def _latex_escape(s: str) -> str:
 
 def _latex_math(tex: str) -> str:
     """The few non-ASCII symbols of the tables as math (pdflatex has no glyphs for them)."""
-    for a, b in (("Δ", "$\\Delta$"), ("≥", "$\\geq$"), ("κ", "$\\kappa$"), ("α", "$\\alpha$"),
+    for a, b in (("Δ", "$\\Delta$"), ("≥", "$\\geq$"), ("κ", "$\\kappa$"), ("α", "$\\alpha$"), ("±", "$\\pm$"),
                  ("β", "$\\beta$"), ("γ", "$\\gamma$")):
         tex = tex.replace(a, b)
     return tex
@@ -585,6 +712,10 @@ def main(argv=None):
     for name in ("alpha", "beta", "gamma"):
         if not getattr(args, name) >= 0:
             raise common.DataError(f"--{name} must be >= 0 (an AES weight), got {getattr(args, name)}")
+    if args.ci is not None and not 0 < args.ci < 1:
+        raise common.DataError(f"--ci must be a confidence level in (0, 1), e.g. 0.95, got {args.ci}")
+    if args.ci_resamples < 1:
+        raise common.DataError(f"--ci_resamples must be >= 1, got {args.ci_resamples}")
     common.check_writable(args.out, "--out", folder=True)
     formats = common.comma_list(args.format)
     bad = [f for f in formats if f not in FORMATS]
@@ -621,7 +752,8 @@ def main(argv=None):
     settings = {"runs": {r: str(Path(d).resolve()) for r, d in run_dirs.items()}, "reference": ref,
                 "baseline": base, "benchmarks": benches, "solvable": args.solvable, "alpha": args.alpha,
                 "beta": args.beta, "gamma": args.gamma, "train_stats": stats_files,
-                "long_cot_rule": args.long_cot_rule or stored}
+                "long_cot_rule": args.long_cot_rule or stored,
+                **({"ci": args.ci, "ci_resamples": args.ci_resamples, "seed": args.seed} if args.ci else {})}
     runs.check_settings(out / "meta.json", settings, args.overwrite, f"{out}")
     if args.long_cot_rule is None and len(set(stored.values())) > 1:
         used = ", ".join(f"{r}: {v}" for r, v in stored.items())
@@ -650,6 +782,16 @@ def main(argv=None):
                                      args.alpha, args.beta, args.gamma)
 
     tables = build_tables(names, benches, summ, raks, aes_vals, args, ref, base, aes_base, train, degenerate)
+    cis = {}
+    if args.ci:
+        cis = intervals(bootstrap(data, names, benches, ref, base, args.solvable, args.ci_resamples, args.seed),
+                        args.ci)
+        for t in tables:
+            t.ci = {(r, c): cis[r][c] for r, _, _ in t.rows for c in t.columns() if c in cis.get(r, {})}
+            if t.ci:
+                t.notes.append(f"±: half the width of the {args.ci:.0%} percentile bootstrap interval over questions "
+                               f"({args.ci_resamples} resamples, seed {args.seed}; Δ rows paired); the CSV has the "
+                               f"exact bounds (<column>_lower, <column>_upper).")
     md = "\n".join(t.markdown() for t in tables)
     show = set(common.comma_list(args.show))
     unknown = show - {"qfft", "aes", "upft", "long_cot"}
@@ -679,7 +821,8 @@ def main(argv=None):
         written += make_plots(out, names, benches, summ)
     common.write_json(out / "meta.json", runs.run_info(args, settings=settings, metrics={
         r: {b: {k: v for k, v in s.items()} | {"rak": raks[r].get(b), "aes": aes_vals[r].get(b)}
-            for b, s in summ[r].items()} for r in names}, versions=runs.versions("numpy", "pandas", "matplotlib")))
+            for b, s in summ[r].items()} for r in names}, versions=runs.versions("numpy", "pandas", "matplotlib"),
+        **({"intervals": cis} if args.ci else {})))
     print(f"wrote {', '.join(str(p) for p in written)}", file=sys.stderr)
 
 

@@ -42,7 +42,9 @@ class Args:
     model: Optional[str] = field(default=None, metadata={"help": "model path or hub name (required unless "
                                                                  "--merge_shards)"})
     data: Optional[str] = field(default=None, metadata={"help": "registry name (prm12k, gsm8k_train, math500, ...), "
-                                                            "a .jsonl/.json/.parquet/.csv file, or a HF dataset"})
+                                                            "a .jsonl/.json/.parquet/.csv file, or a HF dataset; "
+                                                            "chat records (messages / conversations) give their "
+                                                            "user turn"})
     output: Optional[str] = field(default=None, metadata={"help": "output JSONL (required)"})
     question_field: Optional[str] = field(default=None, metadata={"help": "question field of a file/HF dataset "
                                                                       "(default: question, problem, prompt or "
@@ -52,6 +54,7 @@ class Args:
     id_field: Optional[str] = field(default=None, metadata={"help": "id field (default: id; absent -> hash of the "
                                                                 "question)"})
     split: str = field(default="train", metadata={"help": "HF dataset split"})
+    dataset_config: Optional[str] = field(default=None, metadata={"help": "HF dataset configuration (subset) name"})
     limit: Optional[int] = field(default=None, metadata={"help": "first K questions only (before sharding)"})
     n: int = field(default=1, metadata={"help": "samples per question"})
     temperature: float = field(default=0.6, metadata={"help": "UPFT's sampler"})
@@ -161,7 +164,8 @@ def settings_of(args: Args, system_prompt: Optional[str]) -> dict:
     """Everything that determines the output (compared on re-run), with fingerprints of the data file and the
     local model: an input changed at the same path is refused, not resumed. Not chunk_size/tensor_parallel_size."""
     return {"model": args.model, "data": args.data, "question_field": args.question_field,
-            "answer_field": args.answer_field, "id_field": args.id_field, "split": args.split, "limit": args.limit,
+            "answer_field": args.answer_field, "id_field": args.id_field, "split": args.split,
+            "dataset_config": args.dataset_config, "limit": args.limit,
             "system_prompt": system_prompt, "seed": args.seed, "max_model_len": args.max_model_len,
             "num_shards": args.num_shards, "shard_index": args.shard_index, **sampling_settings(args),
             "data_fingerprint": sources.data_fingerprint(args.data),
@@ -254,7 +258,7 @@ def merge_shards(args: Args) -> None:
     s0 = settings[0]
     questions = sources.load_questions(s0["data"], question_field=s0["question_field"],
                                       answer_field=s0["answer_field"], id_field=s0["id_field"], split=s0["split"],
-                                      limit=s0["limit"])
+                                      limit=s0["limit"], config=s0.get("dataset_config"))
     by_id: dict[str, dict] = {}
     for i, p in enumerate(paths):
         want = {q["id"] for q in select_shard(questions, n, i)}
@@ -306,7 +310,8 @@ def main() -> None:
     models.check_model_path(args.model)
     system_prompt = models.resolve_system_prompt(args.system_prompt, args.no_system_prompt)
     questions = sources.load_questions(args.data, question_field=args.question_field, answer_field=args.answer_field,
-                                      id_field=args.id_field, split=args.split, limit=args.limit)
+                                      id_field=args.id_field, split=args.split, limit=args.limit,
+                                      config=args.dataset_config)
     total = len(questions)
     questions = select_shard(questions, args.num_shards, args.shard_index)
     out = shard_path(args.output, args.shard_index, args.num_shards)

@@ -149,13 +149,15 @@ def _load_hf(name: str, split: str, config: Optional[str] = None) -> list[dict]:
         import datasets
         ds = datasets.load_dataset(name, config, split=split)
     except Exception as e:  # offline, gated, misspelled: one line, not a traceback
-        raise DataError(f"could not load Hugging Face dataset '{name}' split '{split}': {str(e).splitlines()[0]}") \
-            from None
+        cfg = f" config '{config}'" if config else ""
+        raise DataError(f"could not load Hugging Face dataset '{name}'{cfg} split '{split}': "
+                        f"{(str(e).splitlines() or [type(e).__name__])[0]}") from None
     return list(ds)
 
 
-def read_records(source: str, split: str = "train") -> list[tuple[str, dict]]:
-    """(where, record) pairs from a local .jsonl/.jsonl.gz/.json/.parquet/.csv file or a Hugging Face dataset."""
+def read_records(source: str, split: str = "train", config: Optional[str] = None) -> list[tuple[str, dict]]:
+    """(where, record) pairs from a local .jsonl/.jsonl.gz/.json/.parquet/.csv file or a Hugging Face dataset
+    (`split`, and `config`: its configuration name, `--dataset_config`)."""
     p = Path(source)
     if p.exists():
         if p.is_dir():
@@ -167,7 +169,7 @@ def read_records(source: str, split: str = "train") -> list[tuple[str, dict]]:
         else:
             recs = [(f"{p}:{i + 1}", r) for i, r in enumerate(_read_table(p))]
     elif re.fullmatch(r"[\w.-]+/[\w.-]+", source) and not source.endswith((".jsonl", ".json", ".parquet", ".gz")):
-        recs = [(f"{source}[{i}]", r) for i, r in enumerate(_load_hf(source, split))]
+        recs = [(f"{source}[{i}]", r) for i, r in enumerate(_load_hf(source, split, config))]
     else:
         raise DataError(f"{source}: no such file, registry name ({', '.join(REGISTRY)}) or Hugging Face dataset")
     if not recs:
@@ -187,10 +189,82 @@ def _pick(rec: dict, given: Optional[str], candidates: tuple[str, ...]) -> Optio
     return next((c for c in candidates if c in rec), None)
 
 
+# Chat records: `messages` [{"role", "content"}] (OpenAI / TRL / open-r1) or ShareGPT `conversations`
+# [{"from", "value"}] (LLaMA-Factory). Question = the user turn, response = the assistant turn after it.
+CHAT_FIELDS = ("messages", "conversations")
+_CHAT_ROLES = {"user": "user", "human": "user", "assistant": "assistant", "gpt": "assistant", "model": "assistant",
+               "system": "system"}
+
+
+def chat_field(rec: dict) -> Optional[str]:
+    """The chat field of a record (messages or conversations), or None."""
+    return next((f for f in CHAT_FIELDS if f in rec), None)
+
+
+def chat_turns(rec: dict, fld: str, where: str) -> list[tuple[str, str]]:
+    """[(role, text)] of a chat record, roles normalized to user/assistant; system turns are left out (the system
+    prompt is a flag of each stage, as for every other input). Anything else is a one-line error naming the
+    field and the turn."""
+    turns = rec[fld]
+    if not isinstance(turns, list) or not turns:
+        raise DataError(f"{where}: field '{fld}' must be a non-empty list of turns")
+    out = []
+    for k, t in enumerate(turns):
+        if not isinstance(t, dict):
+            raise DataError(f"{where}: field '{fld}[{k}]' must be an object, got {type(t).__name__}")
+        role = t.get("role", t.get("from"))
+        text = t.get("content", t.get("value"))
+        if isinstance(text, list):  # [{"type": "text", "text": ...}] parts (multimodal schema): text only
+            if not all(isinstance(x, dict) and x.get("type") == "text" and isinstance(x.get("text"), str)
+                       for x in text):
+                raise DataError(f"{where}: field '{fld}[{k}]' has non-text content parts")
+            text = "".join(x["text"] for x in text)
+        if role not in _CHAT_ROLES:
+            raise DataError(f"{where}: field '{fld}[{k}]' has role {role!r} (expected user/human, assistant/gpt "
+                            f"or system)")
+        if not isinstance(text, str):
+            raise DataError(f"{where}: field '{fld}[{k}]' content must be str, got {type(text).__name__}")
+        if _CHAT_ROLES[role] != "system":
+            out.append((_CHAT_ROLES[role], text))
+    return out
+
+
+def chat_exchanges(rec: dict, fld: str, where: str) -> list[tuple[str, list[str]]]:
+    """[(user turn, [the assistant turns after it])], in order. A user turn with no assistant turn after it, or
+    an assistant turn before any user turn, is an error naming the field."""
+    out: list[tuple[str, list[str]]] = []
+    for role, text in chat_turns(rec, fld, where):
+        if role == "user":
+            if out and not out[-1][1]:
+                raise DataError(f"{where}: field '{fld}': user turn {len(out)} has no assistant turn after it")
+            out.append((text, []))
+        elif not out:
+            raise DataError(f"{where}: field '{fld}': an assistant turn comes before any user turn")
+        else:
+            out[-1][1].append(text)
+    if not out:
+        raise DataError(f"{where}: field '{fld}' has no user turn")
+    if not out[-1][1]:
+        raise DataError(f"{where}: field '{fld}': user turn {len(out)} has no assistant turn after it")
+    return out
+
+
+def chat_question(rec: dict, fld: str, where: str) -> str:
+    """The question of a chat record: its one user turn (the assistant turns are answers, not questions); several
+    user turns are refused, never guessed."""
+    users = [text for role, text in chat_turns(rec, fld, where) if role == "user"]
+    if len(users) != 1:
+        raise DataError(f"{where}: field '{fld}' has {len(users)} user turns; a question is one user turn "
+                        f"(prepare.py --chat_turns all splits multi-turn chats)")
+    return users[0]
+
+
 def load_questions(source: str, *, question_field: Optional[str] = None, answer_field: Optional[str] = None,
                    id_field: Optional[str] = None, split: str = "train", limit: Optional[int] = None,
-                   data_path: Optional[str] = None) -> list[dict]:
-    """Questions from a registry name (benchmark or pool), a local file or a Hugging Face dataset.
+                   data_path: Optional[str] = None, config: Optional[str] = None) -> list[dict]:
+    """Questions from a registry name (benchmark or pool), a local file or a Hugging Face dataset (`config`: its
+    configuration). A record without a question field but in chat form (messages / conversations) gives its user
+    turn.
 
     `data_path` points a registry name at another file with the same schema (for gpqa: the GPQA file).
     Ids are unique strings; duplicates are an error naming both places.
@@ -224,14 +298,15 @@ def load_questions(source: str, *, question_field: Optional[str] = None, answer_
                 wheres.append(where)
     else:
         wheres = []
-        for where, rec in read_records(source, split):
+        for where, rec in read_records(source, split, config):
             qf = _pick(rec, question_field, QUESTION_FIELDS)
-            if qf is None:
-                raise DataError(f"{where}: no question field (tried {', '.join(QUESTION_FIELDS)}; "
+            cf = chat_field(rec) if qf is None else None
+            if qf is None and cf is None:
+                raise DataError(f"{where}: no question field (tried {', '.join(QUESTION_FIELDS + CHAT_FIELDS)}; "
                                 f"set --question_field)")
-            q = require(rec, qf, where)
+            q = chat_question(rec, cf, where) if cf else require(rec, qf, where)
             if not q.strip():
-                raise DataError(f"{where}: field '{qf}' is empty")
+                raise DataError(f"{where}: field '{qf or cf}' is empty")
             af = _pick(rec, answer_field, ANSWER_FIELDS)
             gold = rec.get(af) if af else None
             idf = _pick(rec, id_field, ("id",))
@@ -247,6 +322,56 @@ def load_questions(source: str, *, question_field: Optional[str] = None, answer_
         where_of[item["id"]] = where
     if not out:
         raise DataError(f"{source}: no records")
+    return out[:limit] if limit else out
+
+
+CUSTOM_NAME = re.compile(r"[A-Za-z0-9_-]+")  # a file stem in evaluate.py's output: no dots, no slashes
+
+
+def load_custom_benchmark(name: str, path: str, limit: Optional[int] = None) -> list[dict]:
+    """A benchmark outside the registry (evaluate.py --benchmarks NAME=FILE.jsonl): one record per line with `id`,
+    `question`, `answer`, and optionally `answer_type` ("math", the default, graded by math-verify; or "mc" with
+    `options`, a list of 2-16 choice texts shown under the question as `A. text` like MMLU-Pro/GPQA, `answer` =
+    the letter or the correct option's text) and `level` (an int, for by-level metrics). Ids are unique."""
+    if not CUSTOM_NAME.fullmatch(name) or name in REGISTRY:
+        raise DataError(f"--benchmarks {name}={path}: the name must be letters, digits, _ or - and not a registry "
+                        f"benchmark ({', '.join(BENCHMARKS)}; point one of those at another file with --data)")
+    if not Path(path).is_file():
+        raise DataError(f"--benchmarks {name}={path}: file not found")
+    out, where_of = [], {}
+    for where, rec in read_records(path):
+        rid = str(require(rec, "id", where, (str, int)))
+        if rid in where_of:
+            raise DataError(f"{where}: duplicate id '{rid}' (first at {where_of[rid]})")
+        where_of[rid] = where
+        q = require(rec, "question", where)
+        if not q.strip():
+            raise DataError(f"{where}: field 'question' is empty")
+        answer = require(rec, "answer", where, (str, int, float))
+        atype = rec.get("answer_type") or "math"
+        if atype not in ("math", "mc"):
+            raise DataError(f"{where}: field 'answer_type' must be 'math' or 'mc', got {atype!r}")
+        item = {"id": rid, "question": q, "gold": answer_str(answer), "answer_type": atype}
+        if atype == "mc":
+            options = require(rec, "options", where, (list,))
+            if not 2 <= len(options) <= 16 or not all(isinstance(o, (str, int, float)) for o in options):
+                raise DataError(f"{where}: field 'options' must be a list of 2 to 16 choice texts")
+            letters = "ABCDEFGHIJKLMNOP"[:len(options)]
+            gold = answer_str(answer)
+            texts = [answer_str(o) for o in options]
+            if gold.upper() in letters and len(gold) == 1:
+                gold = gold.upper()
+            elif gold in texts:
+                gold = letters[texts.index(gold)]
+            else:
+                raise DataError(f"{where}: field 'answer' {gold!r} is neither a letter {letters[0]}-{letters[-1]} nor "
+                                f"one of the options")
+            item.update(question=_mc_question(q, options), gold=gold)
+        elif "options" in rec:
+            raise DataError(f"{where}: field 'options' needs \"answer_type\": \"mc\"")
+        if rec.get("level") is not None:
+            item["level"] = int(require(rec, "level", where, (int,)))
+        out.append(item)
     return out[:limit] if limit else out
 
 

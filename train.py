@@ -14,6 +14,11 @@
         --output_dir o
     python train.py ...            # one process, no launcher (torchrun works too)
     ... --resume                   # after a kill: continue from the last DeepSpeed checkpoint, same data order
+    # LoRA (peft, TRL's flag names), still under ZeRO-3; DIR holds the merged model, DIR/adapter/ the adapter
+    deepspeed --num_gpus 8 train.py --model M --data d.jsonl --output_dir o --use_peft --lora_r 16 --lora_alpha 32 \
+        --lora_target_modules all-linear --lr 1e-4
+    # a held-out eval loss (same masking and reduction as the training loss) every 50 steps
+    ... --eval_ratio 0.05 --eval_steps 50        # or --eval_data held_out.jsonl (prepare.py output)
 
 Each example: `prompt` and `completion` tokenized separately (no special tokens added; prepare.py's strings already
 carry the template's), concatenated, cut at --max_len; the loss falls on completion tokens only. An optimizer step
@@ -23,11 +28,12 @@ to --micro_batch_tokens tokens; position ids restart per example and attention n
 on CPU SDPA with a dense block-diagonal causal mask). Loss reduction is
 computed against the global batch, so it does not depend on the number of ranks or micro-batches.
 
-Output: DIR/ (HF checkpoint: safetensors, config, tokenizer, chat template, generation_config), DIR/epoch_{k}/
+Output: DIR/ (HF checkpoint: safetensors, config, tokenizer, chat template, generation_config; with --use_peft the
+merged weights, and the adapter in DIR/adapter/), DIR/epoch_{k}/
 with --save_every_epoch, DIR/train_log.jsonl (one line per step), DIR/train_loss.png (loss and learning rate per
-step, drawn at the end, also of a resumed run), DIR/meta.json, DIR/checkpoints/ (DeepSpeed), DIR/tensorboard/ with
---report_to tensorboard (`tensorboard --logdir DIR/tensorboard`). --push_to_hub USER/NAME uploads the checkpoint
-with a model card made from meta.json.
+step, eval loss with --eval_data/--eval_ratio; drawn at the end, also of a resumed run), DIR/meta.json,
+DIR/checkpoints/ (DeepSpeed), DIR/tensorboard/ with --report_to tensorboard (`tensorboard --logdir
+DIR/tensorboard`). --push_to_hub USER/NAME uploads the checkpoint with a model card made from meta.json.
 """
 from __future__ import annotations
 
@@ -69,7 +75,9 @@ BASE = dict(lr=1e-5, epochs=3, global_batch_size=32, lr_scheduler="cosine", warm
 # Arguments that do not change the result: a resumed run may change them
 NOT_SETTINGS = {"resume", "overwrite", "stop_after_steps", "local_rank", "save_steps", "save_total_limit",
                 "keep_checkpoints", "deepspeed", "gradient_checkpointing", "micro_batch_tokens",
-                "attn_implementation", "loss_head", "peak_tflops", "save_every_epoch", "report_to", "push_to_hub"}
+                "attn_implementation", "loss_head", "peak_tflops", "save_every_epoch", "report_to", "push_to_hub",
+                "eval_data", "eval_steps"}
+LORA_ARGS = ("use_peft", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules")
 
 
 @dataclass
@@ -147,6 +155,26 @@ class Args:
     stop_after_steps: int = field(default=0, metadata={"help": "for tests: stop after this many steps without "
                                                                "saving, as a kill would"})
     local_rank: int = field(default=-1, metadata={"help": "set by the deepspeed launcher"})
+    # LoRA (TRL's names). The presets are full fine-tuning, as the papers trained.
+    use_peft: bool = field(default=False, metadata={"help": (
+        "train LoRA adapters (peft) instead of every parameter, under ZeRO-3 as well. DIR holds the merged model "
+        "(evaluate.py and vLLM load it as any checkpoint), DIR/adapter/ the adapter (peft format)")})
+    lora_r: int = field(default=16, metadata={"help": "--use_peft: LoRA rank"})
+    lora_alpha: int = field(default=32, metadata={"help": "--use_peft: LoRA alpha (the update is scaled by "
+                                                          "alpha / r)"})
+    lora_dropout: float = field(default=0.05, metadata={"help": "--use_peft: dropout on the LoRA input"})
+    lora_target_modules: Optional[list[str]] = field(default=None, metadata={"help": (
+        "--use_peft: module names to adapt, e.g. q_proj,v_proj, or all-linear (default: peft's choice for the "
+        "architecture)")})
+    # Held-out loss
+    eval_data: Optional[str] = field(default=None, metadata={"help": (
+        "prepare.py output whose loss is computed like the training loss (same masks and --loss_reduction, over "
+        "all of it at once), without gradient, on every rank; logged as eval_loss")})
+    eval_ratio: float = field(default=0.0, metadata={"help": (
+        "hold out this fraction of --data's questions (seeded; every example of a held-out source_id) as the eval "
+        "set instead of --eval_data; they are not trained on")})
+    eval_steps: int = field(default=0, metadata={"help": "eval loss every N optimizer steps (0: at each epoch end), "
+                                                         "and after the last step"})
     report_to: Literal["none", "tensorboard", "wandb"] = field(
         default="none", metadata={"help": "also log every train_log.jsonl field per step (rank 0), the arguments "
                                           "and data stats as config: tensorboard (event files in DIR/tensorboard) "
@@ -181,6 +209,14 @@ def resolve(args: Args) -> Args:
     if args.attn_implementation in ("packed_varlen", "packed_flex") and not args.packing:
         raise common.DataError(f"--attn_implementation {args.attn_implementation} needs packing (--no_packing pads: "
                                f"use sdpa)")
+    if args.use_peft and (args.lora_r < 1 or args.lora_alpha <= 0 or not 0 <= args.lora_dropout < 1):
+        raise common.DataError(f"--lora_r must be >= 1, --lora_alpha > 0 and --lora_dropout in [0, 1), got "
+                               f"{args.lora_r}, {args.lora_alpha}, {args.lora_dropout}")
+    if not 0 <= args.eval_ratio < 1 or args.eval_steps < 0:
+        raise common.DataError(f"--eval_ratio must be in [0, 1) and --eval_steps >= 0, got {args.eval_ratio}, "
+                               f"{args.eval_steps}")
+    if args.eval_ratio and args.eval_data:
+        raise common.DataError("--eval_data and --eval_ratio: give one of them")
     return args
 
 
@@ -196,11 +232,14 @@ class Example:
         return len(self.ids) - max(self.n_prompt, 1)
 
 
-def load_examples(tok, path: str, max_len: int):
-    """Tokenize prompt and completion separately, concatenate, cut at max_len. Returns (examples, stats)."""
+def load_examples(tok, path: str, max_len: int, keep=None):
+    """Tokenize prompt and completion separately, concatenate, cut at max_len. Returns (examples, stats).
+    `keep(record)`: only the records it accepts (--eval_ratio's split)."""
     recs = list(common.iter_jsonl(path))
     if not recs:
         raise common.DataError(f"{path}: no records")
+    if keep is not None:
+        recs = [(n, r) for n, r in recs if keep(r)]
     for lineno, rec in recs:
         for f in ("prompt", "completion"):
             common.require(rec, f, f"{path}:{lineno}")
@@ -228,6 +267,41 @@ def load_examples(tok, path: str, max_len: int):
              "by_type": by_type, "tokens": int(sum(len(e.ids) for e in examples)),
              "trained_tokens": int(sum(e.n_trained for e in examples))}
     return examples, stats
+
+
+def example_group(rec: dict) -> str:
+    """The question an example comes from (prepare.py's source_id): --eval_ratio holds out whole questions, so no
+    held-out question is trained on through another of its responses or a UPFT prefix."""
+    key = rec.get("source_id", rec.get("id"))
+    return str(key) if key is not None else f"{rec.get('prompt')}\x00{rec.get('completion')}"
+
+
+def held_out_groups(path: str, ratio: float, seed: int) -> set[str]:
+    """round(ratio x questions) seeded questions of `path` (at least 1, never all)."""
+    groups = list(dict.fromkeys(example_group(r) for r in common.read_jsonl(path)))
+    k = max(1, round(ratio * len(groups)))
+    if k >= len(groups):
+        raise common.DataError(f"--eval_ratio {ratio}: {path} has {len(groups)} question(s), nothing would be left to "
+                               f"train on")
+    rng = np.random.default_rng([seed, 0xE7A1])
+    return {groups[i] for i in rng.choice(len(groups), size=k, replace=False)}
+
+
+def load_data(tok, args: Args):
+    """(train examples, stats, eval examples or None): --data, and the eval set of --eval_data or --eval_ratio."""
+    if not args.eval_ratio:
+        examples, stats = load_examples(tok, args.data, args.max_len)
+        if not args.eval_data:
+            return examples, stats, None
+        evals, estats = load_examples(tok, args.eval_data, args.max_len)
+    else:
+        held = held_out_groups(args.data, args.eval_ratio, args.seed)
+        examples, stats = load_examples(tok, args.data, args.max_len, lambda r: example_group(r) not in held)
+        evals, estats = load_examples(tok, args.data, args.max_len, lambda r: example_group(r) in held)
+        estats["questions"] = len(held)
+    stats["eval"] = {k: estats[k] for k in ("examples", "tokens", "trained_tokens", "truncated", "questions")
+                     if k in estats}
+    return examples, stats, evals
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -402,6 +476,10 @@ def save_hf(engine, tok, args: Args, out_dir: Path, rank: int):
         tmp = out_dir.with_name(out_dir.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         model = engine.module
+        if args.use_peft:  # the adapter beside the merged weights: evaluate.py and vLLM load DIR as any model
+            model.save_pretrained(tmp / "adapter", state_dict=sd)
+            sd = merge_lora(sd, args.lora_alpha / args.lora_r)
+            model = model.get_base_model()
         model.config.use_cache = True
         model.save_pretrained(tmp, state_dict=sd)
         tok.save_pretrained(tmp)
@@ -423,6 +501,8 @@ def save_hf(engine, tok, args: Args, out_dir: Path, rank: int):
         # move the files into place (out_dir may hold train_log.jsonl, meta.json, checkpoints/)
         out_dir.mkdir(parents=True, exist_ok=True)
         for f in tmp.iterdir():
+            if f.is_dir():  # adapter/: a directory is not replaced by os.replace while it has files
+                shutil.rmtree(out_dir / f.name, ignore_errors=True)
             os.replace(f, out_dir / f.name)
         tmp.rmdir()
     del sd
@@ -455,12 +535,14 @@ class Tracker:
                     from None
 
     def log(self, rec: dict) -> None:
-        scalars = {k: v for k, v in rec.items() if k != "step" and isinstance(v, (int, float))}
+        # eval_loss -> eval/loss, the rest train/<field>
+        scalars = {(f"eval/{k[5:]}" if k.startswith("eval_") else f"train/{k}"): v for k, v in rec.items()
+                   if k != "step" and isinstance(v, (int, float))}
         if self.kind == "tensorboard":
             for k, v in scalars.items():
-                self.run.add_scalar(f"train/{k}", v, rec["step"])
+                self.run.add_scalar(k, v, rec["step"])
         elif self.kind == "wandb":
-            self.run.log({f"train/{k}": v for k, v in scalars.items()}, step=rec["step"])
+            self.run.log(scalars, step=rec["step"])
 
     def close(self) -> None:
         if self.run is not None:
@@ -481,7 +563,11 @@ def plot_loss(log_path: Path, png: Path) -> Optional[Path]:
     import matplotlib.pyplot as plt
     steps = [r["step"] for r in recs]
     fig, (a, b) = plt.subplots(2, 1, figsize=(7, 5), sharex=True)
-    a.plot(steps, [r["loss"] for r in recs], lw=1)
+    a.plot(steps, [r["loss"] for r in recs], lw=1, label="train")
+    ev = [(r["step"], r["eval_loss"]) for r in recs if r.get("eval_loss") is not None]
+    if ev:
+        a.plot(*zip(*ev), marker="o", ms=3, lw=1, color="tab:green", label="eval")
+        a.legend(frameon=False)
     a.set_ylabel("loss")
     a.set_title(f"training loss: {png.parent.name}")
     b.plot(steps, [r["lr"] for r in recs], lw=1, color="tab:orange")
@@ -498,7 +584,7 @@ def model_card(meta: dict, repo: str) -> str:
     a, data = meta.get("args", {}), meta.get("data", {})
     hp = {k: a.get(k) for k in BASE}
     return (f"---\nbase_model: {a.get('model')}\nlibrary_name: transformers\ntags: [qfft-upft, sft]\n---\n\n"
-            f"# {repo}\n\nFull-parameter SFT of `{a.get('model')}` with "
+            f"# {repo}\n\n{'LoRA (merged)' if a.get('use_peft') else 'Full-parameter'} SFT of `{a.get('model')}` with "
             f"[qfft-upft](https://github.com/) train.py (preset `{a.get('preset') or 'none'}`, git "
             f"`{meta.get('git_commit')}`), on `{a.get('data')}`.\n\n"
             "| hyperparameter | value |\n|---|---|\n" + "".join(f"| {k} | {v} |\n" for k, v in hp.items())
@@ -533,6 +619,13 @@ def plan_run(args: Args) -> Optional[Plan]:
     if int(os.environ.get("RANK", "0")) == 0:
         runs.lock_output(out, f"training output {out}")
     settings = {k: v for k, v in dataclasses.asdict(args).items() if k not in NOT_SETTINGS}
+    # flags newer than some outputs stay out at their defaults, so that those outputs still resume / are "done"
+    for k in LORA_ARGS if not args.use_peft else ():
+        settings.pop(k)
+    if not args.eval_ratio:
+        settings.pop("eval_ratio")
+    if args.eval_data and not Path(args.eval_data).is_file():
+        raise common.DataError(f"--eval_data {args.eval_data}: file not found")
     # the train data and a local base model, fingerprinted: a file rewritten or a model re-trained at the same
     # path is not "already trained" and is not resumed
     if not Path(args.data).is_file():
@@ -592,7 +685,49 @@ def load_model(args: Args, world: int, on_gpu: bool, bf16: bool, device):
     model.config.use_cache = False
     if args.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if args.use_peft:
+        model = add_lora(model, args)
     return model, ds_config, attn, head, hidden
+
+
+def add_lora(model, args: Args):
+    """LoRA adapters (peft) on the model built under ZeRO-3: the base weights are frozen (still partitioned), the
+    adapters are new small parameters that deepspeed.initialize partitions. Plain Linear LoRA only: that is what
+    save_hf merges."""
+    from peft import LoraConfig, get_peft_model
+    from peft.tuners.lora import LoraLayer, Linear
+    targets = common.comma_list(args.lora_target_modules) or None
+    cfg = LoraConfig(r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout, bias="none",
+                     task_type="CAUSAL_LM", target_modules="all-linear" if targets == ["all-linear"] else targets)
+    try:
+        model = get_peft_model(model, cfg)
+    except ValueError as e:  # no module matched, or an unsupported one
+        raise common.DataError(f"--use_peft: {str(e).splitlines()[0]}") from None
+    bad = sorted({type(m).__name__ for m in model.modules() if isinstance(m, LoraLayer)
+                  and (type(m) is not Linear or m.fan_in_fan_out)})
+    if bad:
+        raise common.DataError(f"--lora_target_modules: only nn.Linear layers can be adapted and merged here, got "
+                               f"{', '.join(bad)}")
+    return model
+
+
+def merge_lora(sd: dict, scaling: float) -> dict:
+    """The plain model's state dict from a peft LoRA model's (ZeRO-3's consolidated one): W + scaling * B @ A for
+    each adapted Linear (peft's merge for one 'default' adapter; computed in fp32, stored in W's dtype), peft's key
+    prefixes removed, the adapters dropped."""
+    out = {}
+    for k, v in sd.items():
+        if ".lora_A." in k or ".lora_B." in k:
+            continue
+        name = k.removeprefix("base_model.model.")
+        if ".base_layer." in k:
+            stem = k[:k.index(".base_layer.")]
+            name = name.replace(".base_layer.", ".")
+            if k.endswith(".weight"):
+                a, b = sd[f"{stem}.lora_A.default.weight"].float(), sd[f"{stem}.lora_B.default.weight"].float()
+                v = (v.float() + scaling * (b @ a)).to(v.dtype)
+        out[name] = v
+    return out
 
 
 def make_engine(args: Args, model, ds_config: dict, total: int, warmup: int):
@@ -602,7 +737,7 @@ def make_engine(args: Args, model, ds_config: dict, total: int, warmup: int):
     decay, no_decay, seen = [], [], set()
     for _, mod in model.named_modules():
         for pname, p in mod.named_parameters(recurse=False):
-            if id(p) in seen:  # tied embeddings
+            if id(p) in seen or not p.requires_grad:  # tied embeddings; frozen base weights (--use_peft)
                 continue
             seen.add(id(p))
             (no_decay if pname == "bias" or "norm" in type(mod).__name__.lower() else decay).append(p)
@@ -634,6 +769,28 @@ def train_step(engine, micro: list[list[int]], examples: list[Example], weights:
     tot = local.to(device)
     dist.all_reduce(tot)
     return tuple(tot.tolist())
+
+
+def eval_loss(engine, examples: list[Example], args: Args, pad_id: int, device, attn: str, head: str, world: int,
+              rank: int) -> float:
+    """The held-out loss, computed as the training loss of one global batch holding every eval example: the same
+    collate (masks), token weights (--loss_reduction) and loss head, in eval mode and without gradient. Every rank
+    takes its share and runs the same number of forward passes (ZeRO-3 gathers parameters collectively); the
+    weighted sums are added over ranks."""
+    import torch
+    import torch.distributed as dist
+    idx = list(range(len(examples)))
+    weights = token_weights(idx, examples, args.loss_reduction)
+    total = torch.zeros(1, dtype=torch.float64)
+    engine.eval()
+    with torch.no_grad():
+        for mb in plan_step(idx, examples, args, world, rank):
+            total += micro_batch_loss(engine, collate(mb, examples, weights, args.packing, pad_id), device, attn,
+                                      head).item()
+    engine.train()
+    total = total.to(device)
+    dist.all_reduce(total)
+    return float(total.item())
 
 
 def finish(args: Args, plan: Plan, engine, tok, rank: int, total: int, last_saved: int, tracker, log) -> None:
@@ -668,7 +825,7 @@ def main():
 
     # Data first: bad input fails fast, before any process group or model
     tok = models.load_tokenizer(args.model, args.trust_remote_code)
-    examples, stats = load_examples(tok, args.data, args.max_len)
+    examples, stats, evals = load_data(tok, args)
 
     init_distributed()
     import torch
@@ -686,12 +843,20 @@ def main():
     if stats["dropped_no_completion_tokens"]:
         log(f"dropped {stats['dropped_no_completion_tokens']} examples with no completion tokens after truncation")
     log(f"{stats['examples']} examples, {stats['tokens']} tokens ({stats['trained_tokens']} trained), "
-        f"{stats['truncated']} cut at --max_len {args.max_len}, types {stats['by_type']}")
+        f"{stats['truncated']} cut at --max_len {args.max_len}, types {stats['by_type']}"
+        + (f"; eval set {stats['eval']['examples']} examples" if evals else ""))
+    if args.use_peft and args.preset:
+        log(f"note: --preset {args.preset} is the paper's full fine-tuning; with --use_peft only LoRA adapters train "
+            f"(its lr was tuned for full fine-tuning)")
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
 
     bf16 = on_gpu and acc.is_bf16_supported()
     model, ds_config, attn, head, hidden = load_model(args, world, on_gpu, bf16, device)
     n_params = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())
+    if args.use_peft:
+        n_train = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters() if p.requires_grad)
+        log(f"LoRA r={args.lora_r} alpha={args.lora_alpha} dropout={args.lora_dropout}: {n_train / 1e6:.2f}M "
+            f"trainable parameters of {n_params / 1e6:.1f}M")
     n_layers = getattr(model.config.get_text_config(), "num_hidden_layers", 0)
 
     # Data plan and schedule: step s takes the next global batch of a seeded per-epoch permutation
@@ -759,19 +924,23 @@ def main():
             acc.synchronize()
         dt = time.perf_counter() - t0
         gn = engine.get_global_grad_norm()
+        end_of_epoch = (step + 1) % steps_per_epoch == 0 or step + 1 == total
+        do_eval = evals is not None and (step + 1 == total or (
+            (step + 1) % args.eval_steps == 0 if args.eval_steps else end_of_epoch))
+        ev = eval_loss(engine, evals, args, pad_id, device, attn, head, world, rank) if do_eval else None
         flops = 6 * n_params * tokens + 6 * n_layers * hidden * attn_sq  # causal attention: half of 12*L*h*T^2
         rec = {"step": step + 1, "epoch": round(epoch + ((step % steps_per_epoch) * gbs + len(batch)) / n, 4),
                "loss": step_loss,
                "lr": engine.get_lr()[0], "grad_norm": None if gn is None else float(gn), "examples": len(batch),
                "micro_batches": len(micro), "tokens": int(tokens), "tokens_per_s": tokens / dt,
                "mfu": flops / dt / (peak * (world if on_gpu else 1)), "time_s": dt,  # CPU: one machine's peak
-               "peak_mem_gb": torch.cuda.max_memory_allocated(device) / 2**30 if on_gpu else None}
+               "peak_mem_gb": torch.cuda.max_memory_allocated(device) / 2**30 if on_gpu else None,
+               **({"eval_loss": ev} if do_eval else {})}  # after this step's update
         if rank == 0:
             common.append_jsonl(log_path, [rec])
             tracker.log(rec)
             bar.set_postfix(loss=f"{step_loss:.4f}", tok_s=f"{tokens / dt:.0f}", mfu=f"{rec['mfu']:.1%}")
             bar.update(1)
-        end_of_epoch = (step + 1) % steps_per_epoch == 0 or step + 1 == total
         if end_of_epoch and args.save_every_epoch:
             save_hf(engine, tok, args, out / f"epoch_{(step + 1 + steps_per_epoch - 1) // steps_per_epoch}", rank)
         if (args.save_steps and (step + 1) % args.save_steps == 0) or (end_of_epoch and step + 1 < total):

@@ -599,3 +599,76 @@ def test_judge_remote_code_is_the_judges_alone():
     assert not evaluate.judge_trusts_remote_code(evaluate.Args(model="m", judge="J"))
     assert judge.is_omni_judge("KbsdJames/Omni-Judge") and judge.is_omni_judge("/models/omni-judge")
     assert not judge.is_omni_judge("Qwen/Qwen2.5-7B-Instruct")
+# ------------------------------------------------------------------------------------------------------------
+# Issue 21 §5: benchmarks of your own, --benchmarks NAME=FILE.jsonl, without editing the registry
+def write_custom(path, n=3):
+    recs = [{"id": f"m{i}", "question": f"What is {i}+{i}?", "answer": 2 * i} for i in range(n)]
+    recs.append({"id": "c0", "question": "Which is prime?", "answer_type": "mc", "options": ["4", "6", "7", "8"],
+                 "answer": "7", "level": 2})
+    recs.append({"id": "c1", "question": "Which is even?", "answer_type": "mc", "options": ["3", "4"], "answer": "a"})
+    common.write_jsonl(path, recs)
+    return path
+
+
+def test_custom_benchmark_file_schema(tmp_path):
+    f = write_custom(tmp_path / "mine.jsonl")
+    qs = sources.load_custom_benchmark("mine", str(f))
+    assert [(q["id"], q["gold"], q["answer_type"]) for q in qs] == [
+        ("m0", "0", "math"), ("m1", "2", "math"), ("m2", "4", "math"), ("c0", "C", "mc"), ("c1", "A", "mc")]
+    assert qs[3]["question"] == sources._mc_question("Which is prime?", ["4", "6", "7", "8"]) and qs[3]["level"] == 2
+    assert "C. 7" in qs[3]["question"] and grading.MC_INSTRUCTION in qs[3]["question"]
+    for rec, match in [({"id": "x", "question": "q"}, r"bad\.jsonl:1: missing field 'answer'"),
+                       ({"id": "x", "question": "q", "answer": "1", "answer_type": "bool"}, "'answer_type' must be"),
+                       ({"id": "x", "question": "q", "answer": "E", "answer_type": "mc", "options": ["1", "2"]},
+                        r"field 'answer' 'E' is neither a letter A-B nor one of the options"),
+                       ({"id": "x", "question": "q", "answer": "1", "options": ["1", "2"]}, "needs \"answer_type\"")]:
+        common.write_jsonl(tmp_path / "bad.jsonl", [rec])
+        with pytest.raises(DataError, match=match):
+            sources.load_custom_benchmark("bad", str(tmp_path / "bad.jsonl"))
+    common.write_jsonl(tmp_path / "bad.jsonl", [{"id": 1, "question": "q", "answer": 1}] * 2)
+    with pytest.raises(DataError, match=r"bad\.jsonl:2: duplicate id '1' \(first at .*bad\.jsonl:1\)"):
+        sources.load_custom_benchmark("bad", str(tmp_path / "bad.jsonl"))
+    assert evaluate.parse_benchmarks(f"gsm8k,mine={f}") == ["gsm8k", "mine"]
+    assert evaluate.custom_benchmarks(f"gsm8k, mine={f}") == {"mine": str(f)}
+    for spec, match in [(f"gsm8k={f}", "not a registry benchmark"), (f"my.b={f}", "letters, digits"),
+                        (f"a={f},a=other.jsonl", "'a' given with two files")]:
+        with pytest.raises(DataError, match=match):
+            evaluate.parse_benchmarks(spec)
+    assert evaluate.parse_n_by_benchmark("mine=4", ["mine"]) == {"mine": 4}
+
+
+def test_custom_benchmark_evaluates_resumes_and_rak_reads_it(tmp_path, tiny_model, monkeypatch, capsys):
+    f = write_custom(tmp_path / "mine.jsonl")
+    out = tmp_path / "ev"
+    calls = []
+    monkeypatch.setattr(evaluate, "generate", fake_generate(calls))
+    args = ["--model", tiny_model, "--n", "2", "--grade_workers", "1", "--limit", "5", "--output_dir", out]
+    run_eval(monkeypatch, *args, "--benchmarks", f"mine={f}")
+    recs = common.read_jsonl(out / "mine.jsonl")
+    assert [r["id"] for r in recs] == ["m0", "m1", "m2", "c0", "c1"]
+    assert [r["correct"] for r in recs] == [[True, False]] * 5  # the letter graded for mc, math-verify for math
+    assert [r["preds"][0] for r in recs] == ["0", "2", "4", "C", "A"] and recs[3]["level"] == 2
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["finished"] == ["mine"] and meta["custom_benchmarks"]["mine"]["file"] == str(f)
+    assert json.loads((out / "metrics.json").read_text())["mine"]["acc"] == 50.0
+    # a registry benchmark added to the same DIR later; the custom one is kept as finished
+    run_eval(monkeypatch, *args, "--benchmarks", f"gsm8k,mine={f}")
+    assert calls[-1] == {"gsm8k": ["0", "1", "2", "3", "4"]}
+    assert json.loads((out / "meta.json").read_text())["finished"] == ["gsm8k", "mine"]
+    # the file changed under the same name: refused, not resumed
+    common.write_jsonl(f, common.read_jsonl(f)[:2])
+    (out / "mine.jsonl").unlink()
+    with pytest.raises(DataError, match="benchmark 'mine': .*--overwrite"):
+        run_eval(monkeypatch, *args, "--benchmarks", f"mine={f}")
+    write_custom(f)
+    run_eval(monkeypatch, *args, "--benchmarks", f"mine={f}")
+    assert calls[-1] == {"mine": ["m0", "m1", "m2", "c0", "c1"]}
+    # --grade_only and rak.py read it like any benchmark
+    run_eval(monkeypatch, "--grade_only", "--output_dir", out)
+    assert common.read_jsonl(out / "mine.jsonl")[0]["correct"] == [True, False]
+    import rak
+    rak.main(["--runs", f"a={out}", f"b={out}", "--out", str(tmp_path / "res")])
+    table = (tmp_path / "res" / "tables.md").read_text()
+    assert "mine Acc" in table and "GSM8K Acc" in table
+    assert "mine_acc" in (tmp_path / "res" / "table_qfft.csv").read_text()
+    capsys.readouterr()

@@ -505,3 +505,130 @@ def test_chat_template_file(tokenizer, tiny_model, sample, tmp_path, monkeypatch
     r = run_script("prepare.py", "--input", sample, "--output", tmp_path / "x.jsonl", "--model", tiny_model,
                    "--chat_template", bad, check=False)
     assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith("error: ")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Issue 21 §2: chat datasets (messages / ShareGPT conversations), OpenR1-style records, HF dataset configs
+def _chat_files(tmp_path, n=12):
+    """The same n (question, response) pairs as a generic file, as `messages` (with a system turn, which the
+    system-prompt flag replaces) and as ShareGPT `conversations`."""
+    rows = [(f"c{i}", f"What is {i}+{i}?", sentence(i)) for i in range(n)]
+    files = {"generic": tmp_path / "g.jsonl", "messages": tmp_path / "m.jsonl", "conversations": tmp_path / "c.jsonl"}
+    files["generic"].write_text("".join(json.dumps({"id": i, "question": q, "response": r}) + "\n" for i, q, r in rows))
+    files["messages"].write_text("".join(json.dumps({"id": i, "messages": [
+        {"role": "system", "content": "You are a data set's own system prompt."},
+        {"role": "user", "content": q}, {"role": "assistant", "content": r}]}) + "\n" for i, q, r in rows))
+    files["conversations"].write_text("".join(json.dumps({"id": i, "conversations": [
+        {"from": "human", "value": q}, {"from": "gpt", "value": r}]}) + "\n" for i, q, r in rows))
+    return files, {i: (q, r) for i, q, r in rows}
+
+
+@pytest.mark.parametrize("mode", ["sft", "qfft", "upft"])
+def test_chat_inputs_keep_or_drop_the_question_as_each_mode_says(tokenizer, tiny_model, tmp_path, mode):
+    files, rows = _chat_files(tmp_path)
+    kw = {"prefix_len": 8, "full_ratio": 0.25} if mode == "upft" else {}
+    out = {name: run(tokenizer, make_args(tiny_model, f, mode=mode, **kw))[0] for name, f in files.items()}
+    assert out["messages"] == out["generic"] and out["conversations"] == out["generic"], mode
+    recs = out["messages"]
+    assert len(recs) == 12 and [r["id"] for r in recs] == list(rows)
+    for r in recs:
+        q, resp = rows[r["id"]]
+        assert "system prompt" not in r["prompt"]  # the data's system turn is not used
+        if mode == "qfft":  # the question is dropped: the bare assistant turn
+            assert r["prompt"] == "" and r["completion"] == resp and q not in r["completion"]
+        elif mode == "sft" or r["type"] == "full":  # the user turn through the chat template
+            assert r["prompt"] == models.render_prompt(tokenizer, q, None)
+            assert r["completion"] == resp + (EOS if mode == "upft" else EOT)  # UPFT's full examples end at EOS
+        else:  # upft prefix: the user turn + the prefix instruction; the first 8 tokens of the assistant turn
+            assert r["type"] == "prefix" and r["prompt"] == models.render_prompt(
+                tokenizer, q + models.UPFT_PREFIX_INSTRUCTION, None)
+            assert enc(tokenizer, r["completion"]) == enc(tokenizer, resp)[:8] + enc(tokenizer, EOS)
+    if mode == "upft":
+        assert sum(r["type"] == "full" for r in recs) == 3
+
+
+def test_openr1_record_is_refused_until_the_response_is_chosen(tokenizer, tiny_model, tmp_path):
+    """OpenR1-Math: problem, a short reference `solution`, `generations` (R1 traces) and `messages` (one of them as
+    a chat). Guessing would train on the short solution: each choice must be explicit."""
+    p = tmp_path / "openr1.jsonl"
+    gens = ["<think>Long trace A.</think> \\boxed{4}", "<think>Long trace B.</think> \\boxed{4}"]
+    p.write_text(json.dumps({"problem": "What is 2+2?", "solution": "4", "answer": "4", "uuid": "u1",
+                             "generations": gens, "correctness_math_verify": [True, True],
+                             "messages": [{"role": "user", "content": "What is 2+2?"},
+                                          {"role": "assistant", "content": gens[1]}]}) + "\n")
+    with pytest.raises(common.DataError, match=r"^.*openr1\.jsonl:1: several fields could be the response "
+                                               r"\(messages, generations, solution\); choose one: --format chat"):
+        prepare.load_groups(make_args(tiny_model, p, mode="qfft"))
+    chat, _ = run(tokenizer, make_args(tiny_model, p, mode="qfft", format="chat", id_field="uuid"))
+    assert [(r["id"], r["completion"]) for r in chat] == [("u1", gens[1])]
+    every, _ = run(tokenizer, make_args(tiny_model, p, mode="qfft", response_field="generations", responses="all"))
+    assert [r["completion"] for r in every] == gens
+    first, _ = run(tokenizer, make_args(tiny_model, p, mode="sft", response_field="generations"))
+    assert [r["completion"] for r in first] == [gens[0] + EOT]
+    ref, _ = run(tokenizer, make_args(tiny_model, p, mode="qfft", response_field="solution"))
+    assert [r["completion"] for r in ref] == ["4"]
+    # rft grades the chosen responses against the record's answer
+    groups, _, _ = prepare.load_groups(make_args(tiny_model, p, mode="rft", format="chat"))
+    assert groups[0]["answer"] == "4" and groups[0]["question"] == "What is 2+2?"
+
+
+def test_several_assistant_turns_are_refused_or_all_taken(tokenizer, tiny_model, tmp_path):
+    p = tmp_path / "multi.jsonl"
+    turns = [{"role": "user", "content": "Q1?"}, {"role": "assistant", "content": "A1."},
+             {"role": "user", "content": "Q2?"}, {"role": "assistant", "content": "A2a."},
+             {"role": "assistant", "content": "A2b."}]
+    p.write_text(json.dumps({"id": "x", "messages": turns}) + "\n")
+    with pytest.raises(common.DataError, match=r"multi\.jsonl:1: field 'messages' has 2 user and 3 assistant turns, "
+                                               r"expected one of each; pass --chat_turns all"):
+        prepare.load_groups(make_args(tiny_model, p, mode="qfft"))
+    recs, _ = run(tokenizer, make_args(tiny_model, p, mode="sft", chat_turns="all", responses="all"))
+    assert [(r["id"], r["source_id"], r["completion"]) for r in recs] == [
+        ("x:0#0", "x:0", "A1." + EOT), ("x:1#0", "x:1", "A2a." + EOT), ("x:1#1", "x:1", "A2b." + EOT)]
+    assert recs[1]["prompt"] == models.render_prompt(tokenizer, "Q2?", None)  # no earlier turns in the prompt
+
+
+@pytest.mark.parametrize("turns, match", [
+    ([{"role": "user", "content": "q"}], r"field 'messages': user turn 1 has no assistant turn after it"),
+    ([{"role": "assistant", "content": "a"}, {"role": "user", "content": "q"}],
+     r"field 'messages': an assistant turn comes before any user turn"),
+    ([{"role": "tool", "content": "x"}], r"field 'messages\[0\]' has role 'tool'"),
+    ([{"role": "user", "content": 3}], r"field 'messages\[0\]' content must be str, got int"),
+    ("hello", r"field 'messages' must be a non-empty list of turns"),
+    ([{"role": "system", "content": "s"}], r"field 'messages' has no user turn"),
+])
+def test_bad_chat_records_name_file_line_and_field(tiny_model, tmp_path, turns, match):
+    p = tmp_path / "bad.jsonl"
+    p.write_text(json.dumps({"messages": turns}) + "\n")
+    with pytest.raises(common.DataError, match=r"bad\.jsonl:1: " + match):
+        prepare.load_groups(make_args(tiny_model, p, format="chat"))
+
+
+def test_questions_from_chat_records_and_dataset_config(tmp_path, monkeypatch):
+    """sample.py's loader: a chat record's question is its user turn; several user turns are refused. A HF
+    dataset's configuration reaches datasets.load_dataset (prepare.py and sample.py: --dataset_config)."""
+    p = tmp_path / "chat.jsonl"
+    p.write_text(json.dumps({"id": "a", "messages": [{"role": "system", "content": "s"},
+                                                     {"role": "user", "content": "Q?"},
+                                                     {"role": "assistant", "content": "A"}], "answer": 3}) + "\n"
+                 + json.dumps({"id": "b", "conversations": [{"from": "human", "value": "R?"}]}) + "\n")
+    qs = sources.load_questions(str(p))
+    assert [(q["id"], q["question"], q["gold"]) for q in qs] == [("a", "Q?", "3"), ("b", "R?", None)]
+    p.write_text(json.dumps({"messages": [{"role": "user", "content": "Q?"}, {"role": "assistant", "content": "A"},
+                                          {"role": "user", "content": "Q2?"}]}) + "\n")
+    with pytest.raises(common.DataError, match=r"chat\.jsonl:1: field 'messages' has 2 user turns"):
+        sources.load_questions(str(p))
+
+    import datasets
+    calls = []
+
+    def fake_load(name, config=None, split=None, **kw):
+        calls.append((name, config, split))
+        return [{"problem": "P?", "messages": [{"role": "user", "content": "P?"},
+                                               {"role": "assistant", "content": "S."}]}]
+    monkeypatch.setattr(sources, "check_hub", lambda *a, **k: None)
+    monkeypatch.setattr(datasets, "load_dataset", fake_load)
+    assert sources.load_questions("org/chats", split="test", config="default")[0]["question"] == "P?"
+    groups, _, _ = prepare.load_groups(prepare.Args(input="org/chats", output="o.jsonl", model="m", split="test",
+                                                    dataset_config="default"))
+    assert groups[0]["responses"] == ["S."]
+    assert calls == [("org/chats", "default", "test")] * 2

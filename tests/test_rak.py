@@ -378,3 +378,100 @@ def test_long_cot_rule_recomputes_from_responses(tmp_path, capsys):
         q.parent.mkdir()
         common.write_jsonl(q, [{"id": "a", "correct": [True], "long_cot": [True], "num_tokens": [1]}])
         rak.load_benchmark(q, "qfft_code")
+# ----------------------------------------------------------------------------------------------------------------
+# Issue 21 §6: --ci, bootstrap intervals over questions
+def noisy_runs(tmp_path, q, seed=3, n=4):
+    """base (short, ~60% right), sft (long, ~75%, longer), qfft (long mostly where base fails): q questions."""
+    rng = np.random.default_rng(seed)
+    base_c = rng.random((q, n)) < 0.6
+    runs = {"base": (base_c, rng.random((q, n)) < 0.1, rng.integers(100, 400, (q, n))),
+            "sft": (rng.random((q, n)) < 0.75, rng.random((q, n)) < 0.9, rng.integers(800, 3000, (q, n))),
+            "qfft": (base_c | (rng.random((q, n)) < 0.3), ~base_c ^ (rng.random((q, n)) < 0.2),
+                     rng.integers(200, 1500, (q, n)))}
+    dirs = {}
+    for name, (c, lc, t) in runs.items():
+        for bench in ("gsm8k", "math500"):
+            write_bench(tmp_path / name, bench, recs(c, lc, t))
+        dirs[name] = tmp_path / name
+    return dirs
+
+
+def test_bootstrap_with_unit_weights_is_the_point_estimate(tmp_path, monkeypatch):
+    """Every question drawn once: each resample reproduces the tables' own numbers (acc, tokens, long-CoT, RAK,
+    averages and Δ rows), so the bootstrap recomputes exactly the published metrics."""
+    dirs = noisy_runs(tmp_path, 30)
+    names, benches = list(dirs), ["gsm8k", "math500"]
+    data = {r: {b: rak.load_benchmark(dirs[r] / f"{b}.jsonl") for b in benches} for r in names}
+    monkeypatch.setattr(rak, "question_weights", lambda ids, k, seed, b: np.ones((k, len(ids)), np.float32))
+    boot = rak.bootstrap(data, names, benches, "base", "sft", "index", 3, 0)
+    for r in names:
+        for b in benches:
+            s = rak.summarize(data[r][b])
+            point = {"acc": s["acc"], "tokens": s["tokens"], "long_cot": s["long_cot"],
+                     "rak": rak.rak(data["base"][b], data[r][b], "index", "base", r, b)[0]}
+            for m, v in point.items():
+                assert np.allclose(boot[r][f"{b}_{m}"], v), (r, b, m, boot[r][f"{b}_{m}"][0], v)
+    assert np.allclose(boot["Δ qfft"]["avg_acc"], np.mean([rak.summarize(data["qfft"][b])["acc"]
+                                                           - rak.summarize(data["sft"][b])["acc"] for b in benches]))
+    k = rak.kappa_counts([3, 0], [1, 0], [2, 5], [4, 0])
+    assert k[0] == pytest.approx(rak.kappa(*_cells(3, 1, 2, 4))["kappa"]) and k[1] == 0.0  # p_e = 1 -> 0
+
+
+def _cells(tp, fn, fp, tn):
+    solvable = [True] * (tp + fn) + [False] * (fp + tn)
+    short = [True] * tp + [False] * fn + [True] * fp + [False] * tn
+    return np.array(solvable), np.array(short)
+
+
+def ci_widths(tmp_path, q, *extra):
+    dirs = noisy_runs(tmp_path / f"q{q}", q)
+    out = tmp_path / f"res{q}"
+    run_main(dirs, out, "--baseline", "sft", "--ci", "0.95", "--ci_resamples", "400", *extra)
+    return pd.read_csv(out / "table_qfft.csv").set_index("run"), out
+
+
+def test_ci_contains_the_point_estimate_and_shrinks_with_more_questions(tmp_path, capsys):
+    small, out = ci_widths(tmp_path, 25)
+    big, _ = ci_widths(tmp_path, 400)
+    cols = [c for c in small.columns if not c.endswith(("_lower", "_upper")) and f"{c}_lower" in small.columns]
+    assert {"gsm8k_acc", "gsm8k_tokens", "gsm8k_rak", "avg_acc", "avg_tokens", "avg_rak"} <= set(cols)
+    checked = 0
+    for t in (small, big):
+        for run in t.index:
+            for c in cols:
+                if np.isnan(t.loc[run, c]):
+                    continue
+                lo, v, hi = t.loc[run, f"{c}_lower"], t.loc[run, c], t.loc[run, f"{c}_upper"]
+                assert lo <= v + 1e-9 and v <= hi + 1e-9, (run, c, lo, v, hi)
+                checked += 1
+    assert checked >= 2 * 5 * len(cols) - 2 * len(cols) // 2, checked  # rows: 3 runs + 2 Δ rows
+    shrink = []
+    for run in ("base", "sft", "qfft", "Δ qfft"):
+        for c in ("gsm8k_acc", "gsm8k_tokens", "math500_rak", "avg_acc"):
+            w_small = small.loc[run, f"{c}_upper"] - small.loc[run, f"{c}_lower"]
+            w_big = big.loc[run, f"{c}_upper"] - big.loc[run, f"{c}_lower"]
+            shrink.append(w_big / w_small)
+            assert w_big < 0.6 * w_small, (run, c, w_small, w_big)  # 16x the questions: ~1/4 of the width
+    assert np.median(shrink) < 0.4, shrink
+    md = (out / "tables.md").read_text()
+    assert " ± " in md and "95% percentile bootstrap interval over questions (400 resamples, seed 0" in md
+    assert "$\\pm$" in (out / "table_qfft.tex").read_text()
+    assert "gsm8k_acc_lower" in (out / "table_upft.csv").read_text()
+    assert json.loads((out / "meta.json").read_text())["settings"]["ci"] == 0.95
+    capsys.readouterr()
+
+
+def test_ci_is_seeded(tmp_path, capsys):
+    dirs = noisy_runs(tmp_path, 20)
+    for name, extra in (("a", []), ("b", []), ("c", ["--seed", "1"])):
+        run_main(dirs, tmp_path / name, "--ci", "0.9", "--ci_resamples", "200", *extra)
+    a, b, c = ((tmp_path / x / "table_qfft.csv").read_text() for x in "abc")
+    assert a == b and a != c
+    with pytest.raises(common.DataError, match="--ci must be a confidence level"):
+        run_main(dirs, tmp_path / "d", "--ci", "95")
+    p = tmp_path / "a" / "table_qfft.csv"
+    assert "_lower" in p.read_text()
+    run_main(dirs, tmp_path / "e")  # without --ci: no interval columns, no ±
+    assert "_lower" not in (tmp_path / "e" / "table_qfft.csv").read_text()
+    assert "±" not in (tmp_path / "e" / "tables.md").read_text()
+    capsys.readouterr()

@@ -261,9 +261,11 @@ def test_zero3_two_processes_tiny_model_learns_and_vllm_loads(tmp_path, tokenize
     out = tmp_path / "o"
     deepspeed_run(2, "--model", tiny_model, "--data", tmp_path / "d.jsonl", "--output_dir", out,
                   "--global_batch_size", 4, "--epochs", 4, "--lr", 1e-4, "--warmup_ratio", 0,
-                  "--lr_scheduler", "constant", "--gradient_checkpointing", port=29641)
+                  "--lr_scheduler", "constant", "--gradient_checkpointing", "--eval_data", tmp_path / "d.jsonl",
+                  "--eval_steps", 2, port=29641)
     log = read_log(out)
     assert len(log) == 4 and log[-1]["loss"] < 0.8 * log[0]["loss"], [r["loss"] for r in log]
+    assert [r["step"] for r in log if "eval_loss" in r] == [2, 4]  # --eval_steps 2 (and the last step)
     assert all(0 < r["mfu"] < 1 and r["tokens_per_s"] > 0 for r in log)
     meta = json.loads((out / "meta.json").read_text())
     assert meta["finished"] and meta["world_size"] == 2 and "git_commit" in meta
@@ -279,8 +281,132 @@ def test_zero3_two_processes_tiny_model_learns_and_vllm_loads(tmp_path, tokenize
         final = train.micro_batch_loss(m, train.collate(idx, examples, train.token_weights(idx, examples, "sample"),
                                                         True, tokenizer.pad_token_id), "cpu", False).item()
     assert final < log[-1]["loss"]  # one more update than the last logged (pre-update) loss
+    # the eval loss (after the last update, 2 ranks, no gradient) is this loss: computed like the training loss
+    assert log[-1]["eval_loss"] == pytest.approx(final, rel=1e-4), (log[-1]["eval_loss"], final)
     # vLLM (CPU) loads it and generates
     p = subprocess.run([sys.executable, "-c", VLLM_SNIPPET.format(root=str(ROOT), model=str(out))], cwd=tmp_path,
                        env={**os.environ, "VLLM_CPU_KV_GB": "1", "TOKENIZERS_PARALLELISM": "false"},
                        capture_output=True, text=True, timeout=400)
     assert p.returncode == 0 and "GENERATED" in p.stdout, p.stderr[-3000:]
+
+
+# ------------------------------------------------------------------------------------------------ issue 21
+def test_lora_merge_equals_peft_and_adapter_round_trip(tmp_path, random_qwen2):
+    """--use_peft: add_lora wraps the model; merge_lora (what save_hf writes) gives the same logits as the LoRA
+    model, and as peft's own merge; the adapter saved beside it loads with peft."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+    base = AutoModelForCausalLM.from_pretrained(random_qwen2, dtype=torch.float32)
+    a = args_for(use_peft=True, lora_r=4, lora_alpha=8, lora_dropout=0.0, lora_target_modules=["all-linear"])
+    pm = train.add_lora(base, a).eval()
+    trainable = {n for n, p in pm.named_parameters() if p.requires_grad}
+    assert trainable and all(".lora_A." in n or ".lora_B." in n for n in trainable), sorted(trainable)[:4]
+    torch.manual_seed(0)
+    for n, p in pm.named_parameters():
+        if "lora_B" in n:
+            torch.nn.init.normal_(p, std=0.2)  # B starts at 0: make the update visible
+    ids = torch.tensor([[1, 5, 7, 9, 100, 200, 3]])
+    sd = pm.state_dict()
+    with torch.no_grad():
+        ref = pm(input_ids=ids).logits
+        pm.save_pretrained(tmp_path / "adapter", state_dict=sd)
+        merged = train.merge_lora(sd, a.lora_alpha / a.lora_r)
+        plain = AutoModelForCausalLM.from_pretrained(random_qwen2, dtype=torch.float32).eval()
+        assert set(merged) == set(plain.state_dict()) - {"lm_head.weight"} | ({"lm_head.weight"} & set(merged))
+        plain.load_state_dict(merged, strict=False)
+        got = plain(input_ids=ids).logits
+        base_logits = AutoModelForCausalLM.from_pretrained(random_qwen2, dtype=torch.float32)(input_ids=ids).logits
+        peft_merged = pm.merge_and_unload()(input_ids=ids).logits
+        again = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(random_qwen2, dtype=torch.float32),
+                                          tmp_path / "adapter").eval()(input_ids=ids).logits
+    assert (ref - base_logits).abs().max() > 1e-2  # the adapters change the model
+    for x in (got, peft_merged, again):
+        assert torch.allclose(x, ref, atol=1e-5), (x - ref).abs().max()
+    with pytest.raises(common.DataError, match="--use_peft: "):
+        train.add_lora(AutoModelForCausalLM.from_pretrained(random_qwen2),
+                       args_for(use_peft=True, lora_target_modules=["no_such_module"]))
+
+
+def test_eval_split_holds_out_whole_questions(tmp_path, tokenizer):
+    recs = write_data(tmp_path / "d.jsonl", tokenizer, n=20)
+    for i, r in enumerate(recs):
+        r["source_id"] = f"q{i // 2}"  # two examples per question (e.g. a UPFT prefix and a full response)
+    common.write_jsonl(tmp_path / "d.jsonl", recs)
+    a = args_for(eval_ratio=0.3, seed=1)
+    a.data = str(tmp_path / "d.jsonl")
+    tr, stats, ev = train.load_data(tokenizer, a)
+    held = train.held_out_groups(a.data, 0.3, 1)
+    assert len(held) == 3 and len(ev) == 6 and len(tr) == 14 and stats["examples"] == 14
+    assert stats["eval"] == {"examples": 6, "tokens": int(sum(len(e.ids) for e in ev)),
+                             "trained_tokens": int(sum(e.n_trained for e in ev)), "truncated": 0, "questions": 3}
+    assert held == train.held_out_groups(a.data, 0.3, 1) != train.held_out_groups(a.data, 0.3, 2)
+    a.eval_ratio = 0.99
+    with pytest.raises(common.DataError, match="nothing would be left to train on"):
+        train.load_data(tokenizer, a)
+    for kw, match in [({"eval_ratio": 0.1, "eval_data": "x"}, "give one of them"), ({"eval_ratio": 1.0}, r"\[0, 1\)"),
+                      ({"use_peft": True, "lora_r": 0}, "--lora_r")]:
+        with pytest.raises(common.DataError, match=match):
+            args_for(**kw)
+
+
+def test_tracker_and_plot_show_the_eval_loss(tmp_path, monkeypatch):
+    logged = []
+
+    class Run:
+        def add_scalar(self, k, v, step):
+            logged.append((k, v, step))
+    t = train.Tracker("none", tmp_path, {}, False)
+    t.kind, t.run = "tensorboard", Run()
+    t.log({"step": 3, "loss": 1.5, "eval_loss": 1.25, "grad_norm": None})
+    assert logged == [("train/loss", 1.5, 3), ("eval/loss", 1.25, 3)]
+    log = tmp_path / "train_log.jsonl"
+    common.write_jsonl(log, [{"step": 1, "loss": 2.0, "lr": 1e-3}, {"step": 2, "loss": 1.0, "lr": 1e-3,
+                                                                      "eval_loss": 1.5}])
+    assert train.plot_loss(log, tmp_path / "train_loss.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.slow
+def test_lora_zero3_two_processes_merged_output_evaluates(tmp_path, tokenizer, tiny_model):
+    """--use_peft under ZeRO-3 (2 processes) on SmolLM2-135M with a held-out split; DIR is a plain merged checkpoint
+    (what peft's adapter in DIR/adapter/ gives) that evaluate.py loads in vLLM, on a benchmark of its own."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+    write_data(tmp_path / "d.jsonl", tokenizer, n=8, seed=5, long=24)
+    out = tmp_path / "lora"
+    deepspeed_run(2, "--model", tiny_model, "--data", tmp_path / "d.jsonl", "--output_dir", out, "--use_peft",
+                  "--lora_r", 8, "--lora_alpha", 16, "--lora_target_modules", "q_proj,v_proj,down_proj",
+                  "--global_batch_size", 6, "--epochs", 3, "--lr", 5e-3, "--warmup_ratio", 0,
+                  "--lr_scheduler", "constant", "--eval_ratio", 0.25, port=29651)
+    log = read_log(out)
+    assert len(log) == 3 and log[-1]["loss"] < log[0]["loss"], [r["loss"] for r in log]
+    assert [r["step"] for r in log if "eval_loss" in r] == [1, 2, 3]  # every epoch end (one step per epoch)
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["finished"] and meta["settings"]["use_peft"] and meta["data"]["examples"] == 6
+    assert meta["data"]["eval"]["examples"] == 2
+    cfg = json.loads((out / "adapter" / "adapter_config.json").read_text())
+    assert cfg["r"] == 8 and cfg["lora_alpha"] == 16 and set(cfg["target_modules"]) == {"q_proj", "v_proj", "down_proj"}
+    merged, base = weights(out), weights(tiny_model)
+    assert merged.keys() == base.keys()  # a plain checkpoint: no LoRA keys
+    changed = {k for k in base if not torch.equal(merged[k].float(), base[k].float())}
+    assert changed and all(k.endswith(("q_proj.weight", "v_proj.weight", "down_proj.weight")) for k in changed), \
+        sorted(changed)[:5]
+    ids = torch.tensor([tokenizer("What is 2+3? Wait, let me check.")["input_ids"]])
+    with torch.no_grad():
+        m = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()(input_ids=ids).logits
+        pm = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32),
+                                       out / "adapter").eval()(input_ids=ids).logits
+    assert torch.allclose(m, pm, atol=2e-3), (m - pm).abs().max()  # fp32 on CPU: merge vs peft rounding only
+    # evaluate.py loads DIR as it is (vLLM), on a benchmark of its own (NAME=FILE: no registry edit)
+    bench = tmp_path / "mine.jsonl"
+    common.write_jsonl(bench, [{"id": "a", "question": "What is 2+3?", "answer": "5"},
+                               {"id": "b", "question": "Which is even?", "answer_type": "mc", "options": ["3", "4"],
+                                "answer": "4"}])
+    ev = tmp_path / "ev"
+    p = run_script("evaluate.py", "--model", out, "--benchmarks", f"mine={bench}", "--n", 1, "--temperature", 0,
+                   "--max_tokens", 16, "--output_dir", ev, env={"VLLM_CPU_KV_GB": "1"})
+    recs = common.read_jsonl(ev / "mine.jsonl")
+    assert [(r["id"], r["gold"], r["answer_type"]) for r in recs] == [("a", "5", "math"), ("b", "B", "mc")]
+    # loaded and generated (3 steps at lr 5e-3 teach this tiny model to end its turn at once: 0 tokens is fine)
+    assert all(len(r["responses"]) == 1 and r["num_tokens"][0] <= 16 and r["finish_reasons"][0] in ("stop", "length")
+               for r in recs), recs
+    assert "| mine" in p.stdout and json.loads((ev / "meta.json").read_text())["model"] == str(out)
