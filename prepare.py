@@ -589,35 +589,39 @@ def last_part(n: int, frac: float) -> set[int]:
     return set(range(int(round((1 - frac) * n, 9)), n))
 
 
-def build(args: Args, tokenizer, groups: list[dict], dropped: Counter) -> tuple[list[dict], dict]:
-    """All rules: the records to write and their statistics."""
-    check_args(args)
-    fmt = Formatter(tokenizer, resolve_system(args), args.qfft_eos, upft_end=args.mode == "upft" or
-                    args.preset == "upft")
-    if args.mode == "upft" and not fmt.eos:
-        raise common.DataError(f"{args.model}: the tokenizer has no EOS token, which UPFT's prefixes end with")
-    tokens = Tokens(tokenizer, args.batch_size, (fmt.eot, fmt.eos))
-    counts: Counter = Counter()
-    n_questions = len(groups)
-    if args.mode == "rft":
-        groups = grade_groups(groups, args.grade_workers, dropped)
-        examples = examples_of(groups, "all" if args.pairs else args.select, tokens, args.seed)
-    else:
-        examples = examples_of(groups, args.responses or "first", tokens, args.seed)
-    if args.mode == "noise":
-        examples = apply_noise(examples, groups, args.level, args.seed, dropped)
+# One builder per mode: the selected (question, response) examples -> records {id, type, prompt, completion,
+# source_id}, before the length rule. Every builder has the same signature, so `build` reads as: pick the mode's
+# builder, then cut to --max_len, then count. What a builder drops it counts in `dropped` (shown in the stats).
+def _record(ex: dict, typ: str, prompt: str, completion: str) -> dict:
+    return {"id": ex["id"], "type": typ, "prompt": prompt, "completion": completion, "source_id": ex["source_id"]}
 
-    if args.mode == "rft" and args.pairs:
-        return build_pairs(args, tokens, fmt, examples, dropped, n_questions)
 
-    if args.mode == "upft" and args.prefix_rule == "tokens":  # one pass: lengths (cached) and the first L ids
-        for ex, h in zip(examples, tokens.head([ex["response"] for ex in examples], args.prefix_len,
-                                               "response tokens")):
-            ex["head"] = h
-    # mix with --drop_long: N = the examples whose with-question form fits, so the split counts are exact. UPFT's
-    # prefix examples never depend on the length of the full response: its over-length full examples drop later.
-    if args.mode == "mix" and args.drop_long:
-        render = fmt.bare if args.mix_render == "bare" else fmt.sft
+def picked(args: Args, groups: list[dict], tokens: Tokens) -> list[dict]:
+    """The examples of every mode but rft: --responses of each question (unset: its first response)."""
+    return examples_of(groups, args.responses or "first", tokens, args.seed)
+
+
+def build_sft(args: Args, groups: list[dict], tokens: Tokens, fmt: Formatter, dropped: Counter,
+              counts: Counter) -> list[dict]:
+    """sft: the question through the chat template, the response (+ end of turn) as completion."""
+    return [_record(ex, "sft", *fmt.sft(ex["question"], ex["response"])) for ex in picked(args, groups, tokens)]
+
+
+def build_qfft(args: Args, groups: list[dict], tokens: Tokens, fmt: Formatter, dropped: Counter,
+               counts: Counter) -> list[dict]:
+    """qfft (QFFT §3.2): the bare response, no question and no markup."""
+    return [_record(ex, "qfft", *fmt.qfft(ex["response"])) for ex in picked(args, groups, tokens)]
+
+
+def build_mix(args: Args, groups: list[dict], tokens: Tokens, fmt: Formatter, dropped: Counter,
+              counts: Counter) -> list[dict]:
+    """mix (QFFT Fig. 2b): a seeded fraction --alpha keeps its question (sft rule, or `bare` text), the rest is
+    question-free (qfft rule)."""
+    examples = picked(args, groups, tokens)
+    render = fmt.bare if args.mix_render == "bare" else fmt.sft
+    # With --drop_long, N = the examples whose with-question form fits, so that round(alpha * N) is exact in the
+    # output (dropping after the split would skew it towards the shorter, question-free form).
+    if args.drop_long:
         full = [render(ex["question"], ex["response"]) for ex in examples]
         plen = tokens.lens([p for p, _ in full], "prompt tokens")
         clen = tokens.lens([c for _, c in full], "completion tokens")
@@ -625,46 +629,102 @@ def build(args: Args, tokenizer, groups: list[dict], dropped: Counter) -> tuple[
         if not all(keep):
             dropped["over_max_len"] += keep.count(False)
         examples = [ex for ex, ok in zip(examples, keep) if ok]
-
-    n = len(examples)
+    with_q = assign(len(examples), args.alpha, args.seed, "mix")
     records = []
-    if args.mode == "mix":
-        with_q = assign(n, args.alpha, args.seed, "mix")
-        render = fmt.bare if args.mix_render == "bare" else fmt.sft
-        for i, ex in enumerate(examples):
-            typ = "sft" if i in with_q else "qfft"
-            p, c = render(ex["question"], ex["response"]) if typ == "sft" else fmt.qfft(ex["response"])
-            records.append(_record(ex, typ, p, c))
-    elif args.mode == "upft":
-        full = last_part(n, args.full_ratio) if args.full_pick == "last" else assign(n, args.full_ratio, args.seed,
-                                                                                      "upft")
-        pre = [i for i in range(n) if i not in full]
-        if args.prefix_rule == "words":
-            made = word_prefix_completions(tokens, [examples[i]["response"] for i in pre], args.prefix_len, fmt.eos,
-                                           counts)
+    for i, ex in enumerate(examples):
+        if i in with_q:
+            records.append(_record(ex, "sft", *render(ex["question"], ex["response"])))
         else:
-            made = prefix_completions(tokens, [examples[i]["response"] for i in pre],
-                                      [examples[i]["head"] for i in pre], args.prefix_len, fmt.eos, counts)
-        comps = dict(zip(pre, made))
-        for i, ex in enumerate(examples):
-            if i in full:
-                records.append(_record(ex, "full", *fmt.sft(ex["question"], ex["response"])))
-            elif comps[i] is None:
-                dropped["prefix_not_stable"] += 1
-            else:
-                records.append(_record(ex, "prefix", fmt.prefix_prompt(ex["question"]), comps[i]))
-    else:
-        qfft = args.mode == "qfft" or (args.mode == "noise" and args.noise_form == "qfft")
-        for ex in examples:
-            p, c = fmt.qfft(ex["response"]) if qfft else fmt.sft(ex["question"], ex["response"])
-            rec = _record(ex, "qfft" if qfft else "sft", p, c)
-            if args.mode == "noise":
-                rec["noise"] = args.level
-                if "response_from" in ex:
-                    rec["response_from"] = ex["response_from"]
-            records.append(rec)
+            records.append(_record(ex, "qfft", *fmt.qfft(ex["response"])))
+    return records
 
-    # Length: what train.py will see. Over-length completions are cut by the official code's rule for their type.
+
+def build_upft(args: Args, groups: list[dict], tokens: Tokens, fmt: Formatter, dropped: Counter,
+               counts: Counter) -> list[dict]:
+    """upft (UPFT §3.3): a fraction --full_ratio of full responses (sft rule, UPFT's end), the rest the first
+    --prefix_len tokens of the response + EOS behind the prefix instruction. A prefix never depends on the length
+    of its full response: over-length full examples are cut (or dropped) later, by the length rule."""
+    if not fmt.eos:
+        raise common.DataError(f"{args.model}: the tokenizer has no EOS token, which UPFT's prefixes end with")
+    examples = picked(args, groups, tokens)
+    if args.prefix_rule == "tokens":  # one pass over every response: lengths (cached for later) and first L ids
+        for ex, h in zip(examples, tokens.head([ex["response"] for ex in examples], args.prefix_len,
+                                               "response tokens")):
+            ex["head"] = h
+    n = len(examples)
+    full = last_part(n, args.full_ratio) if args.full_pick == "last" else assign(n, args.full_ratio, args.seed,
+                                                                                  "upft")
+    pre = [i for i in range(n) if i not in full]
+    if args.prefix_rule == "words":
+        made = word_prefix_completions(tokens, [examples[i]["response"] for i in pre], args.prefix_len, fmt.eos,
+                                       counts)
+    else:
+        made = prefix_completions(tokens, [examples[i]["response"] for i in pre],
+                                  [examples[i]["head"] for i in pre], args.prefix_len, fmt.eos, counts)
+    comps = dict(zip(pre, made))
+    records = []
+    for i, ex in enumerate(examples):
+        if i in full:
+            records.append(_record(ex, "full", *fmt.sft(ex["question"], ex["response"])))
+        elif comps[i] is None:  # no prefix re-tokenizes to its own ids (see Tokens.stable_prefix)
+            dropped["prefix_not_stable"] += 1
+        else:
+            records.append(_record(ex, "prefix", fmt.prefix_prompt(ex["question"]), comps[i]))
+    return records
+
+
+def build_rft(args: Args, groups: list[dict], tokens: Tokens, fmt: Formatter, dropped: Counter,
+              counts: Counter) -> list[dict]:
+    """rft (UPFT's RFT baseline; SFT-Shortest with --select shortest): only responses whose final answer verifies
+    against the gold answer, --select of them per question (sft rule); with --pairs, DPO pairs instead."""
+    groups = grade_groups(groups, args.grade_workers, dropped)
+    if args.pairs:
+        return pair_records(tokens, fmt, examples_of(groups, "all", tokens, args.seed), dropped)
+    return [_record(ex, "sft", *fmt.sft(ex["question"], ex["response"]))
+            for ex in examples_of(groups, args.select, tokens, args.seed)]
+
+
+def build_noise(args: Args, groups: list[dict], tokens: Tokens, fmt: Formatter, dropped: Counter,
+                counts: Counter) -> list[dict]:
+    """noise (QFFT §6.2, levels II-IV): the responses made noisy (apply_noise), then the --noise_form rule. Each
+    record keeps its level, and at level IV the question its response came from."""
+    records = []
+    for ex in apply_noise(picked(args, groups, tokens), groups, args.level, args.seed, dropped):
+        p, c = fmt.qfft(ex["response"]) if args.noise_form == "qfft" else fmt.sft(ex["question"], ex["response"])
+        rec = _record(ex, args.noise_form, p, c)
+        rec["noise"] = args.level
+        if "response_from" in ex:
+            rec["response_from"] = ex["response_from"]
+        records.append(rec)
+    return records
+
+
+BUILDERS = {"sft": build_sft, "qfft": build_qfft, "mix": build_mix, "upft": build_upft, "rft": build_rft,
+            "noise": build_noise}
+
+
+def build(args: Args, tokenizer, groups: list[dict], dropped: Counter) -> tuple[list[dict], dict]:
+    """All rules: the mode's builder makes the records, the length rule cuts them to --max_len; returns the
+    records to write and their statistics."""
+    check_args(args)
+    # UPFT's code ends full examples its own way (Formatter.sft); an sft run with --preset upft is UPFT's SFT
+    # baseline, trained by the same code, so it ends the same way.
+    fmt = Formatter(tokenizer, resolve_system(args), args.qfft_eos, upft_end=args.mode == "upft" or
+                    args.preset == "upft")
+    tokens = Tokens(tokenizer, args.batch_size, (fmt.eot, fmt.eos))
+    counts: Counter = Counter()
+    n_questions = len(groups)  # before rft's grading leaves some without a response
+    records = BUILDERS[args.mode](args, groups, tokens, fmt, dropped, counts)
+    fit = fit_pairs if args.pairs else fit_length
+    kept = fit(args, tokens, fmt, records, dropped, counts)
+    return kept, make_stats(args, tokens, kept, dropped, counts, n_questions)
+
+
+def fit_length(args: Args, tokens: Tokens, fmt: Formatter, records: list[dict], dropped: Counter,
+               counts: Counter) -> list[dict]:
+    """The length rule: what train.py will see. An example over --max_len is dropped with --drop_long, else its
+    completion is cut by the official code's rule for its type (truncate_completion); one whose prompt alone does
+    not fit is dropped."""
     plen = tokens.lens([r["prompt"] for r in records], "prompt tokens")
     clen = tokens.lens([r["completion"] for r in records], "completion tokens")
     kept = []
@@ -673,6 +733,7 @@ def build(args: Args, tokenizer, groups: list[dict], dropped: Counter) -> tuple[
             if args.drop_long:
                 dropped["over_max_len"] += 1
                 continue
+            # UPFT's SFTDataset forces the last token of a cut example to EOS; LLaMA-Factory (QFFT) adds nothing
             eos = fmt.eos if fmt.upft_end and r["type"] in ("sft", "full", "prefix") else ""
             c = truncate_completion(tokens, r["completion"], args.max_len - a, eos) if a < args.max_len else None
             if c is None:
@@ -681,15 +742,10 @@ def build(args: Args, tokenizer, groups: list[dict], dropped: Counter) -> tuple[
             r["completion"] = c
             counts["truncated"] += 1
         kept.append(r)
-    return kept, make_stats(args, tokens, kept, dropped, counts, n_questions)
+    return kept
 
 
-def _record(ex: dict, typ: str, prompt: str, completion: str) -> dict:
-    return {"id": ex["id"], "type": typ, "prompt": prompt, "completion": completion, "source_id": ex["source_id"]}
-
-
-def build_pairs(args, tokens: Tokens, fmt: Formatter, examples: list[dict], dropped: Counter,
-                n_questions: int) -> tuple[list[dict], dict]:
+def pair_records(tokens: Tokens, fmt: Formatter, examples: list[dict], dropped: Counter) -> list[dict]:
     """DPO/SimPO pairs: chosen = the shortest correct response, rejected = the longest (in tokens)."""
     by_q: dict[str, list[dict]] = {}
     for ex in examples:
@@ -701,19 +757,25 @@ def build_pairs(args, tokens: Tokens, fmt: Formatter, examples: list[dict], drop
         if len(exs) < 2:
             dropped["pair_fewer_than_2_correct"] += 1
             continue
-        best = min(range(len(exs)), key=lambda i: (ls[i], i))
+        best = min(range(len(exs)), key=lambda i: (ls[i], i))  # ties: the earliest response
         worst = max(range(len(exs)), key=lambda i: (ls[i], -i))
-        if ls[best] == ls[worst]:
+        if ls[best] == ls[worst]:  # nothing for a length preference to learn
             dropped["pair_no_length_difference"] += 1
             continue
         p, chosen = fmt.sft(exs[best]["question"], exs[best]["response"])
         _, rejected = fmt.sft(exs[worst]["question"], exs[worst]["response"])
         records.append({"id": qid, "type": "pair", "prompt": p, "chosen": chosen, "rejected": rejected,
                         "source_id": qid})
+    return records
+
+
+def fit_pairs(args: Args, tokens: Tokens, fmt: Formatter, records: list[dict], dropped: Counter,
+              counts: Counter) -> list[dict]:
+    """The length rule for pairs: prompt + the longer side within --max_len; each side over it is cut."""
     plen = tokens.lens([r["prompt"] for r in records], "prompt tokens")
     chl = tokens.lens([r["chosen"] for r in records], "chosen tokens")
     rjl = tokens.lens([r["rejected"] for r in records], "rejected tokens")
-    kept, counts = [], Counter()
+    kept = []
     for r, a, b, c in zip(records, plen, chl, rjl):
         if a + max(b, c) > args.max_len:
             if args.drop_long or a >= args.max_len:
@@ -727,7 +789,7 @@ def build_pairs(args, tokens: Tokens, fmt: Formatter, examples: list[dict], drop
                 continue
             counts["truncated"] += 1
         kept.append(r)
-    return kept, make_stats(args, tokens, kept, dropped, counts, n_questions)
+    return kept
 
 
 def make_stats(args: Args, tokens: Tokens, records: list[dict], dropped: Counter, counts: Counter,
