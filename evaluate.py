@@ -466,18 +466,13 @@ def result_files(out_dir: Path) -> list[Path]:
 
 def plan(args: Args, out_dir: Path, settings: dict) -> tuple[bool, set[str]]:
     """(fresh, finished benchmarks). Decides resume / refuse / replace without changing anything on disk."""
-    meta_path = out_dir / "meta.json"
     existing = result_files(out_dir)
-    if meta_path.exists() and not existing:
-        return True, set()  # a run that failed before its first result: nothing to resume or to protect
-    if not meta_path.exists():
-        if existing and not args.overwrite:
-            raise DataError(f"{out_dir} holds evaluation output ({', '.join(p.name for p in existing)}) but no "
-                            f"meta.json: pass --overwrite to replace it, or choose another --output_dir")
-        return True, set()
-    if not runs.check_settings(meta_path, settings, args.overwrite, f"evaluation output {out_dir}"):
-        return True, set()  # --overwrite: each old result stays until its replacement is written
-    meta = common.read_json(meta_path, "metadata")
+    meta = runs.claim_output(out_dir / "meta.json", settings, args.overwrite, f"evaluation output {out_dir}",
+                             made=bool(existing), unowned=f"{out_dir} holds evaluation output "
+                             f"({', '.join(p.name for p in existing)}) but no meta.json: pass --overwrite to replace "
+                             f"it, or choose another --output_dir")
+    if meta is None:
+        return True, set()  # nothing to resume; with --overwrite each old result stays until its replacement is written
     if "finished" in meta:
         return False, set(meta["finished"])
     return False, {b for b in sources.BENCHMARKS if final_path(out_dir, b).exists()}  # written before "finished"

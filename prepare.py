@@ -888,7 +888,8 @@ def main():
     models.set_chat_template(tokenizer, args.chat_template)
     settings = {k: v for k, v in dataclasses.asdict(args).items() if k not in NOT_SETTINGS}
     settings.update(fingerprint(args, tokenizer))
-    if runs.check_settings(meta_path, settings, args.overwrite, f"{out}") and out.exists() and stats_path.exists():
+    if runs.claim_output(meta_path, settings, args.overwrite, f"{out}") is not None and out.exists() \
+            and stats_path.exists():
         print(f"{out} is up to date (same settings and input); pass --overwrite to rebuild it")
         return push()
 

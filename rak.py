@@ -597,7 +597,7 @@ def main(argv=None):
     settings = {"runs": {r: str(Path(d).resolve()) for r, d in run_dirs.items()}, "reference": ref,
                 "baseline": base, "benchmarks": benches, "solvable": args.solvable, "alpha": args.alpha,
                 "beta": args.beta, "gamma": args.gamma, "train_stats": stats_files}
-    runs.check_settings(out / "meta.json", settings, args.overwrite, f"{out}")
+    runs.claim_output(out / "meta.json", settings, args.overwrite, f"{out}")  # tables are cheap: always rewritten
     data = {r: {b: load_benchmark(files[r][b]) for b in benches if b in files[r]} for r in names}
     for r in names:
         for b in benches:

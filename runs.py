@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from common import DataError, ROOT
+from common import DataError, ROOT, read_json
 
 # ----------------------------------------------------------------------------------------------------------------
 # Run metadata: every stage writes its arguments and the git commit next to its output, and refuses to mix
@@ -79,6 +79,32 @@ def check_settings(meta_path, settings: dict, overwrite: bool, what: str) -> boo
         raise DataError(f"{what} was made with other settings ({'; '.join(diff)}); "
                         f"pass --overwrite to replace it, or choose another output")
     return True
+
+
+def claim_output(meta_path, settings: dict, overwrite: bool, what: str, *, made: bool = True,
+                 unowned: Optional[str] = None) -> Optional[dict]:
+    """Claim an output for this run, before anything is touched: resume it, refuse it, or start afresh. Every stage
+    calls it once, after its lock (lock_output) and before it writes; it changes nothing on disk.
+
+    made: whether the earlier run left output besides its metadata (what that is, the stage knows). Metadata with
+    nothing beside it was left by a run that failed before its first result: it protects nothing, so it must not
+    block the corrected command (ignored: the caller starts afresh and rewrites it).
+    unowned: the message to refuse with when there is output but no metadata (None: such output is not checked;
+    stages that write their output atomically and their metadata last rebuild it).
+
+    Returns the earlier run's metadata when it was made with the same `settings` (resume, or "already done"), None
+    when the caller starts afresh (nothing there, a failed start, or --overwrite). Raises DataError when it was
+    made with other settings or by an unknown run (check_settings' messages), unless --overwrite."""
+    meta_path = Path(meta_path)
+    if not meta_path.exists():
+        if made and unowned and not overwrite:
+            raise DataError(unowned)
+        return None
+    if not made:  # a failed start
+        return None
+    if not check_settings(meta_path, settings, overwrite, what):
+        return None
+    return read_json(meta_path, "metadata")
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -541,9 +541,8 @@ def plan_run(args: Args) -> Optional[Plan]:
                     model_fingerprint=runs.model_fingerprint(args.model))
     # Every rank reads the same files; rank 0 writes. A meta.json with neither a checkpoint nor a finished model is
     # left by a run that failed before its first save: it protects nothing and does not block a corrected command.
-    stale = meta_path.exists() and not (ckdir / "latest").exists() and not (out / "config.json").exists()
-    same = runs.check_settings(meta_path, settings, args.overwrite or stale, f"training output {out}")
-    meta_old = common.read_json(meta_path, "metadata") if same else {}
+    made = (ckdir / "latest").exists() or (out / "config.json").exists()
+    meta_old = runs.claim_output(meta_path, settings, args.overwrite, f"training output {out}", made=made) or {}
     has_ck = (ckdir / "latest").exists() and not args.overwrite
     if meta_old.get("finished") and not args.overwrite:
         print(f"{out}: already trained with these settings (pass --overwrite to train again)")
