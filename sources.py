@@ -50,26 +50,32 @@ class Source:
     level: Optional[str] = None     # difficulty field (MATH500)
     format_question: Optional[Callable[[dict], str]] = None  # e.g. multiple-choice options
     kind: str = "benchmark"         # "benchmark" or "pool" (training questions)
+    label: str = ""                 # the name in tables and figures (rak.py; as the papers print it); "": the key
 
 
-REGISTRY: dict[str, Source] = {
-    "gsm8k": Source("benchmarks/gsm8k/test.jsonl", "question", _gsm8k_gold),
+REGISTRY: dict[str, Source] = {  # benchmarks in the order of the papers' table columns (rak.py), then pools
+    "gsm8k": Source("benchmarks/gsm8k/test.jsonl", "question", _gsm8k_gold, label="GSM8K"),
     "math500": Source("benchmarks/math500/test.jsonl", "problem", lambda r: answer_str(r["answer"]),
-                      id_field="unique_id", level="level"),
-    "aime24": Source("benchmarks/aime24/test.jsonl", "problem", lambda r: answer_str(r["answer"]), id_field="id"),
-    "aime25": Source("benchmarks/aime25/test.jsonl", "problem", lambda r: answer_str(r["answer"]), id_field="id"),
-    "amc23": Source("benchmarks/amc23/test.jsonl", "problem", lambda r: answer_str(r["answer"]), id_field="id"),
+                      id_field="unique_id", level="level", label="MATH500"),
+    "aime24": Source("benchmarks/aime24/test.jsonl", "problem", lambda r: answer_str(r["answer"]), id_field="id",
+                     label="AIME24"),
+    "aime25": Source("benchmarks/aime25/test.jsonl", "problem", lambda r: answer_str(r["answer"]), id_field="id",
+                     label="AIME25"),
+    "amc23": Source("benchmarks/amc23/test.jsonl", "problem", lambda r: answer_str(r["answer"]), id_field="id",
+                    label="AMC23"),
     # Minerva: the gold is the last \boxed{} of the reference solution (Qwen2.5-Math's harness) ...
-    "minerva": Source("benchmarks/minerva_math/test.jsonl", "problem", lambda r: last_boxed(r["solution"])),
+    "minerva": Source("benchmarks/minerva_math/test.jsonl", "problem", lambda r: last_boxed(r["solution"]),
+                      label="Minerva"),
     # ... or LIMO's short extracted answers for the same 272 questions in the same order.
     "minerva_short": Source("benchmarks/minerva_math/limo_minerva_qa.jsonl", "question",
-                            lambda r: answer_str(r["answer"])),
-    "mmlu_pro": Source("benchmarks/mmlu_pro_test.jsonl.gz", "question", lambda r: r["answer"], id_field="question_id",
-                       answer_type="mc", format_question=lambda r: _mc_question(r["question"], r["options"])),
+                            lambda r: answer_str(r["answer"]), label="Minerva"),
     # GPQA diamond is never committed: --data PATH, $GPQA_PATH, or the gated hub dataset Idavidrein/gpqa.
-    "gpqa": Source("", "question", lambda r: r["gold"], id_field="id", answer_type="mc"),
+    "gpqa": Source("", "question", lambda r: r["gold"], id_field="id", answer_type="mc", label="GPQA"),
     # UPFT's GPQA: the same 198 questions without options; gold = the correct answer's text (LLM judge: --judge)
-    "gpqa_open": Source("", "question", lambda r: r["gold"], id_field="id"),
+    "gpqa_open": Source("", "question", lambda r: r["gold"], id_field="id", label="GPQA (open)"),
+    "mmlu_pro": Source("benchmarks/mmlu_pro_test.jsonl.gz", "question", lambda r: r["answer"], id_field="question_id",
+                       answer_type="mc", format_question=lambda r: _mc_question(r["question"], r["options"]),
+                       label="MMLU-Pro"),
     # Training question pools
     "prm12k": Source("train/prm12k_questions.jsonl.gz", "problem", lambda r: answer_str(r["answer"]), kind="pool"),
     "math_train": Source("train/math_train_7500.jsonl.gz", "problem", lambda r: answer_str(r["answer"]), kind="pool"),
@@ -77,6 +83,12 @@ REGISTRY: dict[str, Source] = {
 }
 BENCHMARKS = [k for k, v in REGISTRY.items() if v.kind == "benchmark"]
 GPQA_SEED = 0  # choices are shuffled per question with this seed: the same letters in every run
+
+
+def label(name: str) -> str:
+    """A benchmark's name in tables and figures: its registry label, else the name itself (a file of another name)."""
+    src = REGISTRY.get(name)
+    return src.label if src is not None and src.label else name
 
 
 def stable_id(question: str) -> str:
