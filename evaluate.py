@@ -606,7 +606,12 @@ def check_model(args: Args):
     """Model and tokenizer load (the tokenizer is returned), before any output is touched."""
     from transformers import AutoConfig
     tok = models.load_tokenizer(args.model, args.trust_remote_code)
+    own = tok.chat_template
     models.set_chat_template(tok, args.chat_template)
+    if args.chat_template and own and tok.chat_template != own:  # a checkpoint of train.py carries its data's template
+        print(f"warning: --chat_template {args.chat_template} differs from {args.model}'s own chat template: prompts "
+              f"use {args.chat_template} (right for a base model evaluated with another template; a model trained "
+              f"by train.py already carries the template of its training data)", file=sys.stderr)
     try:
         AutoConfig.from_pretrained(args.model, trust_remote_code=args.trust_remote_code)
     except Exception as e:

@@ -902,7 +902,9 @@ def main():
     meta_path.unlink(missing_ok=True)  # meta is written last: a rebuild killed half-way never looks finished
     common.write_jsonl(out, records)
     common.write_json(stats_path, stats)
-    common.write_json(meta_path, runs.run_info(args, settings=settings,
+    # the template text itself, not only --chat_template's path: train.py saves it into the checkpoint, so that the
+    # trained model renders prompts exactly as its training data was rendered (and the file may move or change)
+    common.write_json(meta_path, runs.run_info(args, settings=settings, chat_template=tokenizer.chat_template,
                                                  versions=runs.versions("transformers", "tokenizers")))
     types = ", ".join(f"{k} {v}" for k, v in stats["types"].items())
     print(f"wrote {out}: {stats['examples']} examples ({types}) from {stats['questions_out']} questions; "

@@ -37,6 +37,7 @@ import math
 import os
 import shutil
 import socket
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -228,6 +229,28 @@ def load_examples(tok, path: str, max_len: int):
              "by_type": by_type, "tokens": int(sum(len(e.ids) for e in examples)),
              "trained_tokens": int(sum(e.n_trained for e in examples))}
     return examples, stats
+
+
+def prepared_by(data: str) -> dict:
+    """What prepare.py decided for DATA, read from its DATA.meta.json: `chat_template` (the template text the prompts
+    were rendered with) and `max_len`. {} for data that prepare.py did not make (no such sidecar)."""
+    p = Path(f"{data}.meta.json")
+    if not p.is_file():
+        return {}
+    meta = common.read_json(p, "metadata")
+    made = meta.get("args") if isinstance(meta, dict) else None
+    if not isinstance(made, dict) or "mode" not in made or "max_len" not in made:
+        return {}  # another stage's sidecar (sample.py's): it decided nothing about training text
+    out = {"meta": str(p), "max_len": made["max_len"]}
+    if "chat_template" in meta:
+        out["chat_template"] = meta["chat_template"]
+    elif made.get("chat_template"):  # data prepared before prepare.py recorded the text: its --chat_template FILE
+        try:
+            out["chat_template"] = Path(made["chat_template"]).read_text()
+        except OSError:
+            print(f"warning: {data} was rendered with the chat template {made['chat_template']}, which cannot be "
+                  f"read now: the checkpoint keeps the base model's template", file=sys.stderr)
+    return out
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -659,6 +682,12 @@ def main():
     warnings.filterwarnings("ignore", message=r".*is deprecated. Please use `torch.distributed")
     args = common.parse_args(Args, __doc__)
     runs.exit_with_launcher()  # under deepspeed/torchrun: this rank dies with its launcher, even on kill -9
+    prepared = prepared_by(args.data)
+    # prepare.py cut (or dropped) its examples at its --max_len: training at the same length keeps them as made,
+    # so the data's value comes before the preset's
+    max_len_from = "--max_len" if args.max_len is not None else None
+    if args.max_len is None and prepared.get("max_len"):
+        args.max_len, max_len_from = prepared["max_len"], prepared["meta"]
     args = resolve(args)
     plan = plan_run(args)  # everything that can be refused, before any process group or model
     if plan is None:
@@ -667,6 +696,12 @@ def main():
 
     # Data first: bad input fails fast, before any process group or model
     tok = models.load_tokenizer(args.model, args.trust_remote_code)
+    # The checkpoint carries the chat template its training data was rendered with (save_hf saves `tok`), so that
+    # apply_chat_template on the trained model (vLLM, evaluate.py) renders prompts exactly as training saw them,
+    # with no --chat_template to repeat; its end of turn also becomes a stop token (save_hf).
+    template_from = None
+    if prepared.get("chat_template") is not None and prepared["chat_template"] != tok.chat_template:
+        tok.chat_template, template_from = prepared["chat_template"], prepared["meta"]
     examples, stats = load_examples(tok, args.data, args.max_len)
 
     init_distributed()
@@ -682,6 +717,11 @@ def main():
         hp = {k: getattr(args, k) for k in BASE}
         log(f"preset {args.preset or 'none'}: " + ", ".join(f"{k}={v}" for k, v in hp.items())
             + f", loss_reduction={args.loss_reduction}, packing={args.packing}, world_size={world}")
+        if max_len_from != "--max_len":
+            log(f"max_len {args.max_len}: from {max_len_from or ('the preset' if args.preset else 'the default')}")
+        if template_from:
+            log(f"chat template: the one the data was rendered with ({template_from}), not {args.model}'s own; "
+                f"the checkpoint keeps it")
     if stats["dropped_no_completion_tokens"]:
         log(f"dropped {stats['dropped_no_completion_tokens']} examples with no completion tokens after truncation")
     log(f"{stats['examples']} examples, {stats['tokens']} tokens ({stats['trained_tokens']} trained), "
@@ -717,6 +757,7 @@ def main():
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         common.write_json(meta_path, runs.run_info(args, settings=plan.settings, data=stats, finished=False,
+                                                     chat_template_from=template_from or args.model,
                                                      world_size=world, versions=runs.versions(
                                                          "torch", "transformers", "deepspeed")))
         if log_path.exists():  # drop lines of steps that a kill lost

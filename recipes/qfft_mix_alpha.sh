@@ -46,7 +46,7 @@ for a in $ALPHAS; do
   python prepare.py --mode mix --alpha "$a" --mix_render "$MIX_RENDER" --preset qfft --system_prompt "$SFT_SYSTEM" \
     --input "$SRC" --model "$MODEL" --max_len "$MAX_LEN" --output "$OUT/mix-$a.jsonl"
   train --model "$MODEL" --data "$OUT/mix-$a.jsonl" --output_dir "$OUT/mix-$a-model" --preset qfft \
-    --epochs "$EPOCHS" --global_batch_size "$GLOBAL_BATCH" --max_len "$MAX_LEN" --deepspeed "$DEEPSPEED" $GRAD_CKPT
+    --epochs "$EPOCHS" --global_batch_size "$GLOBAL_BATCH" --deepspeed "$DEEPSPEED" $GRAD_CKPT
   python evaluate.py --model "$OUT/mix-$a-model" --protocol qfft --benchmarks "$BENCHMARKS" --n "$EVAL_N" \
     --max_tokens "$EVAL_MAX_TOKENS" $(limit "$EVAL_LIMIT") --tensor_parallel_size "$TP" --output_dir "$OUT/eval-mix-$a"
   runs="$runs alpha$a=$OUT/eval-mix-$a"

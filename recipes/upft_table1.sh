@@ -87,15 +87,16 @@ python prepare.py --mode sft --preset upft --system_prompt "$SYSTEM_PROMPT" $CHA
 for method in upft sft; do
   step "train $method (UPFT App. B hyperparameters: lr $LR, $EPOCHS epochs, global batch $GLOBAL_BATCH)"
   train --model "$MODEL" --data "$OUT/$method.jsonl" --output_dir "$OUT/$method-model" --preset upft \
-    --lr "$LR" --epochs "$EPOCHS" --global_batch_size "$GLOBAL_BATCH" --max_len "$MAX_LEN" --deepspeed "$DEEPSPEED"
+    --lr "$LR" --epochs "$EPOCHS" --global_batch_size "$GLOBAL_BATCH" --deepspeed "$DEEPSPEED"
 done
 
 for run in base sft upft; do
-  model=$MODEL; [ "$run" = base ] || model=$OUT/$run-model
+  # a trained model carries the chat template of its data (train.py): only the base model needs the flag
+  model=$MODEL tpl=$CHAT_TEMPLATE_ARGS; [ "$run" = base ] || model=$OUT/$run-model tpl=""
   step "evaluate $run (UPFT protocol: greedy, n=$EVAL_N, $EVAL_MAX_TOKENS tokens, context $EVAL_MAX_MODEL_LEN${JUDGE:+, judge $JUDGE})"
   python evaluate.py --model "$model" --protocol upft --benchmarks "$BENCHMARKS" --n "$EVAL_N" \
     --max_tokens "$EVAL_MAX_TOKENS" --max_model_len "$EVAL_MAX_MODEL_LEN" --system_prompt "$EVAL_SYSTEM_PROMPT" \
-    $CHAT_TEMPLATE_ARGS $(limit "$EVAL_LIMIT") --tensor_parallel_size "$TP" --output_dir "$OUT/eval-$run" \
+    $tpl $(limit "$EVAL_LIMIT") --tensor_parallel_size "$TP" --output_dir "$OUT/eval-$run" \
     ${JUDGE:+--judge "$JUDGE" --judge_tensor_parallel_size "$TP"} $([ "$TRUST_JUDGE" = 1 ] && echo --trust_remote_code)
 done
 

@@ -508,3 +508,17 @@ def test_tiny_model_as_judge(tmp_path, tiny_model):
     p = run_script("evaluate.py", "--grade_only", "--output_dir", out, "--judge", tiny_model, env=ENV)
     assert "every response already judged" in p.stdout and "Loading" not in p.stderr  # re-used, no engine
     assert (out / "gpqa_open.jsonl").read_text() == before
+
+
+def test_chat_template_other_than_the_models_own_warns(tiny_model, tokenizer, tmp_path, capsys):
+    """--chat_template that differs from the model's own is used, with a warning (a checkpoint of train.py already
+    carries the template of its data); the model's own template given as a file is silent."""
+    tok = evaluate.check_model(evaluate.Args(model=tiny_model, chat_template="configs/upft_llama31.jinja"))
+    err = capsys.readouterr().err
+    assert "warning: --chat_template configs/upft_llama31.jinja differs from" in err and "<|eot_id|>" in \
+        models.render_prompt(tok, "q", None)
+    own = tmp_path / "own.jinja"
+    own.write_text(tokenizer.chat_template)
+    evaluate.check_model(evaluate.Args(model=tiny_model, chat_template=str(own)))
+    evaluate.check_model(evaluate.Args(model=tiny_model))
+    assert "warning" not in capsys.readouterr().err

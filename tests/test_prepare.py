@@ -496,6 +496,9 @@ def test_chat_template_file(tokenizer, tiny_model, sample, tmp_path, monkeypatch
                                 "<|end_header_id|>\n\nWhat is 0+0?<|eot_id|><|start_header_id|>assistant"
                                 "<|end_header_id|>\n\n")
     assert "Cutting Knowledge" not in r["prompt"] and r["completion"] == sentence(0) + "<|eot_id|>"
+    # the template text itself goes to the meta: train.py saves it into the checkpoint
+    meta = json.loads((tmp_path / "t.jsonl.meta.json").read_text())
+    assert meta["chat_template"] == (common.ROOT / "configs" / "upft_llama31.jinja").read_text()
     bad = tmp_path / "bad.jinja"
     bad.write_text("{% if messages %}\nno end")
     for path, msg in ((bad, r"bad\.jinja:\d+: not a valid Jinja chat template"),
