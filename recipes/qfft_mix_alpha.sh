@@ -9,7 +9,7 @@
 # "over 50%" Short CoT; α = 0.1%: 40.95% Short CoT; α = 1%: 13.24%. Short CoT = 100 - the Long-CoT column below.
 # MIX_RENDER: chat (default: the with-question examples in the model's chat template, as an SFT run renders them)
 # or bare (question + response with no markup: what a single LLaMA-Factory run with `qwen_qfft` makes of them).
-# The paper does not say which; docs/paper_numbers.md ("Issue 12").
+# The paper does not say which; docs/paper_numbers.md ("Where the papers and their code disagree").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source recipes/lib.sh

@@ -10,7 +10,8 @@
 # Prompts per model family as UPFT's code (recipes/lib.sh upft_prompt): Llama-3.1 with configs/upft_llama31.jinja
 # and no system prompt, R1-distill with configs/upft_deepseek_r1.jinja and none, Qwen2.5-Math its own template
 # with the eval prompt; the same in sampling, training data and evaluation. PREFIX_RULE=words FULL_PICK=last give
-# UPFT's code's prefix text and full-trace choice instead of the paper's (docs/paper_numbers.md, "Issue 12").
+# UPFT's code's prefix text and full-trace choice instead of the paper's (docs/paper_numbers.md, "Where the papers and
+# their code disagree").
 # GPQA diamond is gated and never committed: export GPQA_PATH=/path/gpqa_diamond.jsonl (or log in to the hub).
 # UPFT's GPQA column is OPEN-ENDED (gpqa_open: no options; 8.6-17.7%, below 4-way chance) and judged by an LLM
 # (rule OR judge): JUDGE=KbsdJames/Omni-Judge (its remote-code prompt needs TRUST_JUDGE=1; else our built-in

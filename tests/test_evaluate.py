@@ -213,7 +213,7 @@ def test_end_to_end_tiny(tmp_path, tiny_model):
 
 
 # ------------------------------------------------------------------------------------------------------------
-# Resume per question, and no result deleted before its replacement is written (issue 15 §5, §7). generate() is
+# Resume per question, and no result deleted before its replacement is written. generate() is
 # replaced by a stand-in that answers through the real partial-file path (keep_finished / on_done): no engine.
 class Killed(Exception):
     pass
@@ -344,7 +344,7 @@ def test_output_dir_loads_with_datasets_as_documented(tmp_path):
     assert list(ds["gsm8k"]["correct"]) == [[False]] and list(ds["gsm8k"]["level"]) == [None]
 
 
-# Issue 11: extraction per protocol, per-benchmark n, UPFT's per-family context, judge, token counts
+# Each paper's protocol: extraction, per-benchmark n, UPFT's per-family context, judge, token counts
 def test_protocol_extraction_and_n_by_benchmark():
     q = evaluate.resolve_protocol(evaluate.Args(model="m"))
     assert q.extraction == "box" and q.max_model_len is None

@@ -1,5 +1,5 @@
-"""One run per output (locks, issue 15 §4) and no silently stale results (input fingerprints, issue 15 §6).
-Fast: no engine, no model load (the stages refuse before either)."""
+"""One run per output (locks), one rule for earlier output (resume, refuse or start afresh) and no silently stale
+results (input fingerprints); docs/runs.md. Fast: no engine, no model load (the stages refuse before either)."""
 import json
 import os
 import signal

@@ -407,7 +407,8 @@ def test_cli_subprocess(tiny_model, sample, tmp_path, monkeypatch):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Issue 12: the official code's rules (UPFT 1KE-JI/UPFT, QFFT's LLaMA-Factory fork)
+# Where the papers and their code disagree: the official code's rules behind flags (UPFT 1KE-JI/UPFT, QFFT's
+# LLaMA-Factory fork; docs/paper_numbers.md)
 def test_rft_select_first_random_and_responses_is_rejected(tokenizer, tiny_model, tmp_path):
     def resps(i):
         return [f"It is \\boxed{{{2 * i + 1}}}.", f"So \\boxed{{{2 * i}}}.", sentence(i), None]
