@@ -41,6 +41,8 @@ import models
 import runs
 import sources
 
+# The two long-CoT sets the QFFT paper trains on, by hub name: their fields need an adapter (s1K-1.1 splits the R1 trace
+# into thinking and attempt), and naming the dataset should be enough.
 HF_ADAPTERS = {"gair/limo": "limo", "simplescaling/s1k-1.1": "s1k"}
 QUESTION_FIELDS = sources.QUESTION_FIELDS
 RESPONSE_FIELDS = ("response", "solution", "completion", "output", "generation")
@@ -137,6 +139,8 @@ def _text(rec: dict, fld: str, where: str) -> Optional[str]:
     """A response-like field: str, or None (dropped later); anything else is an error."""
     if fld not in rec:
         raise common.DataError(f"{where}: missing field '{fld}' (fields present: {', '.join(sorted(rec)) or 'none'})")
+    # None is allowed (a failed generation, an empty column): it is dropped and counted later, not an error, so one bad
+    # row of 10k does not stop the run.
     val = rec[fld]
     if val is not None and not isinstance(val, str):
         raise common.DataError(f"{where}: field '{fld}' must be str, got {type(val).__name__}")
@@ -188,10 +192,13 @@ def parse_record(fmt: str, rec: dict, where: str, args: Args) -> dict:
         q = common.require(rec, "question", where)
         thinking = _text(rec, "deepseek_thinking_trajectory", where)
         attempt = _text(rec, "deepseek_attempt", where)
+        # A trace missing either half is not R1's output format: dropped (counted as empty) rather than trained half.
         resp = s1k_response(thinking, attempt) if thinking and thinking.strip() and attempt and attempt.strip() \
             else None
         sol = rec.get("solution")
         return {"id": str(rec["id"]) if rec.get("id") is not None else None, "question": q,
+                # s1K's "solution" is the reference solution; its last box is the gold answer (rft mode grades against
+                # it).
                 "answer": grading.last_boxed(sol) if isinstance(sol, str) else None, "answer_type": "math",
                 "responses": [resp], "finish": [None]}
     # generic
@@ -201,6 +208,7 @@ def parse_record(fmt: str, rec: dict, where: str, args: Args) -> dict:
     rf = sources._pick(rec, args.response_field, RESPONSE_FIELDS)
     if rf is None:
         raise common.DataError(f"{where}: no response field (tried {', '.join(RESPONSE_FIELDS)}; set --response_field)")
+    # A field already taken as the response is not also the gold answer (a file whose responses sit in "answer").
     af = sources._pick(rec, args.answer_field, tuple(a for a in ANSWER_FIELDS if a != rf))
     idf = args.id_field or "id"
     if args.id_field and args.id_field not in rec:
@@ -226,8 +234,13 @@ def load_groups(args: Args) -> tuple[list[dict], Counter, int]:
         if g is None:
             g = groups[rid] = {"id": rid, "question": r["question"], "answer": r["answer"],
                                "answer_type": r["answer_type"], "responses": [], "where": where}
+        # Records sharing an id are one question with several responses (how generic and LIMO-style files list them);
+        # the same id with another question text is a broken file, and silently merging would train responses to the
+        # wrong question.
         elif g["question"] != r["question"]:
             raise common.DataError(f"{where}: duplicate id '{rid}' with another question (first at {g['where']})")
+        # sample.py writes each question once, with all its responses: a repeated id there means two outputs were
+        # concatenated.
         elif fmt == "sample":
             raise common.DataError(f"{where}: duplicate id '{rid}' (first at {g['where']})")
         for resp, fin in zip(r["responses"], r["finish"]):
@@ -251,6 +264,8 @@ def take_questions(groups: list[dict], n: Optional[int], seed: int) -> list[dict
         return groups
     if n < 1:
         raise common.DataError("--max_questions must be at least 1")
+    # Seeded by name ("seed:max_questions"), as every random choice here: each choice has its own stream, so changing
+    # --alpha does not change which questions --max_questions keeps.
     keep = set(random.Random(f"{seed}:max_questions").sample(range(len(groups)), n))
     return [g for i, g in enumerate(groups) if i in keep]
 
@@ -266,6 +281,7 @@ class Tokens:
 
     def __init__(self, tokenizer, batch_size: int = 1000, suffixes: tuple[str, ...] = ()):
         self.tok = tokenizer
+        # Batched calls to the fast tokenizer (it parallelizes a batch): one call per text is much slower on 100k texts.
         self.bs = max(1, batch_size)
         self.lens_cache: dict[str, int] = {}
         self.suffixes = {s: len(models.encode(tokenizer, [s])[0]) for s in dict.fromkeys(suffixes)
@@ -276,6 +292,8 @@ class Tokens:
             return False
         probes = ["x", "Hello world.", "a \n", "b  ", "1+1=2\n\n", "\u6570\u5b66 \\boxed{2}", "end<"]
         ids = models.encode(self.tok, probes + [p + suffix for p in probes] + [suffix])
+        # The shortcut is only taken when it is exact on these probes (texts ending in space, newline, CJK, a '<'): a
+        # tokenizer that merges across the special token would give wrong counts, and counts decide cuts and stats.
         return all(ids[len(probes) + i] == ids[i] + ids[-1] for i in range(len(probes)))
 
     def ids(self, texts: list[str], desc: str = "tokenizing") -> list[list[int]]:
@@ -313,6 +331,8 @@ class Tokens:
             self.lens_cache[t] = self.lens_cache[base] + n
         return [self.lens_cache[t] for t in texts]
 
+    # skip_special_tokens=False and no cleanup: a prefix's text must re-tokenize to exactly its ids, which needs every
+    # token, special or not, and every space as generated.
     def decode(self, ids: list[int]) -> str:
         return self.tok.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
 
@@ -345,6 +365,8 @@ class Formatter:
         if qfft_eos and not self.eos:
             raise common.DataError("--qfft_eos: the tokenizer has no EOS token")
         self.qfft_eos = qfft_eos
+        # Prompts cached by question: with --responses all (or rft's 16 samples) the same question is rendered once, not
+        # once per response.
         self._prompts: dict[str, str] = {}
 
     def prompt(self, question: str) -> str:
@@ -375,6 +397,8 @@ class Formatter:
 def resolve_system(args: Args) -> Optional[str]:
     value = args.system_prompt
     if value is None:
+        # The presets' system prompts are each paper's training data: UPFT's code trains with the qwen-math template
+        # (the eval prompt); QFFT's LLaMA-Factory `qwen` template passes none, so the model's own default applies.
         value = {"upft": "eval", "qfft": "default"}.get(args.preset or "", "default")
     return models.resolve_system_prompt(value)
 
@@ -384,6 +408,7 @@ def resolve_system(args: Args) -> Optional[str]:
 def examples_of(groups: list[dict], how: str, tokens: Optional[Tokens], seed: int = 42) -> list[dict]:
     """One example per selected response: {"id", "source_id", "k", "question", "response", ...}. `random`: one
     response per question, seeded per question id (so it does not depend on the other questions)."""
+    # Token counts are measured only when a rule needs them (they cost a tokenizer pass over every response).
     if how in ("shortest", "longest"):
         flat = [g["responses"][k] for g in groups for k in g["kept"]]
         lens = iter(tokens.lens(flat, "measuring responses"))
@@ -402,6 +427,9 @@ def examples_of(groups: list[dict], how: str, tokens: Optional[Tokens], seed: in
             sign = 1 if how == "shortest" else -1
             ks = [min(zip(glens[gi], g["kept"]), key=lambda t: (sign * t[0], t[1]))[1]]
         for k in ks:
+            # An example's id is the question id when a rule keeps one response per question, else id#k with k the
+            # response's index in the input (empty ones included): stable when the kept set changes, and traceable back
+            # to the sample.
             out.append({"id": f"{g['id']}#{k}" if how == "all" else g["id"], "source_id": g["id"], "k": k,
                         "question": g["question"], "response": g["responses"][k]})
     return out
@@ -417,6 +445,8 @@ def grade_groups(groups: list[dict], workers: int, dropped: Counter) -> list[dic
         for k in g["kept"]:
             items.append((g["responses"][k], g["answer"], g["answer_type"]))
             where.append((g, k))
+    # The grader evaluate.py uses (grading.grade_many, math-verify in worker processes): "correct" in RFT data means
+    # exactly what accuracy means in the tables.
     results = grading.grade_many(items, workers=workers) if items else []
     correct = {(id(g), k) for (g, k), r in zip(where, results) if r["correct"]}
     dropped["incorrect"] += len(items) - len(correct)
@@ -435,10 +465,14 @@ def noise_wrong_answer(response: str, rng: random.Random, gold: Optional[str] = 
         return None
     s, e = span
     content = response[s:e]
+    # Retry until the new answer differs from the old one and from the gold: a noisy example whose "wrong" answer is
+    # right (or unchanged) would not be noise. 100 tries are plenty: at most one of the 9 candidates is the gold.
     for _ in range(100):
         runs = list(re.finditer(r"\d+", content))
         if runs:
             m = runs[-1]
+            # The last digit run changes (the units of "42", the denominator of "\frac{3}{4}"), so the
+            # answer stays the same kind of expression, only wrong: the paper's "numerical errors in the final steps".
             v = int(m.group()) + rng.randint(1, 9)
             new = content[:m.start()] + str(v).zfill(len(m.group())) + content[m.end():]
         else:
@@ -457,6 +491,7 @@ def _restate(response: str, old: str, new: str) -> str:
                 rf"(?i)(?<![0-9A-Za-z.])({esc})\s*\$?\s*is\s+(?:the\s+)?(?:correct|final)\s+answer")
         edits += [(m.start(1), m.end(1), new.strip()) for pat in pats for m in re.finditer(pat, response)]
     out, end = [], len(response)
+    # Edits applied from the end of the text backwards, so earlier offsets stay valid.
     for s, e, text in sorted(set(edits), reverse=True):
         if e <= end:  # overlapping edits: the later one wins
             out.append(text + response[e:end])
@@ -464,6 +499,8 @@ def _restate(response: str, old: str, new: str) -> str:
     return response[:end] + "".join(reversed(out))
 
 
+# A sentence ends after . ! ? (with closing quotes or brackets) before whitespace, or at a line break: the paper asks
+# for "semantic completeness of sentences", so a cut never falls mid-sentence when a boundary exists.
 _SENT_END = re.compile(r"(?<=[.!?])[\"')\]]*(?=\s)|(?=\n)")
 
 
@@ -488,6 +525,8 @@ def derangement(n: int, rng: random.Random) -> list[int]:
     """A uniformly random permutation with no fixed point (rejection sampling: ~e tries)."""
     if n < 2:
         raise common.DataError("noise level 4 needs at least 2 questions with a response")
+    # Rejection sampling keeps the permutation uniform over all derangements (a random shift would not be: every
+    # question would get its neighbour's response).
     while True:
         p = list(range(n))
         rng.shuffle(p)
@@ -533,6 +572,7 @@ def prefix_completions(tokens: Tokens, responses: list[str], heads: list[tuple[i
     """Exactly the first L tokens of each response (decoded), then EOS; shorter responses whole. `heads` are
     (token count, first L ids) from Tokens.head. Each text is checked to re-tokenize to the same ids + EOS; where
     decoding is not stable at the cut (a split multi-byte character, a merge) it shrinks one token at a time."""
+    # Responses of at most L tokens are kept whole, as their original text: nothing is cut, so nothing is decoded.
     texts = [tokens.decode(ids) if n > L else r for (n, ids), r in zip(heads, responses)]
     eos_ids = models.encode(tokens.tok, [eos])[0] if eos else []
     check = tokens.ids([t + eos for t in texts], "checking prefixes")
@@ -541,6 +581,8 @@ def prefix_completions(tokens: Tokens, responses: list[str], heads: list[tuple[i
         n = min(L, n_all)
         if n_all <= L:
             stats["prefix_whole"] += 1
+        # The check is what train.py will see: train.py tokenizes the completion text, so a prefix is right only if its
+        # text gives back exactly the first L ids (+ EOS). Shrinking (not growing) keeps the prefix within L tokens.
         if got != ids[:n] + eos_ids:
             t, n2 = tokens.stable_prefix(ids, n - 1, eos)
             stats["prefix_shrunk"] += 1
@@ -575,17 +617,23 @@ def truncate_completion(tokens: Tokens, completion: str, budget: int, eos: str =
     if not eos:
         text, n = tokens.stable_prefix(ids, min(budget, len(ids)))
         return text if n > 0 else None
+    # UPFT's SFTDataset truncates the tokenized text to max_len and sets the last id to EOS: here the budget - 1 first
+    # tokens, then EOS, as text that re-tokenizes to exactly that.
     text, n = tokens.stable_prefix(ids, min(budget - 1, len(ids)), eos)
     return text + eos if n > 0 else None
 
 
 def assign(n: int, frac: float, seed: int, what: str) -> set[int]:
     """Exactly round(frac * n) seeded indices."""
+    # Exactly round(frac * n), not a coin flip per example: the paper's p = 0.1 must give 10% in the data, also on small
+    # sets (a coin flip on 100 examples gives 10 +- 3).
     return set(random.Random(f"{seed}:{what}").sample(range(n), round(frac * n)))
 
 
 def last_part(n: int, frac: float) -> set[int]:
     """UPFT's split (train/train_sft.py): records i < int((1 - p) * n) are prefixes, the rest full."""
+    # round(..., 9) before int(): (1 - 0.3) * 90 is 62.99999999999999 in floating point, and int() alone would make
+    # 62 prefixes of what is meant as 63 (a float artifact, not UPFT's intent: p = 0.3 of 90 is 27 full).
     return set(range(int(round((1 - frac) * n, 9)), n))
 
 
@@ -813,6 +861,7 @@ def make_stats(args: Args, tokens: Tokens, records: list[dict], dropped: Counter
         "mode": args.mode, "questions": n_questions,
         "questions_out": len({r["source_id"] for r in records}), "examples": len(records),
         "types": {t: v["examples"] for t, v in by_type.items()},
+        # Sorted keys, so the stats file is byte-identical across runs (Counter order depends on which drop came first).
         "dropped": dict(sorted(dropped.items())), "dropped_total": sum(dropped.values()),
         "prompt_tokens_mean": mean(plen), "completion_tokens_mean": mean(trained),
         "trained_tokens": sum(trained),  # UPFT's "#Tokens tuning"
@@ -840,6 +889,7 @@ def check_args(args: Args) -> None:
         bad(f"--grade_workers must be >= 0 (0: one per core), got {args.grade_workers}")
     if args.max_questions is not None and args.max_questions < 1:
         bad(f"--max_questions must be >= 1, got {args.max_questions}")
+    # Checked before the tokenizer and the input load: a typo in --output fails in a second, not after tokenizing GBs.
     common.check_writable(args.output, "--output")
     if args.mode == "mix" and not 0 <= args.alpha <= 1:
         bad(f"--alpha must be in [0, 1], got {args.alpha}")
@@ -866,6 +916,8 @@ def fingerprint(args: Args, tokenizer) -> dict:
         inp = runs.file_fingerprint(p, full=True)["sha256"]  # prepare reads every byte anyway: hash them all
     else:
         inp = f"hub:{args.input}:{args.split}"
+    # The tokenizer decides the training text (template, EOS, end of turn) and the cuts (the vocabulary), so a model
+    # re-downloaded with a fixed template at the same name is a change, and "up to date" must not hide it.
     tok_h = hashlib.sha256(json.dumps([tokenizer.chat_template, tokenizer.eos_token, len(tokenizer),
                                        models.end_of_turn(tokenizer)], default=str).encode())
     tj = Path(args.model) / "tokenizer.json"
