@@ -63,7 +63,7 @@ def test_no_dead_relative_links(doc):
 
 
 def test_every_docs_file_named_exists():
-    """A docs/NAME.md named in code, scripts or docs (a comment, a docstring, a help text) must exist."""
+    """Every file of docs/ named in code, scripts or docs (a comment, a docstring, a help text) exists."""
     tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
     missing = set()
     for f in tracked:
