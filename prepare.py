@@ -955,8 +955,12 @@ def main():
     common.write_jsonl(out, records)
     common.write_json(stats_path, stats)
     # the template text itself, not only --chat_template's path: train.py saves it into the checkpoint, so that the
-    # trained model renders prompts exactly as its training data was rendered (and the file may move or change)
-    common.write_json(meta_path, runs.run_info(args, settings=settings, chat_template=tokenizer.chat_template,
+    # trained model renders prompts exactly as its training data was rendered (and the file may move or change).
+    # Question-free data used no template: None, and the trained model keeps its base model's.
+    question_free = args.mode == "qfft" or (args.mode == "noise" and args.noise_form == "qfft") or \
+        (args.mode == "mix" and args.mix_render == "bare")
+    common.write_json(meta_path, runs.run_info(args, settings=settings,
+                                                 chat_template=None if question_free else tokenizer.chat_template,
                                                  versions=runs.versions("transformers", "tokenizers")))
     types = ", ".join(f"{k} {v}" for k, v in stats["types"].items())
     print(f"wrote {out}: {stats['examples']} examples ({types}) from {stats['questions_out']} questions; "

@@ -246,8 +246,8 @@ def prepared_by(data: str) -> dict:
     made = meta.get("args") if isinstance(meta, dict) else None
     if not isinstance(made, dict) or "mode" not in made or "max_len" not in made:
         return {}  # another stage's sidecar (sample.py's): it decided nothing about training text
-    out = {"meta": str(p), "max_len": made["max_len"]}
-    if "chat_template" in meta:
+    out = {"meta": str(p), "max_len": made["max_len"] if isinstance(made["max_len"], int) else None}
+    if "chat_template" in meta:  # None: question-free data, rendered with no template
         out["chat_template"] = meta["chat_template"]
     elif made.get("chat_template"):  # data prepared before prepare.py recorded the text: its --chat_template FILE
         try:

@@ -500,6 +500,10 @@ def test_chat_template_file(tokenizer, tiny_model, sample, tmp_path, monkeypatch
     # the template text itself goes to the meta: train.py saves it into the checkpoint
     meta = json.loads((tmp_path / "t.jsonl.meta.json").read_text())
     assert meta["chat_template"] == (common.ROOT / "configs" / "upft_llama31.jinja").read_text()
+    monkeypatch.setattr(sys, "argv", argv[:-6] + ["--mode", "qfft", "--chat_template", "configs/upft_llama31.jinja",
+                                             "--overwrite"])
+    prepare.main()  # question-free data was rendered with no template: train.py keeps the base model's
+    assert json.loads((tmp_path / "t.jsonl.meta.json").read_text())["chat_template"] is None
     bad = tmp_path / "bad.jinja"
     bad.write_text("{% if messages %}\nno end")
     for path, msg in ((bad, r"bad\.jinja:\d+: not a valid Jinja chat template"),

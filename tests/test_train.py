@@ -85,6 +85,8 @@ def test_prepared_by_reads_what_prepare_decided(tmp_path, capsys):
     assert train.prepared_by(str(d)) == {}
     common.write_json(meta, {"args": {"mode": "sft", "max_len": 300, "chat_template": None}, "chat_template": "T"})
     assert train.prepared_by(str(d)) == {"meta": str(meta), "max_len": 300, "chat_template": "T"}
+    common.write_json(meta, {"args": {"mode": "qfft", "max_len": 300}, "chat_template": None})  # question-free
+    assert train.prepared_by(str(d)) == {"meta": str(meta), "max_len": 300, "chat_template": None}
     common.write_json(meta, {"args": {"model": "m", "max_tokens": 5}, "settings": {}})  # sample.py's
     assert train.prepared_by(str(d)) == {}
     f = tmp_path / "t.jinja"
