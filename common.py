@@ -15,10 +15,15 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Optional
 
 
+# Paths are resolved from this file, not the working directory: the stages are run from anywhere (recipes, tests, cron),
+# and data/ and the tiny model must still be found.
 ROOT = Path(__file__).resolve().parent
 DATA_DIR = ROOT / "data"
 
 
+# The one exception a user is meant to see. Everything a user can get wrong (a flag, a file, a field) raises it with the
+# place to fix ("file:line: field 'x' ..."); run_main turns it into one line, so a recipe's log shows the cause instead
+# of a 60-line traceback from inside a library.
 class DataError(Exception):
     """A user-facing error: printed as one line `error: ...`, exit code 2, no traceback."""
 
@@ -31,6 +36,8 @@ def run_main(main: Callable[[], Any]) -> None:
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    # Ctrl-C is not an error: every stage keeps its finished work on disk (appended and fsynced), so say how to resume.
+    # Exit 130 is the shell's convention for SIGINT, so a recipe under `set -e` stops too.
     except KeyboardInterrupt:
         print("interrupted: finished work is on disk; re-run the same command to resume", file=sys.stderr)
         sys.exit(130)
@@ -70,6 +77,7 @@ def parse_args(args_class, doc: Optional[str] = None, argv: Optional[list[str]] 
 
 # ----------------------------------------------------------------------------------------------------------------
 # JSONL I/O
+# Benchmarks and pools are committed gzipped (data/); reading .gz transparently keeps every reader the same.
 def _open(path: Path, mode: str = "rt"):
     return gzip.open(path, mode, encoding="utf-8") if str(path).endswith(".gz") else open(path, mode, encoding="utf-8")
 
@@ -82,6 +90,8 @@ def iter_jsonl(path) -> Iterator[tuple[int, dict]]:
         raise DataError(f"{path}: file not found")
     lineno = 0
     try:
+        # Bytes, decoded per line: a bad byte then names its line and column instead of failing the whole read (text
+        # mode would raise from inside readline with no line number).
         f = gzip.open(path, "rb") if str(path).endswith(".gz") else open(path, "rb")
     except OSError as e:
         raise DataError(f"{path}: cannot read ({e.strerror or e})") from None
@@ -101,6 +111,8 @@ def iter_jsonl(path) -> Iterator[tuple[int, dict]]:
             except UnicodeDecodeError as e:
                 raise DataError(f"{path}:{lineno}: not UTF-8 text (byte 0x{raw[e.start]:02x} at column "
                                 f"{len(raw[:e.start].decode('utf-8', 'replace')) + 1})") from None
+            # Blank lines are tolerated (hand-edited files, a trailing newline); they still count in line numbers, so an
+            # error's line is the one an editor shows.
             if not line.strip():
                 continue
             try:
@@ -129,6 +141,9 @@ def require(rec: dict, field: str, where: str, types=(str,), allow_none: bool = 
     return val
 
 
+# Every finished output is written this way: a reader (the next stage, a resumed run) sees the old file or the new one,
+# never half of one. The temporary name carries the pid so that two writers (which the locks prevent anyway) could not
+# share one; fsync before the rename, or a power loss can leave the renamed file empty.
 def atomic_write(path, write: Callable, binary: bool = False) -> None:
     """write(f) into a temporary file beside path, then rename it into place; binary=True: f is a binary file."""
     path = Path(path)
@@ -142,6 +157,8 @@ def atomic_write(path, write: Callable, binary: bool = False) -> None:
 
 
 def dumps(rec) -> str:
+    # ensure_ascii=False: questions and traces in Chinese stay readable in the JSONL, and a third of the size of
+    # their \uXXXX escapes.
     return json.dumps(rec, ensure_ascii=False)
 
 
@@ -154,6 +171,8 @@ def write_json(path, obj) -> None:
     atomic_write(path, lambda f: f.write(json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n"))
 
 
+# The resumable outputs (sample.py, evaluate.py's partial files, train_log.jsonl) grow by appends, one fsynced batch at
+# a time: a kill loses at most the batch being written, and load_finished cuts its torn line.
 def append_jsonl(path, records: Iterable[dict]) -> None:
     """Append records and fsync: a kill after this returns loses none of them."""
     with open(path, "a", encoding="utf-8") as f:
@@ -167,6 +186,8 @@ def load_finished(path) -> dict[str, dict]:
     path = Path(path)
     if not path.exists():
         return {}
+    # Only a line with its newline is complete: append_jsonl writes the newline last, so anything after the final
+    # newline is a write interrupted by a kill and is cut off before the file is parsed (and appended to again).
     raw = path.read_bytes()
     end = raw.rfind(b"\n") + 1
     if end < len(raw):  # partial last line from a killed writer
@@ -208,6 +229,8 @@ def check_writable(path, flag: str = "--output", folder: bool = False) -> None:
     if not probe.is_dir():
         raise DataError(f"{flag} {path}: {probe} is a file, not a folder")
     try:
+        # A real write, not os.access: access() ignores read-only mounts, quotas and ACLs on network file systems, and a
+        # stage must not find out after hours of generation that it cannot write its result.
         fd, tmp = tempfile.mkstemp(prefix=".write-probe-", dir=probe)
         os.close(fd)
         os.unlink(tmp)
@@ -223,6 +246,7 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     def line(xs):
         return "| " + " | ".join(str(x).ljust(w) if i == 0 else str(x).rjust(w)
                                  for i, (x, w) in enumerate(zip(xs, widths))) + " |"
+    # Numbers right-aligned (`---:`) as in the papers' tables, so columns of accuracies line up when rendered.
     rule = "|" + "|".join(("-" * (w + 1) + ":") if i else ("-" * (w + 2)) for i, w in enumerate(widths)) + "|"
     return "\n".join([line(header), rule] + [line(r) for r in rows])
 
@@ -248,6 +272,8 @@ PAPERS_BIBTEX = """```bibtex
 def check_push(repo: str) -> None:
     """Fail before the work starts when --push_to_hub could not succeed: a bad name, offline mode, no token, or
     an unreachable hub (HF_ENDPOINT). Never a silent no-op."""
+    # Checked before the work starts, not after: a push that fails at the end of a training run would leave the user
+    # guessing whether the model was saved (it is; only the upload failed).
     if not re.fullmatch(r"[\w.-]+/[\w.-]+", repo or ""):
         raise DataError(f"--push_to_hub {repo!r}: expected a repository name USER/NAME")
     import huggingface_hub

@@ -544,18 +544,13 @@ def result_files(out_dir: Path, custom=()) -> list[Path]:
 
 def plan(args: Args, out_dir: Path, settings: dict) -> tuple[bool, set[str]]:
     """(fresh, finished benchmarks). Decides resume / refuse / replace without changing anything on disk."""
-    meta_path = out_dir / "meta.json"
     existing = result_files(out_dir, custom_benchmarks(args.benchmarks))
-    if meta_path.exists() and not existing:
-        return True, set()  # a run that failed before its first result: nothing to resume or to protect
-    if not meta_path.exists():
-        if existing and not args.overwrite:
-            raise DataError(f"{out_dir} holds evaluation output ({', '.join(p.name for p in existing)}) but no "
-                            f"meta.json: pass --overwrite to replace it, or choose another --output_dir")
-        return True, set()
-    if not runs.check_settings(meta_path, settings, args.overwrite, f"evaluation output {out_dir}"):
-        return True, set()  # --overwrite: each old result stays until its replacement is written
-    meta = common.read_json(meta_path, "metadata")
+    meta = runs.claim_output(out_dir / "meta.json", settings, args.overwrite, f"evaluation output {out_dir}",
+                             made=bool(existing), unowned=f"{out_dir} holds evaluation output "
+                             f"({', '.join(p.name for p in existing)}) but no meta.json: pass --overwrite to replace "
+                             f"it, or choose another --output_dir")
+    if meta is None:
+        return True, set()  # nothing to resume; with --overwrite each old result stays until its replacement is written
     check_custom_files(meta, custom_files(args), f"evaluation output {out_dir}")
     if "finished" in meta:
         return False, set(meta["finished"])
@@ -716,7 +711,12 @@ def check_model(args: Args):
     """Model and tokenizer load (the tokenizer is returned), before any output is touched."""
     from transformers import AutoConfig
     tok = models.load_tokenizer(args.model, args.trust_remote_code)
+    own = tok.chat_template
     models.set_chat_template(tok, args.chat_template)
+    if args.chat_template and own and tok.chat_template != own:  # a checkpoint of train.py carries its data's template
+        print(f"warning: --chat_template {args.chat_template} differs from {args.model}'s own chat template: prompts "
+              f"use {args.chat_template} (right for a base model evaluated with another template; a model trained "
+              f"by train.py already carries the template of its training data)", file=sys.stderr)
     try:
         AutoConfig.from_pretrained(args.model, trust_remote_code=args.trust_remote_code)
     except Exception as e:

@@ -18,6 +18,8 @@ TINY_MODEL = ROOT / "models" / "smollm2-135m-instruct"
 # ----------------------------------------------------------------------------------------------------------------
 # Prompts. The papers' evaluation system prompt (QFFT App. A.3; UPFT's `qwen-math` template) and UPFT's prefix
 # instruction (UPFT §3.3), verbatim.
+# One definition of each prompt for every stage: sampling, training text and evaluation must see the same bytes, or a
+# model is trained on one prompt and measured on another.
 EVAL_SYSTEM_PROMPT = "Please reason step by step, and put your final answer within \\boxed{}."
 UPFT_PREFIX_INSTRUCTION = (" Please provide the initial step towards resolving the question. This step may serve as"
                            " a foundation but might not encompass the entire solution.")
@@ -29,6 +31,8 @@ SYSTEM_PROMPT_HELP = ("system prompt: a text, 'eval' (the papers' evaluation pro
 
 # ----------------------------------------------------------------------------------------------------------------
 # Chat formatting: only through tokenizer.apply_chat_template.
+# "none" and "default" both mean "no system message": the template then decides (Qwen2.5's and SmolLM2's insert their
+# own default prompt), which is what each paper's code passes when it gives no system prompt.
 def resolve_system_prompt(value: Optional[str], no_system_prompt: bool = False) -> Optional[str]:
     """'eval' -> the papers' evaluation prompt; 'none'/'default'/'' -> None (no system message)."""
     if no_system_prompt or value is None or value.strip().lower() in ("", "none", "default"):
@@ -43,10 +47,14 @@ def build_messages(question: str, system_prompt: Optional[str]) -> list[dict]:
 
 def render_prompt(tokenizer, question: str, system_prompt: Optional[str]) -> str:
     """The exact prompt text a chat model sees before it answers: template + generation prompt."""
+    # Text, not ids: the stages store and hash text, and encode() later adds no special tokens because the template
+    # already wrote them (BOS included), so tokenizing the text gives exactly the template's ids.
     return tokenizer.apply_chat_template(build_messages(question, system_prompt), tokenize=False,
                                          add_generation_prompt=True)
 
 
+# An invisible separator around the sentinel so that no template can merge it with neighbouring text (and no real answer
+# contains it).
 _SENTINEL = "\u2063SENTINEL\u2063"
 
 
@@ -54,6 +62,8 @@ def end_of_turn(tokenizer) -> str:
     """The text the chat template puts after an assistant message (ChatML: '<|im_end|>\\n'), found by rendering a
     sentinel answer. Templates that rewrite assistant history (R1-distill drops <think>) are handled the same way.
     Falls back to the EOS token when the template shows nothing after the answer."""
+    # Rendered, not looked up: templates differ (ChatML '<|im_end|>\n', Llama-3 '<|eot_id|>'), and what follows an
+    # answer, newline included, is part of the training text, which eos_token alone does not give.
     msgs = [{"role": "user", "content": "q"}, {"role": "assistant", "content": _SENTINEL}]
     text = tokenizer.apply_chat_template(msgs, tokenize=False)
     tail = text.split(_SENTINEL, 1)[1] if _SENTINEL in text else ""
@@ -67,6 +77,8 @@ def set_chat_template(tokenizer, path: Optional[str]) -> Optional[str]:
     if not path:
         return None
     try:
+        # The file's text replaces the template (not a name of a built-in one): UPFT's Llama-3.1 and R1 templates are
+        # configs/*.jinja, kept in the repository so that sampling, training data and evaluation render the same bytes.
         text = Path(path).read_text()
     except (OSError, UnicodeDecodeError) as e:
         raise DataError(f"{path}: cannot read the chat template ({getattr(e, 'strerror', None) or e})") from None
@@ -79,10 +91,13 @@ def set_chat_template(tokenizer, path: Optional[str]) -> Optional[str]:
     if tokenizer is not None:
         tokenizer.chat_template = text
         try:
+            # A test render with a system turn: a template that raises on one (Gemma's) fails here, at
+            # start, with the file named, instead of halfway through a run.
             render_prompt(tokenizer, "q", "s")
         except Exception as e:
             raise DataError(f"{path}: the chat template cannot render a system + user turn "
                             f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+    # A digest of the text goes into the stages' settings: an edited template file is a change even at the same path.
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -101,6 +116,8 @@ def check_model_path(model: str) -> None:
     fails in a second with one line instead of retrying for tens of seconds after the data is loaded."""
     if Path(model).exists():
         return
+    # Anything that is not ORG/NAME cannot be a hub name: a typo in a local path is reported as a missing path, not as a
+    # failed download after a network timeout.
     if model.startswith((".", "/", "~")) or model.count("/") != 1:
         raise DataError(f"{model}: model path does not exist")
     check_hub(model, "model")
@@ -121,6 +138,7 @@ def check_hub(name: str, kind: str = "model") -> None:
     if (name, kind) in _HUB_CHECKED:
         return
     from huggingface_hub import constants
+    # The cache's folder layout (models--ORG--NAME) is the hub library's documented one; checking it needs no network.
     cached = (Path(constants.HF_HUB_CACHE) / f"{kind}s--{name.replace('/', '--')}").is_dir()
     if kind == "dataset" and not cached:  # the datasets library's own cache
         ds_cache = Path(os.environ.get("HF_DATASETS_CACHE") or Path(constants.HF_HOME) / "datasets")
@@ -145,6 +163,7 @@ def check_hub(name: str, kind: str = "model") -> None:
             if not cached:
                 raise DataError(f"{name}: not a local path, not in the Hugging Face cache, and the hub "
                                 f"({constants.ENDPOINT}) cannot be reached ({type(e).__name__})") from None
+            # Without this every later from_pretrained would try the hub again, each with its own retries and timeouts.
             os.environ["HF_HUB_OFFLINE"] = "1"
             print(f"note: the hub cannot be reached; using the cached {name} (HF_HUB_OFFLINE=1)", file=sys.stderr)
     _HUB_CHECKED[(name, kind)] = None
@@ -155,6 +174,9 @@ def encode(tokenizer, texts: list[str], special_tokens: bool = False) -> list[li
     special_tokens=True: with the tokenizer's own added (BOS), as vLLM tokenizes a text prompt."""
     if not texts:
         return []
+    # add_special_tokens=False by default: the chat template's text already holds BOS and the turn markers; a second
+    # BOS would be a token the model never saw in training data rendered by the template (UPFT's evaluation sends
+    # text to vLLM and so gets one: special_tokens=True reproduces it).
     return tokenizer(texts, add_special_tokens=special_tokens)["input_ids"]
 
 
@@ -183,8 +205,8 @@ def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> set[str]:
 
 def cpu_dtype(requested: str = "auto", flags: Optional[set] = None) -> tuple[str, str]:
     """(dtype, why) for running a model on this CPU. `auto`: bfloat16 when the CPU computes bf16 natively (a flag
-    in NATIVE_BF16_FLAGS), else float32: without them bf16 is emulated and runs >10x slower than float32 (issue
-    15: vLLM-CPU on an AVX2-only EPYC, bf16 >10 min vs float32 55 s). Any other value is used as given."""
+    in NATIVE_BF16_FLAGS), else float32: without them bf16 is emulated and runs >10x slower than float32 (measured:
+    vLLM-CPU on an AVX2-only EPYC, bf16 >10 min vs float32 55 s; docs/cpu.md). Any other value is used as given."""
     if requested not in DTYPES:
         raise DataError(f"--dtype {requested!r}: choose one of {', '.join(DTYPES)}")
     if requested != "auto":
@@ -217,6 +239,8 @@ def generation_defaults(model: str) -> dict:
     """temperature/top_p/top_k from the model's generation_config.json, when it has them: a local directory or a
     hub name alike (transformers' GenerationConfig.from_pretrained, as vLLM's LLM.get_default_sampling_params
     reads it; the hub's copy is cached). {} when the model has none, or the hub cannot be reached."""
+    # The model's own sampling defaults decide top-p/top-k unless a flag does (vLLM's get_default_sampling_params reads
+    # the same file), so a local copy and its hub name sample the same way.
     p = Path(model) / "generation_config.json"
     if p.exists():
         cfg = read_json(p, "generation config")
@@ -253,10 +277,16 @@ def make_llm(model: str, *, seed: int = 42, tensor_parallel_size: int = 1, max_m
                                                    "OMP_NUM_THREADS") if k in os.environ})
         print(f"vLLM on CPU: dtype {dtype} ({why}); threads: "
               f"{' '.join(f'{k}={v}' for k, v in threads.items()) or 'vLLM defaults'}", file=sys.stderr, flush=True)
+        # Eager on CPU: CUDA graphs do not exist there, and skipping compilation keeps each engine start (tests, the
+        # demo) short.
         kw.setdefault("enforce_eager", True)
+        # A KV cache in bytes: gpu_memory_utilization would take a share of all RAM on CPU (0.9 of the machine), which
+        # starves the grader processes and the other jobs on a laptop or CI runner.
         kw.setdefault("kv_cache_memory_bytes", int(float(os.environ.get("VLLM_CPU_KV_GB", "2")) * (1 << 30)))
     else:
         kw.setdefault("gpu_memory_utilization", gpu_memory_utilization)
+    # Before the engine starts its processes: the watchdog must already know them if this process is killed during the
+    # (minutes long) model load.
     reap_children_on_death()
     return LLM(model=model, seed=seed, tensor_parallel_size=tensor_parallel_size, max_model_len=max_model_len,
                trust_remote_code=trust_remote_code, dtype=dtype, **kw)

@@ -39,6 +39,7 @@ LOSS_HEADS = ("auto", "liger", "chunked", "logits")
 # --------------------------------------------------------------------------------------------- segment metadata
 def cu_seqlens(segments: torch.Tensor) -> tuple[torch.Tensor, int]:
     """Segment ids [T] (0,0,0,1,1,2,...) -> cumulative boundaries int32 [n+1] and the longest segment."""
+    # Segment ids are 0..n-1 in order (collate numbers them), so bincount gives each example's length in row order.
     counts = torch.bincount(segments)
     cu = torch.zeros(len(counts) + 1, dtype=torch.int32, device=segments.device)
     cu[1:] = counts.cumsum(0)
@@ -48,6 +49,8 @@ def cu_seqlens(segments: torch.Tensor) -> tuple[torch.Tensor, int]:
 def dense_block_causal_mask(segments: torch.Tensor) -> torch.Tensor:
     """[1, 1, T, T] boolean: attend to earlier positions of the same example only (the O(T^2) reference)."""
     T = segments.shape[0]
+    # Boolean, not an additive float mask: SDPA takes it as "may attend", and a T x T float mask in fp32 would be 4x the
+    # memory. Causal within the same example, nothing across examples: exactly what separate sequences see.
     same = segments[:, None] == segments[None, :]
     return (same & torch.ones(T, T, dtype=torch.bool, device=segments.device).tril())[None, None]
 
@@ -61,6 +64,8 @@ def flex_block_mask(segments: torch.Tensor):
     def same_example_causal(b, h, q, kv):
         return (seg[q] == seg[kv]) & (q >= kv)
     T = seg.shape[0]
+    # Built per micro-batch (the segments change every time); B and H are None because the mask is the same for every
+    # head and for the one packed row.
     return create_block_mask(same_example_causal, None, None, T, T, device=seg.device, _compile=seg.is_cuda)
 
 
@@ -87,6 +92,8 @@ def _flex():
     global _compiled_flex
     if _compiled_flex is None:
         from torch.nn.attention.flex_attention import flex_attention
+        # Compiled: uncompiled flex_attention materializes the scores and is no cheaper than the dense mask; dynamic, or
+        # every new row length would recompile.
         _compiled_flex = torch.compile(flex_attention, dynamic=True)
     return _compiled_flex
 
@@ -125,9 +132,13 @@ def varlen_attention_forward(module, query, key, value, attention_mask, scaling=
     q, k, v = (x[0].transpose(0, 1) for x in (query, key, value))  # [T, H, D]
     if _varlen_kernel_ok(q):
         from torch.nn.attention.varlen import varlen_attn
+        # window_size=(-1, 0): no left limit, no look-ahead, i.e. causal within each example (the kernel's way to say
+        # it).
         out = varlen_attn(q.contiguous(), k.contiguous(), v.contiguous(), cu_seq_lens_q, cu_seq_lens_q,
                           int(max_length_q), int(max_length_q), scale=scaling, window_size=(-1, 0), enable_gqa=gqa)
     else:
+        # The fallback (CPU, fp32) must give the same numbers as the kernel: one causal SDPA per example, which is what
+        # "packed == separate sequences" means, so the tests can check the kwargs plumbing anywhere.
         bounds = cu_seq_lens_q.tolist()
         parts = [F.scaled_dot_product_attention(query[:, :, s:e], key[:, :, s:e], value[:, :, s:e], is_causal=True,
                                                 scale=scaling, enable_gqa=gqa)
@@ -149,6 +160,8 @@ def varlen_works(device) -> bool:
         return False
     try:
         from torch.nn.attention.varlen import varlen_attn
+        # A probe rather than a version or capability check: the kernel's support depends on the GPU generation, the
+        # torch build and the head size together, and a failed backward must be found here, not in step 1 of a long run.
         q = torch.randn(16, 2, 64, device=device, dtype=torch.bfloat16, requires_grad=True)
         cu = torch.tensor([0, 7, 16], device=device, dtype=torch.int32)
         varlen_attn(q, q, q, cu, cu, 9, 9, window_size=(-1, 0)).sum().backward()
@@ -173,6 +186,8 @@ def choose_attention(requested: str, on_gpu: bool, packing: bool, device="cuda")
         raise ValueError(f"--attn_implementation {requested} needs packing (--no_packing pads: use sdpa)")
     if requested != "auto":
         return requested
+    # flash-attn first when installed: the kernel the papers' trainers ran (LLaMA-Factory for QFFT, OpenRLHF for UPFT);
+    # then torch's own varlen kernel (no extra wheel), then flex_attention.
     if on_gpu and flash_attn_installed():
         return "flash_attention_2"
     if not (on_gpu and packing):
@@ -182,6 +197,8 @@ def choose_attention(requested: str, on_gpu: bool, packing: bool, device="cuda")
 
 # ------------------------------------------------------------------------------------------------- loss head
 def _ce_sum(logits, t, w):
+    # fp32 cross-entropy even for bf16 logits, as transformers' own causal-LM loss upcasts: bf16 keeps about 3
+    # significant digits, too few for a log-sum-exp over 152k classes.
     return (F.cross_entropy(logits.float(), t, reduction="none") * w).sum()
 
 
@@ -203,6 +220,8 @@ def linear_ce_chunked(h, weight, bias, t, w, chunk: int = 1024):
     """sum(w x cross-entropy(h @ weight.T + bias)): logits exist for one chunk of positions at a time, in forward
     and (recomputed) in backward."""
     from torch.utils.checkpoint import checkpoint
+    # Checkpointed per chunk: backward recomputes one chunk's logits at a time instead of keeping all of them for the
+    # gradient, so the peak is one chunk of [chunk, V] whatever the sequence length.
     return sum(checkpoint(_linear_ce_sum, h[s:s + chunk], weight, bias, t[s:s + chunk], w[s:s + chunk],
                           use_reentrant=False) for s in range(0, h.shape[0], chunk))
 
@@ -210,6 +229,7 @@ def linear_ce_chunked(h, weight, bias, t, w, chunk: int = 1024):
 def linear_ce_liger(h, weight, bias, t, w):
     from liger_kernel.transformers.functional import liger_fused_linear_cross_entropy
     out = liger_fused_linear_cross_entropy(h, weight, t, bias=bias, reduction="none")
+    # Liger has returned a tensor, a tuple or an output object depending on its release: accept each.
     loss = out[0] if isinstance(out, tuple) else getattr(out, "loss", out)
     return (loss.float() * w).sum()
 
@@ -245,6 +265,8 @@ def choose_loss_head(requested: str, on_gpu: bool, device="cuda") -> str:
         raise ValueError(f"--loss_head {requested!r}: choose one of {', '.join(LOSS_HEADS)}")
     if requested != "auto":
         return requested
+    # "auto" takes Liger only when its probe matches the reference, values and gradients: a faster loss with a wrong
+    # gradient would silently train another model.
     return "liger" if on_gpu and liger_installed() and liger_exact(device) else "chunked"
 
 
@@ -261,6 +283,8 @@ def loss_head(model, impl: str, targets: torch.Tensor, weights: torch.Tensor, ch
         raise ValueError(f"--loss_head {impl}: the output embedding is {type(head).__name__}, not nn.Linear "
                          "(use --loss_head logits)")
     text_cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    # Gemma-2's softcapping and Cohere's logit_scale are applied to the logits after lm_head: a fused head that returns
+    # the loss from inside lm_head would skip them and compute another loss.
     if getattr(text_cfg, "final_logit_softcapping", None) or getattr(text_cfg, "logit_scale", None):
         raise ValueError(f"--loss_head {impl}: this model transforms its logits after lm_head "
                          "(use --loss_head logits)")
@@ -269,6 +293,8 @@ def loss_head(model, impl: str, targets: torch.Tensor, weights: torch.Tensor, ch
 
     def forward(h):
         return fused(h.reshape(-1, h.shape[-1]), head.weight, head.bias, targets, weights)
+    # An instance attribute shadows the class's forward for this call only; DeepSpeed's ZeRO-3 hooks are on the module,
+    # not on forward, so they still gather the weight.
     head.forward = forward
     try:
         yield

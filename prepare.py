@@ -44,6 +44,8 @@ import models
 import runs
 import sources
 
+# The two long-CoT sets the QFFT paper trains on, by hub name: their fields need an adapter (s1K-1.1 splits the R1 trace
+# into thinking and attempt), and naming the dataset should be enough.
 HF_ADAPTERS = {"gair/limo": "limo", "simplescaling/s1k-1.1": "s1k"}
 QUESTION_FIELDS = sources.QUESTION_FIELDS
 RESPONSE_FIELDS = ("response", "solution", "completion", "output", "generation")
@@ -152,6 +154,8 @@ def _text(rec: dict, fld: str, where: str) -> Optional[str]:
     """A response-like field: str, or None (dropped later); anything else is an error."""
     if fld not in rec:
         raise common.DataError(f"{where}: missing field '{fld}' (fields present: {', '.join(sorted(rec)) or 'none'})")
+    # None is allowed (a failed generation, an empty column): it is dropped and counted later, not an error, so one bad
+    # row of 10k does not stop the run.
     val = rec[fld]
     if val is not None and not isinstance(val, str):
         raise common.DataError(f"{where}: field '{fld}' must be str, got {type(val).__name__}")
@@ -247,10 +251,13 @@ def parse_record(fmt: str, rec: dict, where: str, args: Args) -> dict:
         q = common.require(rec, "question", where)
         thinking = _text(rec, "deepseek_thinking_trajectory", where)
         attempt = _text(rec, "deepseek_attempt", where)
+        # A trace missing either half is not R1's output format: dropped (counted as empty) rather than trained half.
         resp = s1k_response(thinking, attempt) if thinking and thinking.strip() and attempt and attempt.strip() \
             else None
         sol = rec.get("solution")
         return {"id": str(rec["id"]) if rec.get("id") is not None else None, "question": q,
+                # s1K's "solution" is the reference solution; its last box is the gold answer (rft mode grades against
+                # it).
                 "answer": grading.last_boxed(sol) if isinstance(sol, str) else None, "answer_type": "math",
                 "responses": [resp], "finish": [None]}
     # generic
@@ -266,6 +273,7 @@ def parse_record(fmt: str, rec: dict, where: str, args: Args) -> dict:
     if rf is None:
         raise common.DataError(f"{where}: no response field (tried {', '.join(RESPONSE_FIELDS + RESPONSE_LIST_FIELDS)}"
                                f"; set --response_field" + (", or --format chat" if found else "") + ")")
+    # A field already taken as the response is not also the gold answer (a file whose responses sit in "answer").
     af = sources._pick(rec, args.answer_field, tuple(a for a in ANSWER_FIELDS if a != rf))
     idf = args.id_field or "id"
     if args.id_field and args.id_field not in rec:
@@ -293,8 +301,13 @@ def load_groups(args: Args) -> tuple[list[dict], Counter, int]:
         if g is None:
             g = groups[rid] = {"id": rid, "question": r["question"], "answer": r["answer"],
                                "answer_type": r["answer_type"], "responses": [], "where": where}
+        # Records sharing an id are one question with several responses (how generic and LIMO-style files list them);
+        # the same id with another question text is a broken file, and silently merging would train responses to the
+        # wrong question.
         elif g["question"] != r["question"]:
             raise common.DataError(f"{where}: duplicate id '{rid}' with another question (first at {g['where']})")
+        # sample.py writes each question once, with all its responses: a repeated id there means two outputs were
+        # concatenated.
         elif fmt == "sample":
             raise common.DataError(f"{where}: duplicate id '{rid}' (first at {g['where']})")
         for resp, fin in zip(r["responses"], r["finish"]):
@@ -318,6 +331,8 @@ def take_questions(groups: list[dict], n: Optional[int], seed: int) -> list[dict
         return groups
     if n < 1:
         raise common.DataError("--max_questions must be at least 1")
+    # Seeded by name ("seed:max_questions"), as every random choice here: each choice has its own stream, so changing
+    # --alpha does not change which questions --max_questions keeps.
     keep = set(random.Random(f"{seed}:max_questions").sample(range(len(groups)), n))
     return [g for i, g in enumerate(groups) if i in keep]
 
@@ -333,6 +348,7 @@ class Tokens:
 
     def __init__(self, tokenizer, batch_size: int = 1000, suffixes: tuple[str, ...] = ()):
         self.tok = tokenizer
+        # Batched calls to the fast tokenizer (it parallelizes a batch): one call per text is much slower on 100k texts.
         self.bs = max(1, batch_size)
         self.lens_cache: dict[str, int] = {}
         self.suffixes = {s: len(models.encode(tokenizer, [s])[0]) for s in dict.fromkeys(suffixes)
@@ -343,6 +359,8 @@ class Tokens:
             return False
         probes = ["x", "Hello world.", "a \n", "b  ", "1+1=2\n\n", "\u6570\u5b66 \\boxed{2}", "end<"]
         ids = models.encode(self.tok, probes + [p + suffix for p in probes] + [suffix])
+        # The shortcut is only taken when it is exact on these probes (texts ending in space, newline, CJK, a '<'): a
+        # tokenizer that merges across the special token would give wrong counts, and counts decide cuts and stats.
         return all(ids[len(probes) + i] == ids[i] + ids[-1] for i in range(len(probes)))
 
     def ids(self, texts: list[str], desc: str = "tokenizing") -> list[list[int]]:
@@ -380,6 +398,8 @@ class Tokens:
             self.lens_cache[t] = self.lens_cache[base] + n
         return [self.lens_cache[t] for t in texts]
 
+    # skip_special_tokens=False and no cleanup: a prefix's text must re-tokenize to exactly its ids, which needs every
+    # token, special or not, and every space as generated.
     def decode(self, ids: list[int]) -> str:
         return self.tok.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
 
@@ -412,6 +432,8 @@ class Formatter:
         if qfft_eos and not self.eos:
             raise common.DataError("--qfft_eos: the tokenizer has no EOS token")
         self.qfft_eos = qfft_eos
+        # Prompts cached by question: with --responses all (or rft's 16 samples) the same question is rendered once, not
+        # once per response.
         self._prompts: dict[str, str] = {}
 
     def prompt(self, question: str) -> str:
@@ -442,6 +464,8 @@ class Formatter:
 def resolve_system(args: Args) -> Optional[str]:
     value = args.system_prompt
     if value is None:
+        # The presets' system prompts are each paper's training data: UPFT's code trains with the qwen-math template
+        # (the eval prompt); QFFT's LLaMA-Factory `qwen` template passes none, so the model's own default applies.
         value = {"upft": "eval", "qfft": "default"}.get(args.preset or "", "default")
     return models.resolve_system_prompt(value)
 
@@ -451,6 +475,7 @@ def resolve_system(args: Args) -> Optional[str]:
 def examples_of(groups: list[dict], how: str, tokens: Optional[Tokens], seed: int = 42) -> list[dict]:
     """One example per selected response: {"id", "source_id", "k", "question", "response", ...}. `random`: one
     response per question, seeded per question id (so it does not depend on the other questions)."""
+    # Token counts are measured only when a rule needs them (they cost a tokenizer pass over every response).
     if how in ("shortest", "longest"):
         flat = [g["responses"][k] for g in groups for k in g["kept"]]
         lens = iter(tokens.lens(flat, "measuring responses"))
@@ -469,6 +494,9 @@ def examples_of(groups: list[dict], how: str, tokens: Optional[Tokens], seed: in
             sign = 1 if how == "shortest" else -1
             ks = [min(zip(glens[gi], g["kept"]), key=lambda t: (sign * t[0], t[1]))[1]]
         for k in ks:
+            # An example's id is the question id when a rule keeps one response per question, else id#k with k the
+            # response's index in the input (empty ones included): stable when the kept set changes, and traceable back
+            # to the sample.
             out.append({"id": f"{g['id']}#{k}" if how == "all" else g["id"], "source_id": g["id"], "k": k,
                         "question": g["question"], "response": g["responses"][k]})
     return out
@@ -484,6 +512,8 @@ def grade_groups(groups: list[dict], workers: int, dropped: Counter) -> list[dic
         for k in g["kept"]:
             items.append((g["responses"][k], g["answer"], g["answer_type"]))
             where.append((g, k))
+    # The grader evaluate.py uses (grading.grade_many, math-verify in worker processes): "correct" in RFT data means
+    # exactly what accuracy means in the tables.
     results = grading.grade_many(items, workers=workers) if items else []
     correct = {(id(g), k) for (g, k), r in zip(where, results) if r["correct"]}
     dropped["incorrect"] += len(items) - len(correct)
@@ -502,10 +532,14 @@ def noise_wrong_answer(response: str, rng: random.Random, gold: Optional[str] = 
         return None
     s, e = span
     content = response[s:e]
+    # Retry until the new answer differs from the old one and from the gold: a noisy example whose "wrong" answer is
+    # right (or unchanged) would not be noise. 100 tries are plenty: at most one of the 9 candidates is the gold.
     for _ in range(100):
         runs = list(re.finditer(r"\d+", content))
         if runs:
             m = runs[-1]
+            # The last digit run changes (the units of "42", the denominator of "\frac{3}{4}"), so the
+            # answer stays the same kind of expression, only wrong: the paper's "numerical errors in the final steps".
             v = int(m.group()) + rng.randint(1, 9)
             new = content[:m.start()] + str(v).zfill(len(m.group())) + content[m.end():]
         else:
@@ -524,6 +558,7 @@ def _restate(response: str, old: str, new: str) -> str:
                 rf"(?i)(?<![0-9A-Za-z.])({esc})\s*\$?\s*is\s+(?:the\s+)?(?:correct|final)\s+answer")
         edits += [(m.start(1), m.end(1), new.strip()) for pat in pats for m in re.finditer(pat, response)]
     out, end = [], len(response)
+    # Edits applied from the end of the text backwards, so earlier offsets stay valid.
     for s, e, text in sorted(set(edits), reverse=True):
         if e <= end:  # overlapping edits: the later one wins
             out.append(text + response[e:end])
@@ -531,6 +566,8 @@ def _restate(response: str, old: str, new: str) -> str:
     return response[:end] + "".join(reversed(out))
 
 
+# A sentence ends after . ! ? (with closing quotes or brackets) before whitespace, or at a line break: the paper asks
+# for "semantic completeness of sentences", so a cut never falls mid-sentence when a boundary exists.
 _SENT_END = re.compile(r"(?<=[.!?])[\"')\]]*(?=\s)|(?=\n)")
 
 
@@ -555,6 +592,8 @@ def derangement(n: int, rng: random.Random) -> list[int]:
     """A uniformly random permutation with no fixed point (rejection sampling: ~e tries)."""
     if n < 2:
         raise common.DataError("noise level 4 needs at least 2 questions with a response")
+    # Rejection sampling keeps the permutation uniform over all derangements (a random shift would not be: every
+    # question would get its neighbour's response).
     while True:
         p = list(range(n))
         rng.shuffle(p)
@@ -600,6 +639,7 @@ def prefix_completions(tokens: Tokens, responses: list[str], heads: list[tuple[i
     """Exactly the first L tokens of each response (decoded), then EOS; shorter responses whole. `heads` are
     (token count, first L ids) from Tokens.head. Each text is checked to re-tokenize to the same ids + EOS; where
     decoding is not stable at the cut (a split multi-byte character, a merge) it shrinks one token at a time."""
+    # Responses of at most L tokens are kept whole, as their original text: nothing is cut, so nothing is decoded.
     texts = [tokens.decode(ids) if n > L else r for (n, ids), r in zip(heads, responses)]
     eos_ids = models.encode(tokens.tok, [eos])[0] if eos else []
     check = tokens.ids([t + eos for t in texts], "checking prefixes")
@@ -608,6 +648,8 @@ def prefix_completions(tokens: Tokens, responses: list[str], heads: list[tuple[i
         n = min(L, n_all)
         if n_all <= L:
             stats["prefix_whole"] += 1
+        # The check is what train.py will see: train.py tokenizes the completion text, so a prefix is right only if its
+        # text gives back exactly the first L ids (+ EOS). Shrinking (not growing) keeps the prefix within L tokens.
         if got != ids[:n] + eos_ids:
             t, n2 = tokens.stable_prefix(ids, n - 1, eos)
             stats["prefix_shrunk"] += 1
@@ -642,49 +684,59 @@ def truncate_completion(tokens: Tokens, completion: str, budget: int, eos: str =
     if not eos:
         text, n = tokens.stable_prefix(ids, min(budget, len(ids)))
         return text if n > 0 else None
+    # UPFT's SFTDataset truncates the tokenized text to max_len and sets the last id to EOS: here the budget - 1 first
+    # tokens, then EOS, as text that re-tokenizes to exactly that.
     text, n = tokens.stable_prefix(ids, min(budget - 1, len(ids)), eos)
     return text + eos if n > 0 else None
 
 
 def assign(n: int, frac: float, seed: int, what: str) -> set[int]:
     """Exactly round(frac * n) seeded indices."""
+    # Exactly round(frac * n), not a coin flip per example: the paper's p = 0.1 must give 10% in the data, also on small
+    # sets (a coin flip on 100 examples gives 10 +- 3).
     return set(random.Random(f"{seed}:{what}").sample(range(n), round(frac * n)))
 
 
 def last_part(n: int, frac: float) -> set[int]:
     """UPFT's split (train/train_sft.py): records i < int((1 - p) * n) are prefixes, the rest full."""
+    # round(..., 9) before int(): (1 - 0.3) * 90 is 62.99999999999999 in floating point, and int() alone would make
+    # 62 prefixes of what is meant as 63 (a float artifact, not UPFT's intent: p = 0.3 of 90 is 27 full).
     return set(range(int(round((1 - frac) * n, 9)), n))
 
 
-def build(args: Args, tokenizer, groups: list[dict], dropped: Counter) -> tuple[list[dict], dict]:
-    """All rules: the records to write and their statistics."""
-    check_args(args)
-    fmt = Formatter(tokenizer, resolve_system(args), args.qfft_eos, upft_end=args.mode == "upft" or
-                    args.preset == "upft")
-    if args.mode == "upft" and not fmt.eos:
-        raise common.DataError(f"{args.model}: the tokenizer has no EOS token, which UPFT's prefixes end with")
-    tokens = Tokens(tokenizer, args.batch_size, (fmt.eot, fmt.eos))
-    counts: Counter = Counter()
-    n_questions = len(groups)
-    if args.mode == "rft":
-        groups = grade_groups(groups, args.grade_workers, dropped)
-        examples = examples_of(groups, "all" if args.pairs else args.select, tokens, args.seed)
-    else:
-        examples = examples_of(groups, args.responses or "first", tokens, args.seed)
-    if args.mode == "noise":
-        examples = apply_noise(examples, groups, args.level, args.seed, dropped)
+# One builder per mode: the selected (question, response) examples -> records {id, type, prompt, completion,
+# source_id}, before the length rule. Every builder has the same signature, so `build` reads as: pick the mode's
+# builder, then cut to --max_len, then count. What a builder drops it counts in `dropped` (shown in the stats).
+def _record(ex: dict, typ: str, prompt: str, completion: str) -> dict:
+    return {"id": ex["id"], "type": typ, "prompt": prompt, "completion": completion, "source_id": ex["source_id"]}
 
-    if args.mode == "rft" and args.pairs:
-        return build_pairs(args, tokens, fmt, examples, dropped, n_questions)
 
-    if args.mode == "upft" and args.prefix_rule == "tokens":  # one pass: lengths (cached) and the first L ids
-        for ex, h in zip(examples, tokens.head([ex["response"] for ex in examples], args.prefix_len,
-                                               "response tokens")):
-            ex["head"] = h
-    # mix with --drop_long: N = the examples whose with-question form fits, so the split counts are exact. UPFT's
-    # prefix examples never depend on the length of the full response: its over-length full examples drop later.
-    if args.mode == "mix" and args.drop_long:
-        render = fmt.bare if args.mix_render == "bare" else fmt.sft
+def picked(args: Args, groups: list[dict], tokens: Tokens) -> list[dict]:
+    """The examples of every mode but rft: --responses of each question (unset: its first response)."""
+    return examples_of(groups, args.responses or "first", tokens, args.seed)
+
+
+def build_sft(args: Args, groups: list[dict], tokens: Tokens, fmt: Formatter, dropped: Counter,
+              counts: Counter) -> list[dict]:
+    """sft: the question through the chat template, the response (+ end of turn) as completion."""
+    return [_record(ex, "sft", *fmt.sft(ex["question"], ex["response"])) for ex in picked(args, groups, tokens)]
+
+
+def build_qfft(args: Args, groups: list[dict], tokens: Tokens, fmt: Formatter, dropped: Counter,
+               counts: Counter) -> list[dict]:
+    """qfft (QFFT §3.2): the bare response, no question and no markup."""
+    return [_record(ex, "qfft", *fmt.qfft(ex["response"])) for ex in picked(args, groups, tokens)]
+
+
+def build_mix(args: Args, groups: list[dict], tokens: Tokens, fmt: Formatter, dropped: Counter,
+              counts: Counter) -> list[dict]:
+    """mix (QFFT Fig. 2b): a seeded fraction --alpha keeps its question (sft rule, or `bare` text), the rest is
+    question-free (qfft rule)."""
+    examples = picked(args, groups, tokens)
+    render = fmt.bare if args.mix_render == "bare" else fmt.sft
+    # With --drop_long, N = the examples whose with-question form fits, so that round(alpha * N) is exact in the
+    # output (dropping after the split would skew it towards the shorter, question-free form).
+    if args.drop_long:
         full = [render(ex["question"], ex["response"]) for ex in examples]
         plen = tokens.lens([p for p, _ in full], "prompt tokens")
         clen = tokens.lens([c for _, c in full], "completion tokens")
@@ -692,46 +744,102 @@ def build(args: Args, tokenizer, groups: list[dict], dropped: Counter) -> tuple[
         if not all(keep):
             dropped["over_max_len"] += keep.count(False)
         examples = [ex for ex, ok in zip(examples, keep) if ok]
-
-    n = len(examples)
+    with_q = assign(len(examples), args.alpha, args.seed, "mix")
     records = []
-    if args.mode == "mix":
-        with_q = assign(n, args.alpha, args.seed, "mix")
-        render = fmt.bare if args.mix_render == "bare" else fmt.sft
-        for i, ex in enumerate(examples):
-            typ = "sft" if i in with_q else "qfft"
-            p, c = render(ex["question"], ex["response"]) if typ == "sft" else fmt.qfft(ex["response"])
-            records.append(_record(ex, typ, p, c))
-    elif args.mode == "upft":
-        full = last_part(n, args.full_ratio) if args.full_pick == "last" else assign(n, args.full_ratio, args.seed,
-                                                                                      "upft")
-        pre = [i for i in range(n) if i not in full]
-        if args.prefix_rule == "words":
-            made = word_prefix_completions(tokens, [examples[i]["response"] for i in pre], args.prefix_len, fmt.eos,
-                                           counts)
+    for i, ex in enumerate(examples):
+        if i in with_q:
+            records.append(_record(ex, "sft", *render(ex["question"], ex["response"])))
         else:
-            made = prefix_completions(tokens, [examples[i]["response"] for i in pre],
-                                      [examples[i]["head"] for i in pre], args.prefix_len, fmt.eos, counts)
-        comps = dict(zip(pre, made))
-        for i, ex in enumerate(examples):
-            if i in full:
-                records.append(_record(ex, "full", *fmt.sft(ex["question"], ex["response"])))
-            elif comps[i] is None:
-                dropped["prefix_not_stable"] += 1
-            else:
-                records.append(_record(ex, "prefix", fmt.prefix_prompt(ex["question"]), comps[i]))
-    else:
-        qfft = args.mode == "qfft" or (args.mode == "noise" and args.noise_form == "qfft")
-        for ex in examples:
-            p, c = fmt.qfft(ex["response"]) if qfft else fmt.sft(ex["question"], ex["response"])
-            rec = _record(ex, "qfft" if qfft else "sft", p, c)
-            if args.mode == "noise":
-                rec["noise"] = args.level
-                if "response_from" in ex:
-                    rec["response_from"] = ex["response_from"]
-            records.append(rec)
+            records.append(_record(ex, "qfft", *fmt.qfft(ex["response"])))
+    return records
 
-    # Length: what train.py will see. Over-length completions are cut by the official code's rule for their type.
+
+def build_upft(args: Args, groups: list[dict], tokens: Tokens, fmt: Formatter, dropped: Counter,
+               counts: Counter) -> list[dict]:
+    """upft (UPFT §3.3): a fraction --full_ratio of full responses (sft rule, UPFT's end), the rest the first
+    --prefix_len tokens of the response + EOS behind the prefix instruction. A prefix never depends on the length
+    of its full response: over-length full examples are cut (or dropped) later, by the length rule."""
+    if not fmt.eos:
+        raise common.DataError(f"{args.model}: the tokenizer has no EOS token, which UPFT's prefixes end with")
+    examples = picked(args, groups, tokens)
+    if args.prefix_rule == "tokens":  # one pass over every response: lengths (cached for later) and first L ids
+        for ex, h in zip(examples, tokens.head([ex["response"] for ex in examples], args.prefix_len,
+                                               "response tokens")):
+            ex["head"] = h
+    n = len(examples)
+    full = last_part(n, args.full_ratio) if args.full_pick == "last" else assign(n, args.full_ratio, args.seed,
+                                                                                  "upft")
+    pre = [i for i in range(n) if i not in full]
+    if args.prefix_rule == "words":
+        made = word_prefix_completions(tokens, [examples[i]["response"] for i in pre], args.prefix_len, fmt.eos,
+                                       counts)
+    else:
+        made = prefix_completions(tokens, [examples[i]["response"] for i in pre],
+                                  [examples[i]["head"] for i in pre], args.prefix_len, fmt.eos, counts)
+    comps = dict(zip(pre, made))
+    records = []
+    for i, ex in enumerate(examples):
+        if i in full:
+            records.append(_record(ex, "full", *fmt.sft(ex["question"], ex["response"])))
+        elif comps[i] is None:  # no prefix re-tokenizes to its own ids (see Tokens.stable_prefix)
+            dropped["prefix_not_stable"] += 1
+        else:
+            records.append(_record(ex, "prefix", fmt.prefix_prompt(ex["question"]), comps[i]))
+    return records
+
+
+def build_rft(args: Args, groups: list[dict], tokens: Tokens, fmt: Formatter, dropped: Counter,
+              counts: Counter) -> list[dict]:
+    """rft (UPFT's RFT baseline; SFT-Shortest with --select shortest): only responses whose final answer verifies
+    against the gold answer, --select of them per question (sft rule); with --pairs, DPO pairs instead."""
+    groups = grade_groups(groups, args.grade_workers, dropped)
+    if args.pairs:
+        return pair_records(tokens, fmt, examples_of(groups, "all", tokens, args.seed), dropped)
+    return [_record(ex, "sft", *fmt.sft(ex["question"], ex["response"]))
+            for ex in examples_of(groups, args.select, tokens, args.seed)]
+
+
+def build_noise(args: Args, groups: list[dict], tokens: Tokens, fmt: Formatter, dropped: Counter,
+                counts: Counter) -> list[dict]:
+    """noise (QFFT §6.2, levels II-IV): the responses made noisy (apply_noise), then the --noise_form rule. Each
+    record keeps its level, and at level IV the question its response came from."""
+    records = []
+    for ex in apply_noise(picked(args, groups, tokens), groups, args.level, args.seed, dropped):
+        p, c = fmt.qfft(ex["response"]) if args.noise_form == "qfft" else fmt.sft(ex["question"], ex["response"])
+        rec = _record(ex, args.noise_form, p, c)
+        rec["noise"] = args.level
+        if "response_from" in ex:
+            rec["response_from"] = ex["response_from"]
+        records.append(rec)
+    return records
+
+
+BUILDERS = {"sft": build_sft, "qfft": build_qfft, "mix": build_mix, "upft": build_upft, "rft": build_rft,
+            "noise": build_noise}
+
+
+def build(args: Args, tokenizer, groups: list[dict], dropped: Counter) -> tuple[list[dict], dict]:
+    """All rules: the mode's builder makes the records, the length rule cuts them to --max_len; returns the
+    records to write and their statistics."""
+    check_args(args)
+    # UPFT's code ends full examples its own way (Formatter.sft); an sft run with --preset upft is UPFT's SFT
+    # baseline, trained by the same code, so it ends the same way.
+    fmt = Formatter(tokenizer, resolve_system(args), args.qfft_eos, upft_end=args.mode == "upft" or
+                    args.preset == "upft")
+    tokens = Tokens(tokenizer, args.batch_size, (fmt.eot, fmt.eos))
+    counts: Counter = Counter()
+    n_questions = len(groups)  # before rft's grading leaves some without a response
+    records = BUILDERS[args.mode](args, groups, tokens, fmt, dropped, counts)
+    fit = fit_pairs if args.pairs else fit_length
+    kept = fit(args, tokens, fmt, records, dropped, counts)
+    return kept, make_stats(args, tokens, kept, dropped, counts, n_questions)
+
+
+def fit_length(args: Args, tokens: Tokens, fmt: Formatter, records: list[dict], dropped: Counter,
+               counts: Counter) -> list[dict]:
+    """The length rule: what train.py will see. An example over --max_len is dropped with --drop_long, else its
+    completion is cut by the official code's rule for its type (truncate_completion); one whose prompt alone does
+    not fit is dropped."""
     plen = tokens.lens([r["prompt"] for r in records], "prompt tokens")
     clen = tokens.lens([r["completion"] for r in records], "completion tokens")
     kept = []
@@ -740,6 +848,7 @@ def build(args: Args, tokenizer, groups: list[dict], dropped: Counter) -> tuple[
             if args.drop_long:
                 dropped["over_max_len"] += 1
                 continue
+            # UPFT's SFTDataset forces the last token of a cut example to EOS; LLaMA-Factory (QFFT) adds nothing
             eos = fmt.eos if fmt.upft_end and r["type"] in ("sft", "full", "prefix") else ""
             c = truncate_completion(tokens, r["completion"], args.max_len - a, eos) if a < args.max_len else None
             if c is None:
@@ -748,15 +857,10 @@ def build(args: Args, tokenizer, groups: list[dict], dropped: Counter) -> tuple[
             r["completion"] = c
             counts["truncated"] += 1
         kept.append(r)
-    return kept, make_stats(args, tokens, kept, dropped, counts, n_questions)
+    return kept
 
 
-def _record(ex: dict, typ: str, prompt: str, completion: str) -> dict:
-    return {"id": ex["id"], "type": typ, "prompt": prompt, "completion": completion, "source_id": ex["source_id"]}
-
-
-def build_pairs(args, tokens: Tokens, fmt: Formatter, examples: list[dict], dropped: Counter,
-                n_questions: int) -> tuple[list[dict], dict]:
+def pair_records(tokens: Tokens, fmt: Formatter, examples: list[dict], dropped: Counter) -> list[dict]:
     """DPO/SimPO pairs: chosen = the shortest correct response, rejected = the longest (in tokens)."""
     by_q: dict[str, list[dict]] = {}
     for ex in examples:
@@ -768,19 +872,25 @@ def build_pairs(args, tokens: Tokens, fmt: Formatter, examples: list[dict], drop
         if len(exs) < 2:
             dropped["pair_fewer_than_2_correct"] += 1
             continue
-        best = min(range(len(exs)), key=lambda i: (ls[i], i))
+        best = min(range(len(exs)), key=lambda i: (ls[i], i))  # ties: the earliest response
         worst = max(range(len(exs)), key=lambda i: (ls[i], -i))
-        if ls[best] == ls[worst]:
+        if ls[best] == ls[worst]:  # nothing for a length preference to learn
             dropped["pair_no_length_difference"] += 1
             continue
         p, chosen = fmt.sft(exs[best]["question"], exs[best]["response"])
         _, rejected = fmt.sft(exs[worst]["question"], exs[worst]["response"])
         records.append({"id": qid, "type": "pair", "prompt": p, "chosen": chosen, "rejected": rejected,
                         "source_id": qid})
+    return records
+
+
+def fit_pairs(args: Args, tokens: Tokens, fmt: Formatter, records: list[dict], dropped: Counter,
+              counts: Counter) -> list[dict]:
+    """The length rule for pairs: prompt + the longer side within --max_len; each side over it is cut."""
     plen = tokens.lens([r["prompt"] for r in records], "prompt tokens")
     chl = tokens.lens([r["chosen"] for r in records], "chosen tokens")
     rjl = tokens.lens([r["rejected"] for r in records], "rejected tokens")
-    kept, counts = [], Counter()
+    kept = []
     for r, a, b, c in zip(records, plen, chl, rjl):
         if a + max(b, c) > args.max_len:
             if args.drop_long or a >= args.max_len:
@@ -794,7 +904,7 @@ def build_pairs(args, tokens: Tokens, fmt: Formatter, examples: list[dict], drop
                 continue
             counts["truncated"] += 1
         kept.append(r)
-    return kept, make_stats(args, tokens, kept, dropped, counts, n_questions)
+    return kept
 
 
 def make_stats(args: Args, tokens: Tokens, records: list[dict], dropped: Counter, counts: Counter,
@@ -818,6 +928,7 @@ def make_stats(args: Args, tokens: Tokens, records: list[dict], dropped: Counter
         "mode": args.mode, "questions": n_questions,
         "questions_out": len({r["source_id"] for r in records}), "examples": len(records),
         "types": {t: v["examples"] for t, v in by_type.items()},
+        # Sorted keys, so the stats file is byte-identical across runs (Counter order depends on which drop came first).
         "dropped": dict(sorted(dropped.items())), "dropped_total": sum(dropped.values()),
         "prompt_tokens_mean": mean(plen), "completion_tokens_mean": mean(trained),
         "trained_tokens": sum(trained),  # UPFT's "#Tokens tuning"
@@ -845,6 +956,7 @@ def check_args(args: Args) -> None:
         bad(f"--grade_workers must be >= 0 (0: one per core), got {args.grade_workers}")
     if args.max_questions is not None and args.max_questions < 1:
         bad(f"--max_questions must be >= 1, got {args.max_questions}")
+    # Checked before the tokenizer and the input load: a typo in --output fails in a second, not after tokenizing GBs.
     common.check_writable(args.output, "--output")
     if args.mode == "mix" and not 0 <= args.alpha <= 1:
         bad(f"--alpha must be in [0, 1], got {args.alpha}")
@@ -871,6 +983,8 @@ def fingerprint(args: Args, tokenizer) -> dict:
         inp = runs.file_fingerprint(p, full=True)["sha256"]  # prepare reads every byte anyway: hash them all
     else:
         inp = f"hub:{args.input}:{args.split}" + (f":{args.dataset_config}" if args.dataset_config else "")
+    # The tokenizer decides the training text (template, EOS, end of turn) and the cuts (the vocabulary), so a model
+    # re-downloaded with a fixed template at the same name is a change, and "up to date" must not hide it.
     tok_h = hashlib.sha256(json.dumps([tokenizer.chat_template, tokenizer.eos_token, len(tokenizer),
                                        models.end_of_turn(tokenizer)], default=str).encode())
     tj = Path(args.model) / "tokenizer.json"
@@ -893,7 +1007,8 @@ def main():
     models.set_chat_template(tokenizer, args.chat_template)
     settings = {k: v for k, v in dataclasses.asdict(args).items() if k not in NOT_SETTINGS}
     settings.update(fingerprint(args, tokenizer))
-    if runs.check_settings(meta_path, settings, args.overwrite, f"{out}") and out.exists() and stats_path.exists():
+    if runs.claim_output(meta_path, settings, args.overwrite, f"{out}") is not None and out.exists() \
+            and stats_path.exists():
         print(f"{out} is up to date (same settings and input); pass --overwrite to rebuild it")
         return push()
 
@@ -906,7 +1021,13 @@ def main():
     meta_path.unlink(missing_ok=True)  # meta is written last: a rebuild killed half-way never looks finished
     common.write_jsonl(out, records)
     common.write_json(stats_path, stats)
+    # the template text itself, not only --chat_template's path: train.py saves it into the checkpoint, so that the
+    # trained model renders prompts exactly as its training data was rendered (and the file may move or change).
+    # Question-free data used no template: None, and the trained model keeps its base model's.
+    question_free = args.mode == "qfft" or (args.mode == "noise" and args.noise_form == "qfft") or \
+        (args.mode == "mix" and args.mix_render == "bare")
     common.write_json(meta_path, runs.run_info(args, settings=settings,
+                                                 chat_template=None if question_free else tokenizer.chat_template,
                                                  versions=runs.versions("transformers", "tokenizers")))
     types = ", ".join(f"{k} {v}" for k, v in stats["types"].items())
     print(f"wrote {out}: {stats['examples']} examples ({types}) from {stats['questions_out']} questions; "

@@ -98,11 +98,6 @@ class Args:
     seed: int = _f(0, "seed of the bootstrap resamples (--ci): the same seed gives the same intervals")
 
 
-CANONICAL = ["gsm8k", "math500", "aime24", "aime25", "amc23", "minerva", "minerva_short", "gpqa", "gpqa_open",
-             "mmlu_pro"]
-LABELS = {"gsm8k": "GSM8K", "math500": "MATH500", "aime24": "AIME24", "aime25": "AIME25", "amc23": "AMC23",
-          "minerva": "Minerva", "minerva_short": "Minerva", "gpqa": "GPQA", "gpqa_open": "GPQA (open)",
-          "mmlu_pro": "MMLU-Pro"}
 FORMATS = ("md", "csv", "tex")
 
 
@@ -225,7 +220,8 @@ def list_benchmarks(name: str, d: str) -> dict[str, Path]:
 
 def order_benchmarks(names) -> list[str]:
     names = set(names)
-    return [b for b in CANONICAL if b in names] + sorted(names - set(CANONICAL))
+    # the registry's order is the papers' column order; other names (files of no registry benchmark) after it
+    return [b for b in sources.BENCHMARKS if b in names] + sorted(names - set(sources.BENCHMARKS))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -430,26 +426,27 @@ def intervals(boot: dict[str, dict[str, np.ndarray]], level: float) -> dict[str,
 
 # ----------------------------------------------------------------------------------------------------------------
 # Tables: raw values (CSV, full precision) + formatted cells (Markdown / LaTeX)
-def _num(v) -> bool:
+def is_number(v) -> bool:
+    """A value to print: not missing (None) and not NaN (a metric with nothing to average)."""
     return v is not None and not (isinstance(v, float) and math.isnan(v))
 
 
 def f_acc(v, delta=False):
-    return "" if not _num(v) else (f"{v:+.1f}" if delta else f"{v:.1f}")
+    return "" if not is_number(v) else (f"{v:+.1f}" if delta else f"{v:.1f}")
 
 
 def f_tok(v, delta=False):
-    return "" if not _num(v) else (f"{v:+.1f}%" if delta else f"{v / 1000:.1f}K")
+    return "" if not is_number(v) else (f"{v:+.1f}%" if delta else f"{v / 1000:.1f}K")
 
 
 def f_big(v, delta=False):
-    if not _num(v):
+    if not is_number(v):
         return ""
     return f"{v / 1e6:.2f}M" if v >= 1e6 else f"{v / 1e3:.1f}K" if v >= 1e3 else f"{v:.0f}"
 
 
 def f_int(v, delta=False):
-    return "" if not _num(v) else f"{v:.0f}"
+    return "" if not is_number(v) else f"{v:.0f}"
 
 
 @dataclass
@@ -537,7 +534,7 @@ def _latex_math(tex: str) -> str:
 
 
 def _avg(vals: list) -> float:
-    return float(np.mean(vals)) if vals and all(_num(v) for v in vals) else float("nan")
+    return float(np.mean(vals)) if vals and all(is_number(v) for v in vals) else float("nan")
 
 
 def build_tables(names, benches, summ, raks, aes_vals, args, ref, base, aes_base, train, degenerate=()) -> list[Table]:
@@ -545,7 +542,7 @@ def build_tables(names, benches, summ, raks, aes_vals, args, ref, base, aes_base
     missing = [(r, b) for r in names for b in benches if b not in summ[r]]
     miss_note = ([f"empty: no results for {', '.join(f'{r}/{b}' for r, b in missing)}; averages that would "
                   f"include them are left empty"] if missing else [])
-    label = lambda b: LABELS.get(b, b)  # noqa: E731
+    label = sources.label
 
     def metrics_of(r):
         v = {}
@@ -576,7 +573,7 @@ def build_tables(names, benches, summ, raks, aes_vals, args, ref, base, aes_base
                 x, y = vals[r], vals[base]
                 d[f"{b}_acc"] = x[f"{b}_acc"] - y[f"{b}_acc"]
                 d[f"{b}_tokens"] = 100.0 * (x[f"{b}_tokens"] - y[f"{b}_tokens"]) / y[f"{b}_tokens"] \
-                    if _num(y[f"{b}_tokens"]) and y[f"{b}_tokens"] else float("nan")
+                    if is_number(y[f"{b}_tokens"]) and y[f"{b}_tokens"] else float("nan")
                 d[f"{b}_rak"] = x[f"{b}_rak"] - y[f"{b}_rak"]
             for m in ("acc", "tokens", "rak"):  # QFFT Table 2: the Average Δ is the mean of the per-benchmark Δ
                 d[f"avg_{m}"] = _avg([d[f"{b}_{m}"] for b in benches])
@@ -685,7 +682,7 @@ def make_plots(out: Path, names, benches, summ) -> list[Path]:
             if s:
                 ax.scatter(s["tokens"], s["acc"], color=color[r], s=40, zorder=3)
                 ax.annotate(r, (s["tokens"], s["acc"]), xytext=(4, 4), textcoords="offset points", fontsize=8)
-        ax.set_title(LABELS.get(b, b))
+        ax.set_title(sources.label(b))
         ax.set_xlabel("mean response tokens")
         ax.set_ylabel("accuracy (%)")
         ax.grid(alpha=0.3)
@@ -754,7 +751,7 @@ def main(argv=None):
                 "beta": args.beta, "gamma": args.gamma, "train_stats": stats_files,
                 "long_cot_rule": args.long_cot_rule or stored,
                 **({"ci": args.ci, "ci_resamples": args.ci_resamples, "seed": args.seed} if args.ci else {})}
-    runs.check_settings(out / "meta.json", settings, args.overwrite, f"{out}")
+    runs.claim_output(out / "meta.json", settings, args.overwrite, f"{out}")  # tables are cheap: always rewritten
     if args.long_cot_rule is None and len(set(stored.values())) > 1:
         used = ", ".join(f"{r}: {v}" for r, v in stored.items())
         warn(f"the runs were evaluated with different long-CoT rules ({used}): pass --long_cot_rule to recompute "

@@ -318,11 +318,10 @@ def main() -> None:
     runs.lock_output(out)  # one run per output file: a second one is refused here, before anything is touched
     meta = meta_path(out)
     settings = settings_of(args, system_prompt)
-    if meta.exists() and not (out.exists() and out.stat().st_size) and not _done(meta):
-        meta.unlink()  # left by a run that failed before its first chunk: nothing to resume or protect
-    resume = runs.check_settings(meta, settings, args.overwrite, f"{out}")
-    if not resume and out.exists() and out.stat().st_size and not args.overwrite:
-        raise common.DataError(f"{out} exists without {meta.name}; pass --overwrite to replace it")
+    # made: a sampled chunk, or a finished empty shard; a meta alone is a failed start (nothing to resume or protect)
+    made = bool(out.exists() and out.stat().st_size) or _done(meta)
+    resume = runs.claim_output(meta, settings, args.overwrite, f"{out}", made=made,
+                               unowned=f"{out} exists without {meta.name}; pass --overwrite to replace it") is not None
     done = common.load_finished(out) if resume else {}
     todo = [q for q in questions if q["id"] not in done]
     log.info("%d questions (%d in total, shard %d of %d): %d done, %d to sample -> %s", len(questions), total,

@@ -22,12 +22,15 @@ from runs import file_fingerprint
 
 def answer_str(x) -> str:
     """27.0 -> '27' (AMC's float answers), other values as strings."""
+    # Gold answers stored as JSON numbers (AMC23's 27.0) must read as the text a model writes ("27").
     if isinstance(x, float) and x.is_integer():
         return str(int(x))
     return str(x).strip()
 
 
 def _gsm8k_gold(rec) -> str:
+    # GSM8K's solutions end in "#### 1,234": the number after the last "####", thousands separators dropped, so the
+    # gold is one plain number whichever way a model writes it.
     return rec["answer"].split("####")[-1].strip().replace(",", "")
 
 
@@ -50,26 +53,32 @@ class Source:
     level: Optional[str] = None     # difficulty field (MATH500)
     format_question: Optional[Callable[[dict], str]] = None  # e.g. multiple-choice options
     kind: str = "benchmark"         # "benchmark" or "pool" (training questions)
+    label: str = ""                 # the name in tables and figures (rak.py; as the papers print it); "": the key
 
 
-REGISTRY: dict[str, Source] = {
-    "gsm8k": Source("benchmarks/gsm8k/test.jsonl", "question", _gsm8k_gold),
+REGISTRY: dict[str, Source] = {  # benchmarks in the order of the papers' table columns (rak.py), then pools
+    "gsm8k": Source("benchmarks/gsm8k/test.jsonl", "question", _gsm8k_gold, label="GSM8K"),
     "math500": Source("benchmarks/math500/test.jsonl", "problem", lambda r: answer_str(r["answer"]),
-                      id_field="unique_id", level="level"),
-    "aime24": Source("benchmarks/aime24/test.jsonl", "problem", lambda r: answer_str(r["answer"]), id_field="id"),
-    "aime25": Source("benchmarks/aime25/test.jsonl", "problem", lambda r: answer_str(r["answer"]), id_field="id"),
-    "amc23": Source("benchmarks/amc23/test.jsonl", "problem", lambda r: answer_str(r["answer"]), id_field="id"),
+                      id_field="unique_id", level="level", label="MATH500"),
+    "aime24": Source("benchmarks/aime24/test.jsonl", "problem", lambda r: answer_str(r["answer"]), id_field="id",
+                     label="AIME24"),
+    "aime25": Source("benchmarks/aime25/test.jsonl", "problem", lambda r: answer_str(r["answer"]), id_field="id",
+                     label="AIME25"),
+    "amc23": Source("benchmarks/amc23/test.jsonl", "problem", lambda r: answer_str(r["answer"]), id_field="id",
+                    label="AMC23"),
     # Minerva: the gold is the last \boxed{} of the reference solution (Qwen2.5-Math's harness) ...
-    "minerva": Source("benchmarks/minerva_math/test.jsonl", "problem", lambda r: last_boxed(r["solution"])),
+    "minerva": Source("benchmarks/minerva_math/test.jsonl", "problem", lambda r: last_boxed(r["solution"]),
+                      label="Minerva"),
     # ... or LIMO's short extracted answers for the same 272 questions in the same order.
     "minerva_short": Source("benchmarks/minerva_math/limo_minerva_qa.jsonl", "question",
-                            lambda r: answer_str(r["answer"])),
-    "mmlu_pro": Source("benchmarks/mmlu_pro_test.jsonl.gz", "question", lambda r: r["answer"], id_field="question_id",
-                       answer_type="mc", format_question=lambda r: _mc_question(r["question"], r["options"])),
+                            lambda r: answer_str(r["answer"]), label="Minerva"),
     # GPQA diamond is never committed: --data PATH, $GPQA_PATH, or the gated hub dataset Idavidrein/gpqa.
-    "gpqa": Source("", "question", lambda r: r["gold"], id_field="id", answer_type="mc"),
+    "gpqa": Source("", "question", lambda r: r["gold"], id_field="id", answer_type="mc", label="GPQA"),
     # UPFT's GPQA: the same 198 questions without options; gold = the correct answer's text (LLM judge: --judge)
-    "gpqa_open": Source("", "question", lambda r: r["gold"], id_field="id"),
+    "gpqa_open": Source("", "question", lambda r: r["gold"], id_field="id", label="GPQA (open)"),
+    "mmlu_pro": Source("benchmarks/mmlu_pro_test.jsonl.gz", "question", lambda r: r["answer"], id_field="question_id",
+                       answer_type="mc", format_question=lambda r: _mc_question(r["question"], r["options"]),
+                       label="MMLU-Pro"),
     # Training question pools
     "prm12k": Source("train/prm12k_questions.jsonl.gz", "problem", lambda r: answer_str(r["answer"]), kind="pool"),
     "math_train": Source("train/math_train_7500.jsonl.gz", "problem", lambda r: answer_str(r["answer"]), kind="pool"),
@@ -79,6 +88,14 @@ BENCHMARKS = [k for k, v in REGISTRY.items() if v.kind == "benchmark"]
 GPQA_SEED = 0  # choices are shuffled per question with this seed: the same letters in every run
 
 
+def label(name: str) -> str:
+    """A benchmark's name in tables and figures: its registry label, else the name itself (a file of another name)."""
+    src = REGISTRY.get(name)
+    return src.label if src is not None and src.label else name
+
+
+# An id from the question's text, for data without ids: stable across runs and machines (unlike a line number after a
+# filter or a shuffle), so resume and the joins between stages still work.
 def stable_id(question: str) -> str:
     return hashlib.sha1(question.encode("utf-8")).hexdigest()[:16]
 
@@ -87,6 +104,8 @@ def _gpqa_records(path: Optional[str], open_ended: bool = False) -> list[dict]:
     """GPQA diamond with its four choices shuffled by a fixed seed into A-D; open_ended (UPFT's GPQA): the question
     alone, gold = the correct answer's text. open_ended also reads UPFT's own file (data/math_test/gpqa/test.jsonl:
     `question`, `solution`, `answer`, no options), whose question text is kept as it is (UPFT's prompt)."""
+    # GPQA's authors ask that it never appear in plain text where crawlers read it: it is never committed, only read
+    # from a local file the user points at, or from the gated hub dataset.
     path = path or os.environ.get("GPQA_PATH")
     if path:
         raw = [(f"{path}:{n}", r) for n, r in iter_jsonl(path)] if not str(path).endswith(".csv") else \
@@ -113,6 +132,8 @@ def _gpqa_records(path: Optional[str], open_ended: bool = False) -> list[dict]:
             out.append({"id": rid, "question": q.strip(), "gold": correct, "answer_type": "math"})
             continue
         options = [correct] + wrong
+        # The correct answer is first in the source data: without a shuffle every gold letter would be A. Seeded per
+        # question id, so the letters are the same in every run and do not depend on which other questions were loaded.
         random.Random(f"{GPQA_SEED}-{rid}").shuffle(options)
         out.append({"id": rid, "question": _mc_question(q.strip(), options), "gold": "ABCD"[options.index(correct)],
                     "answer_type": "mc"})
@@ -124,6 +145,8 @@ def _read_table(path) -> list[dict]:
     p = str(path)
     try:
         if p.endswith(".parquet"):
+            # pandas only for the formats JSONL is not (parquet, csv, a JSON list): imported here, so that the stages
+            # that read JSONL do not pay for it.
             df = pd.read_parquet(p)
         elif p.endswith(".csv"):
             df = pd.read_csv(p)
@@ -168,6 +191,8 @@ def read_records(source: str, split: str = "train", config: Optional[str] = None
             recs = [(f"{p}:{n}", r) for n, r in iter_jsonl(p)]
         else:
             recs = [(f"{p}:{i + 1}", r) for i, r in enumerate(_read_table(p))]
+    # Only ORG/NAME is taken for a hub dataset: a mistyped local path (runs/x.jsonl) must say "no such file", not start
+    # a download of a dataset called runs/x.jsonl.
     elif re.fullmatch(r"[\w.-]+/[\w.-]+", source) and not source.endswith((".jsonl", ".json", ".parquet", ".gz")):
         recs = [(f"{source}[{i}]", r) for i, r in enumerate(_load_hf(source, split, config))]
     else:
@@ -288,11 +313,15 @@ def load_questions(source: str, *, question_field: Optional[str] = None, answer_
                     gold = src.gold(rec)
                 except (KeyError, AttributeError, TypeError) as e:
                     raise DataError(f"{where}: cannot read the gold answer ({e!r})") from None
+                # Files without an id field (GSM8K, Minerva) use the line's index: these files are fixed (committed), so
+                # the index is as stable as an id.
                 rid = str(rec[src.id_field]) if src.id_field and src.id_field in rec else str(len(out))
                 item = {"id": rid, "question": q, "gold": None if gold is None else str(gold),
                         "answer_type": src.answer_type}
                 if src.level and src.level in rec:
                     lv = rec[src.level]
+                    # MATH500's level is "Level 3" in some copies and 3 in others: the digits alone, so per-level
+                    # metrics group the same.
                     item["level"] = int(re.sub(r"\D", "", str(lv)) or 0)
                 out.append(item)
                 wheres.append(where)
@@ -316,12 +345,15 @@ def load_questions(source: str, *, question_field: Optional[str] = None, answer_
             out.append({"id": rid, "question": q, "gold": None if gold is None else answer_str(gold),
                         "answer_type": "math"})
             wheres.append(where)
+    # Duplicate ids are an error, not deduplicated: every later stage joins on the id (resume, rak's per-question
+    # agreement), and two questions under one id would silently merge.
     for item, where in zip(out, wheres):
         if item["id"] in where_of:
             raise DataError(f"{where}: duplicate id '{item['id']}' (first at {where_of[item['id']]})")
         where_of[item["id"]] = where
     if not out:
         raise DataError(f"{source}: no records")
+    # --limit takes the first K questions in file order (not a sample): the same K for every model compared.
     return out[:limit] if limit else out
 
 

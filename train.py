@@ -43,6 +43,7 @@ import math
 import os
 import shutil
 import socket
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -247,12 +248,17 @@ def load_examples(tok, path: str, max_len: int, keep=None):
     chunk = 2048
     for i in range(0, len(recs), chunk):
         part = [r for _, r in recs[i:i + chunk]]
+        # Prompt and completion tokenized separately, not their concatenation: the loss mask must fall exactly at the
+        # boundary prepare.py wrote, and a BPE merge across it would blur which token is the first trained one.
         ps = models.encode(tok, [r["prompt"] for r in part]) if any(r["prompt"] for r in part) else [[]] * len(part)
         cs = models.encode(tok, [r["completion"] for r in part])
         for r, p, c in zip(part, ps, cs):
             p = p if r["prompt"] else []
             ids = (list(p) + list(c))
             cut += len(ids) > max_len
+            # Cut at the end, as LLaMA-Factory's cutoff_len and OpenRLHF's max_len do: the prompt survives and the
+            # completion loses its tail (prepare.py already cut to the same --max_len, so this is a safety net for other
+            # data).
             ex = Example(np.asarray(ids[:max_len], dtype=np.int32), len(p))
             if ex.n_trained <= 0:
                 dropped += 1
@@ -304,10 +310,34 @@ def load_data(tok, args: Args):
     return examples, stats, evals
 
 
+def prepared_by(data: str) -> dict:
+    """What prepare.py decided for DATA, read from its DATA.meta.json: `chat_template` (the template text the prompts
+    were rendered with) and `max_len`. {} for data that prepare.py did not make (no such sidecar)."""
+    p = Path(f"{data}.meta.json")
+    if not p.is_file():
+        return {}
+    meta = common.read_json(p, "metadata")
+    made = meta.get("args") if isinstance(meta, dict) else None
+    if not isinstance(made, dict) or "mode" not in made or "max_len" not in made:
+        return {}  # another stage's sidecar (sample.py's): it decided nothing about training text
+    out = {"meta": str(p), "max_len": made["max_len"] if isinstance(made["max_len"], int) else None}
+    if "chat_template" in meta:  # None: question-free data, rendered with no template
+        out["chat_template"] = meta["chat_template"]
+    elif made.get("chat_template"):  # data prepared before prepare.py recorded the text: its --chat_template FILE
+        try:
+            out["chat_template"] = Path(made["chat_template"]).read_text()
+        except OSError:
+            print(f"warning: {data} was rendered with the chat template {made['chat_template']}, which cannot be "
+                  f"read now: the checkpoint keeps the base model's template", file=sys.stderr)
+    return out
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # The data plan: every rank computes the whole plan (cheap, deterministic), so no collective is needed to agree
 # on how many micro-batches a step has.
 def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
+    # A fresh permutation per epoch from (seed, epoch), not a generator advanced through the epochs: a run resumed at
+    # epoch 3 draws exactly the order the uninterrupted run drew, with no state to save.
     return np.random.default_rng([seed, epoch]).permutation(n)
 
 
@@ -315,6 +345,8 @@ def split_ranks(idx: list[int], lengths, world: int) -> list[list[int]]:
     """Longest first to the rank with the fewest tokens: balanced work per rank."""
     parts, load = [[] for _ in range(world)], [0] * world
     for i in sorted(idx, key=lambda i: (-lengths[i], i)):
+        # Tokens, not examples, balance the ranks: attention and the MLP cost grow with tokens, and under ZeRO-3 every
+        # rank waits for the slowest at each collective.
         r = min(range(world), key=lambda r: (load[r], r))
         parts[r].append(i)
         load[r] += lengths[i]
@@ -325,6 +357,9 @@ def pack(idx: list[int], lengths, budget: int) -> list[list[int]]:
     """First-fit decreasing into micro-batches of <= budget tokens (an example longer than budget goes alone)."""
     bins, room = [], []
     for i in sorted(idx, key=lambda i: (-lengths[i], i)):
+        # First-fit decreasing: close to the fewest micro-batches (at most 11/9 of the optimum, plus one),
+        # deterministic, and fast for thousands of examples per step; the order of examples inside a micro-batch does
+        # not change the loss.
         for b in range(len(bins)):
             if lengths[i] <= room[b]:
                 bins[b].append(i)
@@ -341,6 +376,8 @@ def pad_groups(idx: list[int], lengths, budget: int) -> list[list[int]]:
     groups, cur, longest = [], [], 0
     for i in idx:
         m = max(longest, lengths[i])
+        # Padding costs (count x longest): a group grows while its padded size fits the budget, as a padded baseline
+        # with a token budget would batch.
         if cur and (len(cur) + 1) * m > budget:
             groups.append(cur)
             cur, m = [], lengths[i]
@@ -352,6 +389,9 @@ def pad_groups(idx: list[int], lengths, budget: int) -> list[list[int]]:
 def token_weights(batch: list[int], examples: list[Example], reduction: str) -> dict[int, float]:
     """Weight of each trained token of each example so that the sum over the global batch is the loss."""
     if reduction == "sample":
+        # "sample": each example's mean token loss, averaged over the examples of the global batch, so a long trace and
+        # a short answer weigh the same; "token": every trained token of the batch weighs the same. Either way the
+        # weights depend on the whole global batch only, never on how it is split into ranks and micro-batches.
         return {i: 1.0 / (examples[i].n_trained * len(batch)) for i in batch}
     total = sum(examples[i].n_trained for i in batch)
     return {i: 1.0 / total for i in batch}
@@ -377,10 +417,15 @@ def collate(micro: list[int], examples: list[Example], weights: dict[int, float]
     for ids, n_prompt, w in rows:
         t = np.full(len(ids), -100, dtype=np.int64)
         t[:-1] = ids[1:]
+        # Position j predicts token j + 1: the positions before the last prompt token predict prompt tokens and get no
+        # loss; the last prompt position predicts the first completion token and does. With no prompt (QFFT), nothing
+        # predicts the first token.
         t[:max(n_prompt, 1) - 1] = -100  # positions predicting a prompt token
         tgts.append(t)
         ws.append(np.where(t != -100, w, 0.0))
     if packing:
+        # Packed: one row of the examples back to back, positions restarting at 0 per example (what RoPE needs to treat
+        # each as its own sequence) and segment ids that keep attention apart (packing.py).
         out = {"input_ids": np.concatenate([r[0] for r in rows])[None],
                "position_ids": np.concatenate([np.arange(len(r[0])) for r in rows])[None],
                "targets": np.concatenate(tgts)[None], "weights": np.concatenate(ws)[None],
@@ -403,6 +448,8 @@ def micro_batch_loss(model, mb: dict, device, attn="sdpa", head: str = "logits")
     mb = {k: v.to(device) for k, v in mb.items()}
     targets, weights = mb["targets"], mb["weights"].float()
     if "segments" in mb:  # packed: one row
+        # Logits only where a target exists: a 16k-token row of mostly prompt would otherwise compute (and keep for
+        # backward) the vocabulary projection of every prompt position.
         keep = (targets[0] != -100).nonzero().squeeze(1)
         kw = {"position_ids": mb["position_ids"], **packing.attention_kwargs(attn, mb["segments"])}
         return packing.head_loss(model, dict(input_ids=mb["input_ids"], logits_to_keep=keep, use_cache=False, **kw),
@@ -417,6 +464,8 @@ def init_distributed():
     """Works under deepspeed/torchrun (env set) and as a plain `python train.py` (a 1-rank group)."""
     if "RANK" not in os.environ:
         with socket.socket() as s:
+            # A free port from the OS, on loopback only: a plain `python train.py` must not collide with another run's
+            # process group, nor listen on the network.
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
@@ -452,6 +501,8 @@ def fill_ds_config(path: str, args: Args, world: int, bf16: bool, hidden: int) -
     cfg["train_micro_batch_size_per_gpu"], cfg["gradient_accumulation_steps"] = 1, 1
     cfg["train_batch_size"] = world
     zero = cfg.get("zero_optimization")
+    # ZeRO-3 only: save_hf gathers the 16-bit weights with the stage-3 call, and the model is built under
+    # deepspeed.zero.Init; stages 1-2 would need other code for both.
     if not isinstance(zero, dict) or zero.get("stage") != 3:
         raise common.DataError(f"{path}: train.py expects ZeRO stage 3 (zero_optimization.stage)")
     return cfg
@@ -473,6 +524,8 @@ def save_hf(engine, tok, args: Args, out_dir: Path, rank: int):
     from transformers import GenerationConfig
     sd = engine._zero3_consolidated_16bit_state_dict()  # collective: all ranks
     if rank == 0:
+        # Written to DIR.tmp and moved in file by file: a kill during the (minutes long) save of a large model never
+        # leaves a half-written safetensors file that vLLM would try to load.
         tmp = out_dir.with_name(out_dir.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         model = engine.module
@@ -480,16 +533,22 @@ def save_hf(engine, tok, args: Args, out_dir: Path, rank: int):
             model.save_pretrained(tmp / "adapter", state_dict=sd)
             sd = merge_lora(sd, args.lora_alpha / args.lora_r)
             model = model.get_base_model()
+        # Training ran with use_cache False (no KV cache under gradient checkpointing); the saved config is for
+        # inference.
         model.config.use_cache = True
         model.save_pretrained(tmp, state_dict=sd)
         tok.save_pretrained(tmp)
         try:
+            # The base model's generation config (sampling defaults, EOS) carries over: sample.py and evaluate.py read
+            # top-p/top-k from it, so a trained model samples as its base did unless a flag says otherwise.
             gen = GenerationConfig.from_pretrained(args.model)
         except Exception:
             gen = GenerationConfig.from_model_config(model.config)
         eos = gen.eos_token_id if isinstance(gen.eos_token_id, list) else \
             [gen.eos_token_id] if gen.eos_token_id is not None else []
         eot = models.end_of_turn(tok).strip()  # the chat template's end of turn ends generation (<|im_end|>)
+        # The template's end of turn must stop generation: a model trained on "<|im_end|>" after each answer would
+        # otherwise run on into a new turn whenever eos_token is another token (base models: <|endoftext|>).
         for t in (tok.eos_token, eot):
             tid = tok.convert_tokens_to_ids(t) if t else None
             if tid is not None and tid != tok.unk_token_id and tid not in eos:
@@ -519,6 +578,8 @@ class Tracker:
             self.run.add_text("config", "```\n" + json.dumps(config, indent=2, default=str) + "\n```")
         elif kind == "wandb":
             import wandb
+            # One W&B run per output directory (its id from the path): a resumed run continues the same curves instead
+            # of starting a second run.
             self.run = wandb.init(project=os.environ.get("WANDB_PROJECT", "qfft-upft"), name=out.name,
                                   dir=str(out), config=json.loads(json.dumps(config, default=str)),
                                   id=sources.stable_id(str(out.resolve())), resume="allow" if resume else None)
@@ -559,6 +620,7 @@ def plot_loss(log_path: Path, png: Path) -> Optional[Path]:
     except ImportError:
         print(f"no {png.name}: matplotlib is not installed (pip install matplotlib)", flush=True)
         return None
+    # Agg: no display on a GPU node or in CI; the figure is only written to a file.
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     steps = [r["step"] for r in recs]
@@ -634,13 +696,14 @@ def plan_run(args: Args) -> Optional[Plan]:
                     model_fingerprint=runs.model_fingerprint(args.model))
     # Every rank reads the same files; rank 0 writes. A meta.json with neither a checkpoint nor a finished model is
     # left by a run that failed before its first save: it protects nothing and does not block a corrected command.
-    stale = meta_path.exists() and not (ckdir / "latest").exists() and not (out / "config.json").exists()
-    same = runs.check_settings(meta_path, settings, args.overwrite or stale, f"training output {out}")
-    meta_old = common.read_json(meta_path, "metadata") if same else {}
+    made = (ckdir / "latest").exists() or (out / "config.json").exists()
+    meta_old = runs.claim_output(meta_path, settings, args.overwrite, f"training output {out}", made=made) or {}
     has_ck = (ckdir / "latest").exists() and not args.overwrite
     if meta_old.get("finished") and not args.overwrite:
         print(f"{out}: already trained with these settings (pass --overwrite to train again)")
         return None
+    # A checkpoint without --resume is refused rather than overwritten or resumed silently: restarting would throw away
+    # hours, resuming a run the user meant to restart would mix two runs.
     if has_ck and not args.resume:
         raise common.DataError(f"{out} holds a training checkpoint: pass --resume to continue it, or --overwrite")
     Tracker.check(args.report_to)
@@ -660,6 +723,8 @@ def setup_device(world: int):
     if on_gpu:
         acc.set_device(local_rank)
     elif "OMP_NUM_THREADS" not in os.environ:
+        # CPU ranks share the cores: each takes its share, or N ranks x all cores threads would oversubscribe the
+        # machine and run slower than one rank.
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", world))))
     return acc, on_gpu, device
 
@@ -684,6 +749,8 @@ def load_model(args: Args, world: int, on_gpu: bool, bf16: bool, device):
                                                  attn_implementation=attn, trust_remote_code=args.trust_remote_code)
     model.config.use_cache = False
     if args.gradient_checkpointing:
+        # Non-reentrant checkpointing, as PyTorch recommends: the reentrant variant takes no keyword arguments
+        # (position_ids, the packed attention kwargs) and needs an input that requires grad.
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if args.use_peft:
         model = add_lora(model, args)
@@ -740,6 +807,8 @@ def make_engine(args: Args, model, ds_config: dict, total: int, warmup: int):
             if id(p) in seen or not p.requires_grad:  # tied embeddings; frozen base weights (--use_peft)
                 continue
             seen.add(id(p))
+            # No weight decay on biases and norm weights, as transformers' Trainer (and so LLaMA-Factory) does: decaying
+            # a norm's scale towards 0 shrinks activations, not complexity.
             (no_decay if pname == "bias" or "norm" in type(mod).__name__.lower() else decay).append(p)
     groups = [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
@@ -759,6 +828,9 @@ def train_step(engine, micro: list[list[int]], examples: list[Example], weights:
     local = torch.zeros(3, dtype=torch.float64)  # loss, tokens, attention flops
     engine.train()
     for k, mb in enumerate(micro):
+        # The number of micro-batches varies per step (packing), so train.py, not DeepSpeed's fixed
+        # gradient_accumulation_steps, says which backward ends the step: DeepSpeed reduces and applies gradients only
+        # then.
         engine.set_gradient_accumulation_boundary(k == len(micro) - 1)
         loss = micro_batch_loss(engine, collate(mb, examples, weights, args.packing, pad_id), device, attn, head)
         # DeepSpeed averages gradients over ranks: scale by world so the result is the global-batch loss
@@ -801,6 +873,8 @@ def finish(args: Args, plan: Plan, engine, tok, rank: int, total: int, last_save
     if rank != 0:
         return
     if not args.keep_checkpoints:
+        # The DeepSpeed checkpoint (fp32 weights and Adam states: several times the model's size) only served --resume;
+        # a finished run keeps the HF model.
         shutil.rmtree(plan.ckdir, ignore_errors=True)
     meta = json.loads(plan.meta_path.read_text())
     meta.update(finished=True, steps=total, last_checkpoint_step=last_saved)
@@ -817,6 +891,12 @@ def main():
     warnings.filterwarnings("ignore", message=r".*is deprecated. Please use `torch.distributed")
     args = common.parse_args(Args, __doc__)
     runs.exit_with_launcher()  # under deepspeed/torchrun: this rank dies with its launcher, even on kill -9
+    prepared = prepared_by(args.data)
+    # prepare.py cut (or dropped) its examples at its --max_len: training at the same length keeps them as made,
+    # so the data's value comes before the preset's
+    max_len_from = "--max_len" if args.max_len is not None else None
+    if args.max_len is None and prepared.get("max_len"):
+        args.max_len, max_len_from = prepared["max_len"], prepared["meta"]
     args = resolve(args)
     plan = plan_run(args)  # everything that can be refused, before any process group or model
     if plan is None:
@@ -825,6 +905,12 @@ def main():
 
     # Data first: bad input fails fast, before any process group or model
     tok = models.load_tokenizer(args.model, args.trust_remote_code)
+    # The checkpoint carries the chat template its training data was rendered with (save_hf saves `tok`), so that
+    # apply_chat_template on the trained model (vLLM, evaluate.py) renders prompts exactly as training saw them,
+    # with no --chat_template to repeat; its end of turn also becomes a stop token (save_hf).
+    template_from = None
+    if prepared.get("chat_template") is not None and prepared["chat_template"] != tok.chat_template:
+        tok.chat_template, template_from = prepared["chat_template"], prepared["meta"]
     examples, stats, evals = load_data(tok, args)
 
     init_distributed()
@@ -840,6 +926,11 @@ def main():
         hp = {k: getattr(args, k) for k in BASE}
         log(f"preset {args.preset or 'none'}: " + ", ".join(f"{k}={v}" for k, v in hp.items())
             + f", loss_reduction={args.loss_reduction}, packing={args.packing}, world_size={world}")
+        if max_len_from != "--max_len":
+            log(f"max_len {args.max_len}: from {max_len_from or ('the preset' if args.preset else 'the default')}")
+        if template_from:
+            log(f"chat template: the one the data was rendered with ({template_from}), not {args.model}'s own; "
+                f"the checkpoint keeps it")
     if stats["dropped_no_completion_tokens"]:
         log(f"dropped {stats['dropped_no_completion_tokens']} examples with no completion tokens after truncation")
     log(f"{stats['examples']} examples, {stats['tokens']} tokens ({stats['trained_tokens']} trained), "
@@ -850,6 +941,8 @@ def main():
             f"(its lr was tuned for full fine-tuning)")
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
 
+    # bf16 on GPU as both papers' trainers; fp32 on CPU, where DeepSpeed's CPU path and the tests' exact comparisons (1
+    # process == 2 processes) need it.
     bf16 = on_gpu and acc.is_bf16_supported()
     model, ds_config, attn, head, hidden = load_model(args, world, on_gpu, bf16, device)
     n_params = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())
@@ -863,6 +956,7 @@ def main():
     n, gbs = len(examples), args.global_batch_size
     steps_per_epoch = math.ceil(n / gbs)
     total = args.max_steps if args.max_steps > 0 else steps_per_epoch * args.epochs
+    # ceil, as transformers' get_warmup_steps: a warmup ratio of 0.03 on 10 steps is one warmup step, not zero.
     warmup = math.ceil(args.warmup_ratio * total)
 
     def batch_of(step: int) -> tuple[int, list[int]]:
@@ -883,6 +977,7 @@ def main():
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         common.write_json(meta_path, runs.run_info(args, settings=plan.settings, data=stats, finished=False,
+                                                     chat_template_from=template_from or args.model,
                                                      world_size=world, versions=runs.versions(
                                                          "torch", "transformers", "deepspeed")))
         if log_path.exists():  # drop lines of steps that a kill lost
@@ -914,6 +1009,7 @@ def main():
         t0 = time.perf_counter()
         step_loss, tokens, attn_sq = train_step(engine, micro, examples, weights, args, pad_id, device, attn, head,
                                                 world)
+        # Checked before engine.step(): one NaN update would poison every weight, and the last checkpoint is still good.
         if not math.isfinite(step_loss):
             bar.close()
             good = (ckdir / "latest").read_text().strip() if (ckdir / "latest").exists() else "none"
@@ -943,6 +1039,8 @@ def main():
             bar.update(1)
         if end_of_epoch and args.save_every_epoch:
             save_hf(engine, tok, args, out / f"epoch_{(step + 1 + steps_per_epoch - 1) // steps_per_epoch}", rank)
+        # A DeepSpeed checkpoint every --save_steps and at each epoch end but the last (the final HF save covers that):
+        # --resume then loses at most save_steps steps.
         if (args.save_steps and (step + 1) % args.save_steps == 0) or (end_of_epoch and step + 1 < total):
             save_ds(step + 1)
             last_saved = step + 1

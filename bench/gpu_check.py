@@ -8,8 +8,8 @@ random-initialised from Qwen2.5-1.5B / -7B shapes written locally, plus the bund
     DS_ACCELERATOR=cpu python bench/gpu_check.py --tiny     # CPU, tiny sizes, a couple of minutes (CI runs this)
     pip install -r requirements-bench.txt         # adds TRL: the TRL rows run instead of printing 'skip'
 
-Checks (status pass / fail / skip; `info` rows are measurements, `goal` rows compare them with the issue's goals
-and never fail the verdict):
+Checks (status pass / fail / skip; `info` rows are measurements, `goal` rows compare them with the project's speed
+goals (bench/README.md) and never fail the verdict):
   attention   packed loss and gradients == separate sequences for every attention implementation that runs here
               (packing.py), on the Qwen2.5-1.5B shape (GPU) or the tiny models (CPU); `*` marks the one train.py
               picks. A control row (no example boundaries) must differ, so the check can fail.

@@ -7,7 +7,7 @@ same model and the same UPFT-style data, in one run. Prints useful (non-padding)
         --micro_batch_tokens 8192 --gradient_checkpointing                      # GPU
 
 Data: 90% UPFT prefix examples (a chat-formatted question + a ~40-token completion) and 10% full traces of
---long_min..--long_max completion tokens (the issue's mix is 1k-4k; the CPU default is scaled down to finish in
+--long_min..--long_max completion tokens (the goal's mix is 1k-4k; the CPU default is scaled down to finish in
 a few minutes). Both trainers see the same examples, the same global batch (TRL: per-device batch 8, its
 default), the same learning rate, one epoch, and the same --gradient_checkpointing setting.
 tokens/s = tokens of the examples (prompt + completion, no padding) / training time (train.py: the sum of its

@@ -55,7 +55,8 @@ upft_judge() {
 
 # qfft_source: SRC = the long-CoT traces for DATA (s1k | limo | teacher: sampled from $TEACHER on $QUESTIONS).
 # SFT_SYSTEM = the system prompt QFFT's SFT baseline saw on that data: LIMO's LLaMA-Factory file carries the eval
-# prompt; s1K and teacher traces have none, so the model's default (docs/paper_numbers.md, "Issue 12").
+# prompt; s1K and teacher traces have none, so the model's default (docs/paper_numbers.md,
+# "Where the papers and their code disagree").
 qfft_source() {
   case "$DATA" in
     s1k)  SRC=simplescaling/s1K-1.1 SFT_SYSTEM=default ;;

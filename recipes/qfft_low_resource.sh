@@ -56,7 +56,7 @@ python prepare.py --mode qfft --max_questions "$LOW_QUESTIONS" --responses all -
 for method in sft qfft; do
   step "train $method ($EPOCHS epochs)"
   train --model "$MODEL" --data "$OUT/$method.jsonl" --output_dir "$OUT/$method-model" --preset qfft \
-    --epochs "$EPOCHS" --global_batch_size "$GLOBAL_BATCH" --max_len "$MAX_LEN" --deepspeed "$DEEPSPEED" $GRAD_CKPT
+    --epochs "$EPOCHS" --global_batch_size "$GLOBAL_BATCH" --deepspeed "$DEEPSPEED" $GRAD_CKPT
 done
 for run in base sft qfft; do
   model=$MODEL; [ "$run" = base ] || model=$OUT/$run-model

@@ -9,7 +9,7 @@
 # "over 50%" Short CoT; α = 0.1%: 40.95% Short CoT; α = 1%: 13.24%. Short CoT = 100 - the Long-CoT column below.
 # MIX_RENDER: chat (default: the with-question examples in the model's chat template, as an SFT run renders them)
 # or bare (question + response with no markup: what a single LLaMA-Factory run with `qwen_qfft` makes of them).
-# The paper does not say which; docs/paper_numbers.md ("Issue 12").
+# The paper does not say which; docs/paper_numbers.md ("Where the papers and their code disagree").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source recipes/lib.sh
@@ -47,7 +47,7 @@ for a in $ALPHAS; do
   python prepare.py --mode mix --alpha "$a" --mix_render "$MIX_RENDER" --preset qfft --system_prompt "$SFT_SYSTEM" \
     --input "$SRC" --model "$MODEL" --max_len "$MAX_LEN" --output "$OUT/mix-$a.jsonl"
   train --model "$MODEL" --data "$OUT/mix-$a.jsonl" --output_dir "$OUT/mix-$a-model" --preset qfft \
-    --epochs "$EPOCHS" --global_batch_size "$GLOBAL_BATCH" --max_len "$MAX_LEN" --deepspeed "$DEEPSPEED" $GRAD_CKPT
+    --epochs "$EPOCHS" --global_batch_size "$GLOBAL_BATCH" --deepspeed "$DEEPSPEED" $GRAD_CKPT
   python evaluate.py --model "$OUT/mix-$a-model" --protocol qfft --benchmarks "$BENCHMARKS" --n "$EVAL_N" \
     --n_by_benchmark "$EVAL_N_BY_BENCHMARK" \
     --max_tokens "$EVAL_MAX_TOKENS" $(limit "$EVAL_LIMIT") --tensor_parallel_size "$TP" --output_dir "$OUT/eval-mix-$a"

@@ -51,7 +51,7 @@ for level in $LEVELS; do
         --input "$SRC" --model "$MODEL" --max_len "$MAX_LEN" --output "$OUT/$name.jsonl"
     fi
     train --model "$MODEL" --data "$OUT/$name.jsonl" --output_dir "$OUT/$name-model" --preset qfft \
-      --epochs "$EPOCHS" --global_batch_size "$GLOBAL_BATCH" --max_len "$MAX_LEN" --deepspeed "$DEEPSPEED" $GRAD_CKPT
+      --epochs "$EPOCHS" --global_batch_size "$GLOBAL_BATCH" --deepspeed "$DEEPSPEED" $GRAD_CKPT
     python evaluate.py --model "$OUT/$name-model" --protocol qfft --benchmarks "$BENCHMARKS" --n "$EVAL_N" \
       --n_by_benchmark "$EVAL_N_BY_BENCHMARK" \
       --max_tokens "$EVAL_MAX_TOKENS" $(limit "$EVAL_LIMIT") --tensor_parallel_size "$TP" --output_dir "$OUT/eval-$name"

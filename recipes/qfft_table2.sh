@@ -53,7 +53,7 @@ python prepare.py --mode qfft --input "$SRC" --model "$MODEL" --max_len "$MAX_LE
 for method in sft qfft; do
   step "train $method (QFFT Table 5 hyperparameters)"
   train --model "$MODEL" --data "$OUT/$method.jsonl" --output_dir "$OUT/$method-model" --preset qfft \
-    --epochs "$EPOCHS" --global_batch_size "$GLOBAL_BATCH" --max_len "$MAX_LEN" --deepspeed "$DEEPSPEED" \
+    --epochs "$EPOCHS" --global_batch_size "$GLOBAL_BATCH" --deepspeed "$DEEPSPEED" \
     $GRAD_CKPT
 done
 

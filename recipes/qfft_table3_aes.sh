@@ -49,7 +49,7 @@ python sample.py --model "$OUT/table2/sft-model" --data "$QSRC" $(limit "${NUM_Q
 python prepare.py --mode rft --select shortest --preset qfft --system_prompt "$SFT_SYSTEM" \
   --input "$OUT/sft_samples.jsonl" --model "$OUT/table2/sft-model" --max_len "$MAX_LEN" --output "$OUT/shortest.jsonl"
 train --model "$OUT/table2/sft-model" --data "$OUT/shortest.jsonl" --output_dir "$OUT/shortest-model" --preset qfft \
-  --epochs "$EPOCHS" --global_batch_size "$GLOBAL_BATCH" --max_len "$MAX_LEN" --deepspeed "$DEEPSPEED" $GRAD_CKPT
+  --epochs "$EPOCHS" --global_batch_size "$GLOBAL_BATCH" --deepspeed "$DEEPSPEED" $GRAD_CKPT
 step "evaluate SFT-Shortest"
 python evaluate.py --model "$OUT/shortest-model" --protocol qfft --benchmarks "$BENCHMARKS" --n "$EVAL_N" \
   --n_by_benchmark "$EVAL_N_BY_BENCHMARK" \

@@ -34,8 +34,10 @@ EVAL_LIMIT=${EVAL_LIMIT:-}
 upft_judge                                 # JUDGE_ARGS: UPFT judges every evaluation (recipes/lib.sh)
 OUT=${OUT:-runs/upft_prefix_sweep/$(basename "$MODEL")}
 mkdir -p "$OUT"
+# ev MODEL DIR [ARGS...]: a trained model carries the chat template of its data (train.py); the base model gets
+# $CHAT_TEMPLATE_ARGS
 ev() { python evaluate.py --model "$1" --protocol upft --benchmarks "$BENCHMARKS" --n "$EVAL_N" \
-  --max_tokens "$EVAL_MAX_TOKENS" --system_prompt "$SYSTEM_PROMPT" $CHAT_TEMPLATE_ARGS $(limit "$EVAL_LIMIT") \
+  --max_tokens "$EVAL_MAX_TOKENS" --system_prompt "$SYSTEM_PROMPT" "${@:3}" $(limit "$EVAL_LIMIT") \
   --tensor_parallel_size "$TP" --output_dir "$2" $JUDGE_ARGS; }
 
 step "sample ONE self-generated solution per question"
@@ -44,7 +46,7 @@ python sample.py --model "$MODEL" --data "$QUESTIONS" $(limit "$NUM_QUESTIONS") 
   --system_prompt "$SYSTEM_PROMPT" $CHAT_TEMPLATE_ARGS --max_tokens "$SAMPLE_MAX_TOKENS" \
   --tensor_parallel_size "$TP" --output "$OUT/self.jsonl"
 step "evaluate base"
-ev "$MODEL" "$OUT/eval-base"
+ev "$MODEL" "$OUT/eval-base" $CHAT_TEMPLATE_ARGS
 runs="base=$OUT/eval-base" stats=""
 for L in $PREFIX_LENS; do
   step "L = $L: prepare, train, evaluate"
@@ -52,7 +54,7 @@ for L in $PREFIX_LENS; do
     --prefix_rule "$PREFIX_RULE" --full_pick "$FULL_PICK" --full_ratio "$FULL_RATIO" --input "$OUT/self.jsonl" \
     --model "$MODEL" --max_len "$MAX_LEN" --output "$OUT/upft-L$L.jsonl"
   train --model "$MODEL" --data "$OUT/upft-L$L.jsonl" --output_dir "$OUT/upft-L$L-model" --preset upft \
-    --lr "$LR" --epochs "$EPOCHS" --global_batch_size "$GLOBAL_BATCH" --max_len "$MAX_LEN" --deepspeed "$DEEPSPEED"
+    --lr "$LR" --epochs "$EPOCHS" --global_batch_size "$GLOBAL_BATCH" --deepspeed "$DEEPSPEED"
   ev "$OUT/upft-L$L-model" "$OUT/eval-L$L"
   runs="$runs L$L=$OUT/eval-L$L" stats="$stats L$L=$OUT/upft-L$L.jsonl.stats.json"
 done

@@ -50,12 +50,13 @@ python prepare.py --mode rft --select "$SELECT" --preset upft --system_prompt "$
   --input "$OUT/samples.jsonl" --model "$MODEL" --max_len "$MAX_LEN" --output "$OUT/rft.jsonl"
 step "train RFT (lr $LR, $EPOCHS epochs, global batch $GLOBAL_BATCH)"
 train --model "$MODEL" --data "$OUT/rft.jsonl" --output_dir "$OUT/rft-model" --preset upft \
-  --lr "$LR" --epochs "$EPOCHS" --global_batch_size "$GLOBAL_BATCH" --max_len "$MAX_LEN" --deepspeed "$DEEPSPEED"
+  --lr "$LR" --epochs "$EPOCHS" --global_batch_size "$GLOBAL_BATCH" --deepspeed "$DEEPSPEED"
 for run in base rft; do
-  model=$MODEL; [ "$run" = base ] || model=$OUT/rft-model
+  # a trained model carries the chat template of its data (train.py): only the base model needs the flag
+  model=$MODEL tpl=$CHAT_TEMPLATE_ARGS; [ "$run" = base ] || model=$OUT/rft-model tpl=""
   step "evaluate $run (UPFT protocol: greedy)"
   python evaluate.py --model "$model" --protocol upft --benchmarks "$BENCHMARKS" --n "$EVAL_N" \
-    --max_tokens "$EVAL_MAX_TOKENS" --system_prompt "$SYSTEM_PROMPT" $CHAT_TEMPLATE_ARGS $(limit "$EVAL_LIMIT") \
+    --max_tokens "$EVAL_MAX_TOKENS" --system_prompt "$SYSTEM_PROMPT" $tpl $(limit "$EVAL_LIMIT") \
     --tensor_parallel_size "$TP" --output_dir "$OUT/eval-$run" $JUDGE_ARGS
 done
 

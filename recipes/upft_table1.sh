@@ -10,7 +10,8 @@
 # Prompts per model family as UPFT's code (recipes/lib.sh upft_prompt): Llama-3.1 with configs/upft_llama31.jinja
 # and no system prompt, R1-distill with configs/upft_deepseek_r1.jinja and none, Qwen2.5-Math its own template
 # with the eval prompt; the same in sampling, training data and evaluation. PREFIX_RULE=words FULL_PICK=last give
-# UPFT's code's prefix text and full-trace choice instead of the paper's (docs/paper_numbers.md, "Issue 12").
+# UPFT's code's prefix text and full-trace choice instead of the paper's (docs/paper_numbers.md, "Where the papers and
+# their code disagree").
 # GPQA diamond is gated and never committed: export GPQA_PATH=/path/gpqa_diamond.jsonl (or log in to the hub).
 # UPFT's GPQA column is OPEN-ENDED (gpqa_open: no options; 8.6-17.7%, below 4-way chance; GPQA_PATH may also be
 # UPFT's own data/math_test/gpqa/test.jsonl) and EVERY benchmark is judged by an LLM (rule OR judge, as UPFT's
@@ -90,15 +91,16 @@ python prepare.py --mode sft --preset upft --system_prompt "$SYSTEM_PROMPT" $CHA
 for method in upft sft; do
   step "train $method (UPFT App. B hyperparameters: lr $LR, $EPOCHS epochs, global batch $GLOBAL_BATCH)"
   train --model "$MODEL" --data "$OUT/$method.jsonl" --output_dir "$OUT/$method-model" --preset upft \
-    --lr "$LR" --epochs "$EPOCHS" --global_batch_size "$GLOBAL_BATCH" --max_len "$MAX_LEN" --deepspeed "$DEEPSPEED"
+    --lr "$LR" --epochs "$EPOCHS" --global_batch_size "$GLOBAL_BATCH" --deepspeed "$DEEPSPEED"
 done
 
 for run in base sft upft; do
-  model=$MODEL; [ "$run" = base ] || model=$OUT/$run-model
+  # a trained model carries the chat template of its data (train.py): only the base model needs the flag
+  model=$MODEL tpl=$CHAT_TEMPLATE_ARGS; [ "$run" = base ] || model=$OUT/$run-model tpl=""
   step "evaluate $run (UPFT protocol: greedy, n=$EVAL_N, $EVAL_MAX_TOKENS tokens, context $EVAL_MAX_MODEL_LEN${JUDGE:+, judge $JUDGE})"
   python evaluate.py --model "$model" --protocol upft --benchmarks "$BENCHMARKS" --n "$EVAL_N" \
     --max_tokens "$EVAL_MAX_TOKENS" --max_model_len "$EVAL_MAX_MODEL_LEN" --system_prompt "$EVAL_SYSTEM_PROMPT" \
-    $CHAT_TEMPLATE_ARGS $(limit "$EVAL_LIMIT") --tensor_parallel_size "$TP" --output_dir "$OUT/eval-$run" \
+    $tpl $(limit "$EVAL_LIMIT") --tensor_parallel_size "$TP" --output_dir "$OUT/eval-$run" \
     $JUDGE_ARGS
 done
 

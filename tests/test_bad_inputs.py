@@ -1,5 +1,5 @@
-"""Bad input gets one line `error: ...` and exit code 2 from every stage, before any engine or model loads (issue
-15 §3). Runs the stages' main() in-process (no subprocess start per case) with the expensive starts replaced by
+"""Bad input gets one line `error: ...` and exit code 2 from every stage, before any engine or model loads.
+Runs the stages' main() in-process (no subprocess start per case) with the expensive starts replaced by
 tripwires: reaching vLLM's engine, DeepSpeed's process group, or the hub's download code fails the test. The table
 of these inputs and their messages is docs/bad_inputs.md."""
 import gzip

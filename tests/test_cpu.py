@@ -1,4 +1,5 @@
-"""The CPU dtype and thread rules (issue 15 §1), with faked CPU flags: no model, no engine."""
+"""The CPU dtype and thread rules (bf16 only where the CPU computes it natively, else float32; no core reserved for
+vLLM's scheduler on machines with at most 2 cores), with faked CPU flags: no model, no engine."""
 import pytest
 
 import common

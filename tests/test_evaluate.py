@@ -215,7 +215,7 @@ def test_end_to_end_tiny(tmp_path, tiny_model):
 
 
 # ------------------------------------------------------------------------------------------------------------
-# Resume per question, and no result deleted before its replacement is written (issue 15 §5, §7). generate() is
+# Resume per question, and no result deleted before its replacement is written. generate() is
 # replaced by a stand-in that answers through the real partial-file path (keep_finished / on_done): no engine.
 class Killed(Exception):
     pass
@@ -346,7 +346,7 @@ def test_output_dir_loads_with_datasets_as_documented(tmp_path):
     assert list(ds["gsm8k"]["correct"]) == [[False]] and list(ds["gsm8k"]["level"]) == [None]
 
 
-# Issue 11: extraction per protocol, per-benchmark n, UPFT's per-family context, judge, token counts
+# Each paper's protocol: extraction, per-benchmark n, UPFT's per-family context, judge, token counts
 def test_protocol_extraction_and_n_by_benchmark():
     q = evaluate.resolve_protocol(evaluate.Args(model="m"))
     assert q.extraction == "box" and q.max_model_len is None
@@ -672,3 +672,17 @@ def test_custom_benchmark_evaluates_resumes_and_rak_reads_it(tmp_path, tiny_mode
     assert "mine Acc" in table and "GSM8K Acc" in table
     assert "mine_acc" in (tmp_path / "res" / "table_qfft.csv").read_text()
     capsys.readouterr()
+
+
+def test_chat_template_other_than_the_models_own_warns(tiny_model, tokenizer, tmp_path, capsys):
+    """--chat_template that differs from the model's own is used, with a warning (a checkpoint of train.py already
+    carries the template of its data); the model's own template given as a file is silent."""
+    tok = evaluate.check_model(evaluate.Args(model=tiny_model, chat_template="configs/upft_llama31.jinja"))
+    err = capsys.readouterr().err
+    assert "warning: --chat_template configs/upft_llama31.jinja differs from" in err and "<|eot_id|>" in \
+        models.render_prompt(tok, "q", None)
+    own = tmp_path / "own.jinja"
+    own.write_text(tokenizer.chat_template)
+    evaluate.check_model(evaluate.Args(model=tiny_model, chat_template=str(own)))
+    evaluate.check_model(evaluate.Args(model=tiny_model))
+    assert "warning" not in capsys.readouterr().err

@@ -1,6 +1,6 @@
-"""The grader (grading.grade / grade_math / extract_choice / grade_many): the issue's hard cases, and gold-vs-gold on
-every benchmark (each benchmark's own gold answers, and MATH500's / Minerva's reference solutions, graded as model
-responses must score 100%). No vLLM here."""
+"""The grader (grading.grade / grade_math / extract_choice / grade_many): hard cases from the papers' harnesses, and
+gold-vs-gold on every benchmark (each benchmark's own gold answers, and MATH500's / Minerva's reference solutions,
+graded as model responses, must score 100%). No vLLM here."""
 import pytest
 
 import grading
@@ -181,7 +181,7 @@ def test_grade_many_off_the_main_thread_keeps_timeouts():
 
 
 # ------------------------------------------------------------------------------------------------------------
-# Issue 11: extraction rules, golds math-verify misread, multiple choice, gpqa_open
+# Each paper's extraction rule, golds math-verify misreads, multiple choice, gpqa_open (docs/grading.md)
 EXTRACTION_CASES = [
     # (response, gold, {extraction: expected correct})
     ("The answer is 42.", "42", {"box": False, "box_or_answer_is": False, "any": True}),

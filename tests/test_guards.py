@@ -1,5 +1,5 @@
-"""One run per output (locks, issue 15 §4) and no silently stale results (input fingerprints, issue 15 §6).
-Fast: no engine, no model load (the stages refuse before either)."""
+"""One run per output (locks), one rule for earlier output (resume, refuse or start afresh) and no silently stale
+results (input fingerprints); docs/runs.md. Fast: no engine, no model load (the stages refuse before either)."""
 import json
 import os
 import signal
@@ -138,6 +138,31 @@ def test_check_settings_names_the_changed_input(tmp_path):
     # output made before fingerprints were recorded: resumed (nothing to compare with)
     common.write_json(meta, {"settings": {"n": 2}})
     assert runs.check_settings(meta, new, False, "o")
+
+
+def test_claim_output_resumes_refuses_or_starts_afresh(tmp_path):
+    """runs.claim_output, the one decision every stage makes about earlier output: the same settings resume (the
+    old metadata comes back), other settings are refused, --overwrite and a failed start begin afresh, output
+    without metadata is refused only where the stage says so. Nothing on disk changes."""
+    meta = tmp_path / "o.meta.json"
+    claim = runs.claim_output
+    assert claim(meta, {"n": 1}, False, "o") is None  # nothing there
+    with pytest.raises(common.DataError, match=r"^o exists without o.meta.json; pass --overwrite"):
+        claim(meta, {"n": 1}, False, "o", unowned="o exists without o.meta.json; pass --overwrite to replace it")
+    assert claim(meta, {"n": 1}, True, "o", unowned="never raised with --overwrite") is None
+    common.write_json(meta, {"settings": {"n": 1}, "finished": ["gsm8k"]})
+    before = meta.read_bytes()
+    assert claim(meta, {"n": 1}, False, "o") == {"settings": {"n": 1}, "finished": ["gsm8k"]}
+    with pytest.raises(common.DataError, match=r"^o was made with other settings \(n: 1 -> 2\); pass --overwrite"):
+        claim(meta, {"n": 2}, False, "o")
+    assert claim(meta, {"n": 2}, True, "o") is None
+    assert claim(meta, {"n": 2}, False, "o", made=False) is None  # a failed start's metadata blocks nothing
+    meta.write_text("{torn")
+    with pytest.raises(common.DataError, match=r"unreadable metadata; pass --overwrite to start o afresh"):
+        claim(meta, {"n": 1}, False, "o")
+    assert claim(meta, {"n": 1}, False, "o", made=False) is None
+    common.write_json(meta, {"settings": {"n": 1}, "finished": ["gsm8k"]})
+    assert meta.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["o.meta.json"]
 
 
 def test_sample_refuses_an_edited_data_file(tmp_path, tiny_model):

@@ -1,4 +1,4 @@
-"""kill -9 leaves nothing running (issue 15 §2): DeepSpeed ranks stop with their launcher, and the resume loses and
+"""kill -9 leaves nothing running: DeepSpeed ranks stop with their launcher, and the resume loses and
 duplicates nothing. (sample.py's vLLM processes: tests/test_sample.py, in the run it already kills.)"""
 import json
 import os

@@ -407,7 +407,8 @@ def test_cli_subprocess(tiny_model, sample, tmp_path, monkeypatch):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Issue 12: the official code's rules (UPFT 1KE-JI/UPFT, QFFT's LLaMA-Factory fork)
+# Where the papers and their code disagree: the official code's rules behind flags (UPFT 1KE-JI/UPFT, QFFT's
+# LLaMA-Factory fork; docs/paper_numbers.md)
 def test_rft_select_first_random_and_responses_is_rejected(tokenizer, tiny_model, tmp_path):
     def resps(i):
         return [f"It is \\boxed{{{2 * i + 1}}}.", f"So \\boxed{{{2 * i}}}.", sentence(i), None]
@@ -496,6 +497,13 @@ def test_chat_template_file(tokenizer, tiny_model, sample, tmp_path, monkeypatch
                                 "<|end_header_id|>\n\nWhat is 0+0?<|eot_id|><|start_header_id|>assistant"
                                 "<|end_header_id|>\n\n")
     assert "Cutting Knowledge" not in r["prompt"] and r["completion"] == sentence(0) + "<|eot_id|>"
+    # the template text itself goes to the meta: train.py saves it into the checkpoint
+    meta = json.loads((tmp_path / "t.jsonl.meta.json").read_text())
+    assert meta["chat_template"] == (common.ROOT / "configs" / "upft_llama31.jinja").read_text()
+    monkeypatch.setattr(sys, "argv", argv[:-6] + ["--mode", "qfft", "--chat_template", "configs/upft_llama31.jinja",
+                                             "--overwrite"])
+    prepare.main()  # question-free data was rendered with no template: train.py keeps the base model's
+    assert json.loads((tmp_path / "t.jsonl.meta.json").read_text())["chat_template"] is None
     bad = tmp_path / "bad.jinja"
     bad.write_text("{% if messages %}\nno end")
     for path, msg in ((bad, r"bad\.jinja:\d+: not a valid Jinja chat template"),
@@ -632,3 +640,49 @@ def test_questions_from_chat_records_and_dataset_config(tmp_path, monkeypatch):
                                                     dataset_config="default"))
     assert groups[0]["responses"] == ["S."]
     assert calls == [("org/chats", "default", "test")] * 2
+
+
+# Every mode's output, pinned: a change in any mode's records or stats (also one no rule test above looks at)
+# changes its hash. Regenerate deliberately (print `pinned_output(...)`) only when a rule is meant to change.
+def golden_responses(i: int) -> list:
+    long = " ".join(sentence(i + k) for k in range(1 + i % 4))
+    return [long, f"It is \\boxed{{{2 * i + 1}}}.", f"So \\boxed{{{2 * i}}}.", f"数学：答案 😀 \\boxed{{{2 * i}}}",
+            ""]
+
+
+GOLDEN = {  # name: (prepare.Args overrides, sha256[:16] of the records and stats)
+    "sft": (dict(mode="sft"), "714cc45cc6406f2f"),
+    "sft_upft_preset_all": (dict(mode="sft", preset="upft", responses="all"), "2e15fc2e17707860"),
+    "qfft": (dict(mode="qfft"), "a347b6175743b911"),
+    "qfft_eos_longest": (dict(mode="qfft", qfft_eos=True, responses="longest"), "9d3e5d0bf1ad6598"),
+    "qfft_max_questions": (dict(mode="qfft", responses="all", max_questions=4), "b5e580e19d2cac37"),
+    "mix": (dict(mode="mix", alpha=0.3, responses="all"), "2b62b5bf8f167073"),
+    "mix_bare_drop_long": (dict(mode="mix", mix_render="bare", max_len=60, drop_long=True), "3d01e0aa34aa0d16"),
+    "upft": (dict(mode="upft", preset="upft", prefix_len=8, full_ratio=0.25, responses="all"), "0eb57196bda3ec40"),
+    "upft_words_last_cut": (dict(mode="upft", preset="upft", prefix_len=6, full_ratio=0.3, prefix_rule="words",
+                                 full_pick="last", max_len=80), "6134d9ce130f4594"),
+    "rft_all": (dict(mode="rft"), "1a2e5d0c90028c83"),
+    "rft_first_cut": (dict(mode="rft", select="first", max_len=70), "130ba986aedb7170"),
+    "rft_shortest": (dict(mode="rft", select="shortest"), "efaff2a813e25886"),
+    "rft_random": (dict(mode="rft", select="random"), "906f6a25895c08e4"),
+    "rft_pairs_cut": (dict(mode="rft", pairs=True, max_len=70), "fa4a8110d111f4fe"),
+    "mix_drop_long": (dict(mode="mix", alpha=0.5, max_len=100, drop_long=True), "cec49056c2d32e73"),
+    "noise2": (dict(mode="noise", level=2, responses="all"), "1eb3dfd1f1cc9955"),
+    "noise3_qfft": (dict(mode="noise", level=3, noise_form="qfft"), "d9b2d6cc482e04a2"),
+    "noise4": (dict(mode="noise", level=4, responses="shortest"), "8c7735a096e70d5a"),
+    "sft_cut": (dict(mode="sft", max_len=64), "520967e737a700fc"),
+}
+
+
+def pinned_output(tokenizer, tiny_model, path, **kw) -> str:
+    import hashlib
+    recs, stats = run(tokenizer, make_args(tiny_model, path, **kw))
+    return hashlib.sha256(json.dumps([recs, stats], sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:16]
+
+
+@pytest.mark.parametrize("name", sorted(GOLDEN))
+def test_every_mode_output_is_pinned(tokenizer, tiny_model, tmp_path, name):
+    path = write_sample(tmp_path / "g.jsonl", n=12, responses=golden_responses)
+    kw, want = GOLDEN[name]
+    got = pinned_output(tokenizer, tiny_model, path, **kw)
+    assert got == want, f"{name}: the output of {kw} changed (sha256 {got}, pinned {want})"

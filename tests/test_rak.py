@@ -9,6 +9,7 @@ import pytest
 
 import common
 import rak
+import sources
 from conftest import run_script
 
 
@@ -347,7 +348,7 @@ def test_counted_tokens_win_over_num_tokens(tmp_path):
     common.write_jsonl(p, [{"id": "a", "correct": [True], "long_cot": [False], "num_tokens": [10],
                             "counted_tokens": [7]}])
     assert rak.load_benchmark(p).tokens.tolist() == [[7.0]]
-    assert rak.LABELS["gpqa_open"] == "GPQA (open)"
+    assert sources.label("gpqa_open") == "GPQA (open)"
 
 
 def test_long_cot_rule_recomputes_from_responses(tmp_path, capsys):
@@ -475,3 +476,13 @@ def test_ci_is_seeded(tmp_path, capsys):
     assert "_lower" not in (tmp_path / "e" / "table_qfft.csv").read_text()
     assert "±" not in (tmp_path / "e" / "tables.md").read_text()
     capsys.readouterr()
+
+
+def test_benchmark_names_and_order_come_from_the_registry():
+    """Table columns: registry benchmarks in registry order (the papers' column order), then other files sorted;
+    each printed with its registry label."""
+    import rak
+    assert rak.order_benchmarks(["mmlu_pro", "zz", "gpqa", "aa", "gsm8k", "aime24"]) == \
+        ["gsm8k", "aime24", "gpqa", "mmlu_pro", "aa", "zz"]
+    assert all(sources.REGISTRY[b].label for b in sources.BENCHMARKS)
+    assert sources.label("gpqa_open") == "GPQA (open)" and sources.label("my_file") == "my_file"

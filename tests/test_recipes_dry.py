@@ -1,7 +1,8 @@
 """Every recipe's commands, checked fast (no engine, no training): each recipe runs with DRY_RUN=FILE
 (recipes/lib.sh records every stage command instead of running it), then every recorded command is parsed by its
-stage's own argument parser and argument checks. Also pins the per-family prompts and per-data settings that
-issue 12 asks the recipes to choose."""
+stage's own argument parser and argument checks. Also pins the per-family prompts and per-data settings the
+recipes choose as each paper's official code does (UPFT's chat template and system prompt per model family, its
+max length per data set; QFFT's SFT system prompt per data set)."""
 import importlib
 import os
 import shlex
@@ -79,15 +80,21 @@ def test_upft_recipes_choose_prompt_per_model_family(tmp_path):
         for model, template, system in ((LLAMA, "configs/upft_llama31.jinja", "none"), (QMATH, None, "eval"),
                                         (R1, "configs/upft_deepseek_r1.jinja", "none")):
             cmds = dry_run(tmp_path, recipe, MODEL=model)
-            staged = [a for s in ("sample.py", "prepare.py", "evaluate.py") for a in args_of(cmds, s)]
+            staged = [a for s in ("sample.py", "prepare.py") for a in args_of(cmds, s)] + \
+                args_of(cmds, "evaluate.py", model=model)
             assert len(staged) >= 3
             # sampling, training data and evaluation see the same prompt
             assert {(a.chat_template, a.system_prompt) for a in staged} == {(template, system)}, (recipe, model)
+            # a trained model is evaluated with the template its checkpoint carries (train.py saves its data's)
+            trained = [a for a in args_of(cmds, "evaluate.py") if a.model != model]
+            assert trained and {(a.chat_template, a.system_prompt) for a in trained} == {(None, system)}
+            # train.py takes --max_len from the data prepare.py made (DATA.meta.json)
+            assert {a.max_len for a in args_of(cmds, "train.py")} == {None}
     # UPFT App. B: max length 16384 for LIMO and R1-distill, 4096 for PRM-12K
     assert {a.max_len for a in args_of(dry_run(tmp_path, "upft_table1.sh", MODEL=QMATH, DATA="limo"), "prepare.py")} \
         == {16384}
     assert {a.max_len for a in args_of(dry_run(tmp_path, "upft_table1.sh", MODEL=QMATH), "prepare.py")} == {4096}
-    assert {a.max_len for a in args_of(dry_run(tmp_path, "upft_table1.sh", MODEL=R1), "train.py")} == {16384}
+    assert {a.max_len for a in args_of(dry_run(tmp_path, "upft_table1.sh", MODEL=R1), "prepare.py")} == {16384}
     rft = args_of(dry_run(tmp_path, "upft_rft.sh"), "prepare.py")
     assert [(a.mode, a.select) for a in rft] == [("rft", "first")]
     assert [a.n for a in args_of(dry_run(tmp_path, "upft_rft.sh"), "sample.py")] == [16]

@@ -130,7 +130,7 @@ def test_sample_kill_resume_settings_and_merge(tmp_path, tiny_model, tokenizer):
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false", "VLLM_CPU_KV_GB": "1"}
 
     # 1) engine start 1: kill -9 of sample.py alone (not its process group) once the first chunk is on disk: its
-    #    vLLM EngineCore and Worker processes and the resource tracker must go with it within seconds (issue 15 §2)
+    #    vLLM EngineCore and Worker processes and the resource tracker must go with it within seconds
     with open(tmp_path / "run1.log", "w") as log:
         proc = subprocess.Popen([sys.executable, "sample.py", *map(str, args)], cwd=ROOT, env=env, stdout=log,
                                 stderr=subprocess.STDOUT, start_new_session=True)

@@ -77,6 +77,27 @@ def test_truncation_drops_and_counts(tmp_path, tokenizer):
         train.load_examples(tokenizer, str(tmp_path / "bad.jsonl"), max_len=10)
 
 
+def test_prepared_by_reads_what_prepare_decided(tmp_path, capsys):
+    """train.py takes the chat template and --max_len from prepare.py's DATA.meta.json; other sidecars decide
+    nothing; data prepared before the template text was recorded falls back to its --chat_template file."""
+    d = tmp_path / "d.jsonl"
+    meta = tmp_path / "d.jsonl.meta.json"
+    assert train.prepared_by(str(d)) == {}
+    common.write_json(meta, {"args": {"mode": "sft", "max_len": 300, "chat_template": None}, "chat_template": "T"})
+    assert train.prepared_by(str(d)) == {"meta": str(meta), "max_len": 300, "chat_template": "T"}
+    common.write_json(meta, {"args": {"mode": "qfft", "max_len": 300}, "chat_template": None})  # question-free
+    assert train.prepared_by(str(d)) == {"meta": str(meta), "max_len": 300, "chat_template": None}
+    common.write_json(meta, {"args": {"model": "m", "max_tokens": 5}, "settings": {}})  # sample.py's
+    assert train.prepared_by(str(d)) == {}
+    f = tmp_path / "t.jinja"
+    f.write_text("F")
+    common.write_json(meta, {"args": {"mode": "sft", "max_len": 9, "chat_template": str(f)}})
+    assert train.prepared_by(str(d)) == {"meta": str(meta), "max_len": 9, "chat_template": "F"}
+    f.unlink()
+    assert train.prepared_by(str(d)) == {"meta": str(meta), "max_len": 9}
+    assert f"rendered with the chat template {f}, which cannot be read now" in capsys.readouterr().err
+
+
 def test_bad_input_exits_2(tmp_path, random_qwen2):
     (tmp_path / "empty.jsonl").write_text("")
     p = run_script("train.py", "--model", random_qwen2, "--data", tmp_path / "empty.jsonl", "--output_dir",
@@ -249,29 +270,67 @@ if __name__ == "__main__":
     from vllm import SamplingParams
     llm = models.make_llm({model!r}, seed=0, max_model_len=512)
     tok = llm.get_tokenizer()
-    ids = models.encode(tok, [models.render_prompt(tok, "What is 2+3?", None)])[0]
+    prompt = models.render_prompt(tok, "What is 2+3?", None)
+    ids = models.encode(tok, [prompt])[0]
     out = llm.generate([{{"prompt_token_ids": ids}}], SamplingParams(max_tokens=8, temperature=0))
+    print("RENDERED", json.dumps(prompt))
     print("GENERATED", json.dumps(len(out[0].outputs[0].token_ids)))
 """
+# A ChatML variant unlike SmolLM2's own template (no default system turn, a "Problem: " label): data rendered with it
+# must give a checkpoint that renders with it.
+CUSTOM_TEMPLATE = ("{%- for m in messages %}<|im_start|>{{ m['role'] }}\n{% if m['role'] == 'user' %}Problem: "
+                   "{% endif %}{{ m['content'] }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}"
+                   "<|im_start|>assistant\n{% endif %}")
+
+
+def prepare_data(tmp_path, tok, n=4, seed=5, long=24):
+    """Training data made by prepare.py (sft, --chat_template CUSTOM_TEMPLATE, --max_len 256) from random-word
+    answers: the sidecar train.py reads its template and max_len from."""
+    import prepare
+    rng = np.random.default_rng(seed)
+    samples = [{"id": str(i), "question": " ".join(rng.choice(WORDS, size=int(rng.integers(3, 12)))),
+                "responses": [" ".join(rng.choice(WORDS, size=int(rng.integers(2, long))))]} for i in range(n)]
+    common.write_jsonl(tmp_path / "s.jsonl", samples)
+    (tmp_path / "t.jinja").write_text(CUSTOM_TEMPLATE)
+    argv = ["prepare.py", "--mode", "sft", "--input", str(tmp_path / "s.jsonl"), "--output", str(tmp_path / "d.jsonl"),
+            "--model", ROOT / "models" / "smollm2-135m-instruct", "--chat_template", str(tmp_path / "t.jinja"),
+            "--max_len", "256"]
+    old, sys.argv = sys.argv, [str(a) for a in argv]
+    try:
+        prepare.main()
+    finally:
+        sys.argv = old
+    return common.read_jsonl(tmp_path / "d.jsonl"), samples
 
 
 @pytest.mark.slow
 def test_zero3_two_processes_tiny_model_learns_and_vllm_loads(tmp_path, tokenizer, tiny_model):
-    write_data(tmp_path / "d.jsonl", tokenizer, n=4, seed=5, long=24)
+    """Two ZeRO-3 ranks train the tiny model on data prepared with a custom chat template: the loss falls, the
+    checkpoint renders prompts with the data's template (transformers and vLLM), train.py took --max_len from the
+    data, and vLLM generates from it."""
+    recs, samples = prepare_data(tmp_path, tokenizer)
     out = tmp_path / "o"
-    deepspeed_run(2, "--model", tiny_model, "--data", tmp_path / "d.jsonl", "--output_dir", out,
-                  "--global_batch_size", 4, "--epochs", 4, "--lr", 1e-4, "--warmup_ratio", 0,
-                  "--lr_scheduler", "constant", "--gradient_checkpointing", "--eval_data", tmp_path / "d.jsonl",
-                  "--eval_steps", 2, port=29641)
+    p = deepspeed_run(2, "--model", tiny_model, "--data", tmp_path / "d.jsonl", "--output_dir", out,
+                      "--global_batch_size", 4, "--epochs", 4, "--lr", 1e-4, "--warmup_ratio", 0,
+                      "--lr_scheduler", "constant", "--gradient_checkpointing", "--eval_data", tmp_path / "d.jsonl",
+                      "--eval_steps", 2, port=29641)
     log = read_log(out)
     assert len(log) == 4 and log[-1]["loss"] < 0.8 * log[0]["loss"], [r["loss"] for r in log]
     assert [r["step"] for r in log if "eval_loss" in r] == [2, 4]  # --eval_steps 2 (and the last step)
     assert all(0 < r["mfu"] < 1 and r["tokens_per_s"] > 0 for r in log)
     meta = json.loads((out / "meta.json").read_text())
     assert meta["finished"] and meta["world_size"] == 2 and "git_commit" in meta
+    assert meta["args"]["max_len"] == 256 and "max_len 256: from" in p.stdout  # prepare.py's, not the default
+    assert meta["chat_template_from"].endswith("d.jsonl.meta.json")
     gen = json.loads((out / "generation_config.json").read_text())
     assert tokenizer.convert_tokens_to_ids("<|im_end|>") in gen["eos_token_id"]
-    assert (out / "chat_template.jinja").exists()
+    assert (out / "chat_template.jinja").read_text() == CUSTOM_TEMPLATE
+    from transformers import AutoTokenizer
+    trained_tok = AutoTokenizer.from_pretrained(out)
+    for r, q in zip(recs, samples):  # the trained model renders exactly as its training data was rendered
+        assert models.render_prompt(trained_tok, q["question"], None) == r["prompt"]
+        assert r["prompt"].startswith("<|im_start|>user\nProblem: ")
+    assert models.render_prompt(tokenizer, samples[0]["question"], None) != recs[0]["prompt"]  # not SmolLM2's own
     # the written checkpoint is the trained one: transformers reproduces the logged loss trend
     from transformers import AutoModelForCausalLM
     m = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
@@ -288,6 +347,8 @@ def test_zero3_two_processes_tiny_model_learns_and_vllm_loads(tmp_path, tokenize
                        env={**os.environ, "VLLM_CPU_KV_GB": "1", "TOKENIZERS_PARALLELISM": "false"},
                        capture_output=True, text=True, timeout=400)
     assert p.returncode == 0 and "GENERATED" in p.stdout, p.stderr[-3000:]
+    rendered = json.loads(p.stdout.split("RENDERED ", 1)[1].splitlines()[0])
+    assert rendered == "<|im_start|>user\nProblem: What is 2+3?<|im_end|>\n<|im_start|>assistant\n"
 
 
 # ------------------------------------------------------------------------------------------------ issue 21
