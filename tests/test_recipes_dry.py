@@ -1,15 +1,18 @@
 """Every recipe's commands, checked fast (no engine, no training): each recipe runs with DRY_RUN=FILE
 (recipes/lib.sh records every stage command instead of running it), then every recorded command is parsed by its
-stage's own argument parser and argument checks. Also pins the per-family prompts and per-data settings that
-issue 12 asks the recipes to choose."""
+stage's own argument parser and argument checks (--config files included), and the settings each command runs
+with are compared with tests/recipe_settings.txt. Also pins the per-family prompts and per-data settings the recipes
+choose."""
+import dataclasses
 import importlib
+import json
 import os
 import shlex
 import subprocess
 
 import pytest
-from transformers import HfArgumentParser
 
+import common
 from conftest import ROOT
 
 RECIPES = sorted(p.name for p in (ROOT / "recipes").glob("*.sh") if p.name != "lib.sh")
@@ -35,7 +38,7 @@ def check(cmd):
     assert cmd[1] in STAGES, cmd
     mod = importlib.import_module(cmd[1][:-3])
     try:
-        (args,) = HfArgumentParser(mod.Args).parse_args_into_dataclasses(args=cmd[2:])
+        args = common.parse_args(mod.Args, None, cmd[2:])  # --config files included
     except SystemExit:
         pytest.fail(f"does not parse: {shlex.join(cmd)}")
     if hasattr(mod, "check_args"):
@@ -46,22 +49,71 @@ def check(cmd):
     return cmd[1], args
 
 
-@pytest.mark.parametrize("recipe", RECIPES)
-def test_every_recipe_command_parses(tmp_path, recipe):
-    seen = set()
+PINNED = ROOT / "tests" / "recipe_settings.txt"
+# fields that do not act in a prepare.py mode (recorded with the output, but it does not depend on them)
+MODE_FIELDS = {"upft": {"prefix_len", "full_ratio", "prefix_rule", "full_pick"}, "mix": {"alpha", "mix_render"},
+               "rft": {"select", "pairs"}, "noise": {"level", "noise_form"}}
+
+
+def envs_for(recipe):
+    """The scales every recipe is checked at: the paper's (per model family for UPFT, LIMO) and `make demo`'s."""
     tiny = dict(MODEL="models/smollm2-135m-instruct", NUM_QUESTIONS=8, SAMPLE_MAX_TOKENS=48, EPOCHS=1, GLOBAL_BATCH=8,
                 MAX_LEN=512, NUM_GPUS=1, EVAL_LIMIT=4, EVAL_N=2, EVAL_MAX_TOKENS=32, BENCHMARKS="gsm8k", GRAD_CKPT="")
     if recipe.startswith("qfft"):  # `make demo`'s QFFT form: the tiny model is its own teacher
         tiny.update(DATA="teacher", TEACHER=tiny["MODEL"], QUESTIONS="gsm8k_train", BASE=tiny["MODEL"],
                     RELEASED=f"s1={tiny['MODEL']}")
-    for env in ({}, {"MODEL": LLAMA}, {"MODEL": QMATH, "DATA": "limo"}, {"MODEL": R1}, tiny):
-        if "upft" not in recipe and env.get("MODEL") in (LLAMA, R1):
-            continue
-        for cmd in dry_run(tmp_path, recipe, **env):
+    envs = {"paper": {}, "llama": {"MODEL": LLAMA}, "qmath-limo": {"MODEL": QMATH, "DATA": "limo"}, "r1": {"MODEL": R1},
+            "tiny": tiny}
+    return {k: v for k, v in envs.items() if "upft" in recipe or k not in ("llama", "r1")}
+
+
+def effective(stage, a) -> dict:
+    """What a stage will run with: presets and protocols filled in (train.resolve, evaluate.resolve_protocol), the
+    system prompt prepare.py renders with, samples per benchmark; fields at their dataclass default left out."""
+    mod = importlib.import_module(stage[:-3])
+    if stage == "train.py":
+        a = mod.resolve(a)
+    if stage == "evaluate.py":
+        a = mod.resolve_protocol(a)
+        n = {b: mod.bench_n(a, b) for b in mod.parse_benchmarks(a.benchmarks)}
+        a = dataclasses.replace(a, n_by_benchmark=json.dumps(n))
+    d = dataclasses.asdict(a)
+    if stage == "prepare.py":
+        d["system_prompt"] = mod.resolve_system(a)
+        for f in set().union(*(fs for m, fs in MODE_FIELDS.items() if m != a.mode)):
+            d.pop(f, None)
+    required = {f.name: None for f in dataclasses.fields(mod.Args)
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
+    default = dataclasses.asdict(mod.Args(**required))
+    return {k: v for k, v in d.items() if v != default.get(k) or k == "system_prompt"}
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_every_recipe_command_parses_to_its_pinned_settings(tmp_path, recipe):
+    """Every command of every recipe, at every scale, parses (--config files included), and runs with exactly the
+    settings pinned in tests/recipe_settings.txt: moving a value between a recipe, a configs/ file and the code
+    must not change what runs. A deliberate change: UPDATE_RECIPE_SETTINGS=1 pytest tests/test_recipes_dry.py,
+    and the diff of the pinned file shows it."""
+    seen, lines = set(), []
+    for scale, env in envs_for(recipe).items():
+        for i, cmd in enumerate(dry_run(tmp_path, recipe, **env)):
             got = check(cmd)
             if got:
                 seen.add(got[0])
+                eff = json.dumps(effective(*got), sort_keys=True)
+                lines.append(f"{recipe} {scale} {i} {got[0]} " + eff.replace(str(tmp_path / "out" / recipe), "$OUT")
+                             .replace(str(tmp_path), "$TMP"))
     assert "rak.py" in seen and "evaluate.py" in seen  # every recipe ends with the paper's table
+    pinned = [x for x in PINNED.read_text().splitlines() if x.startswith(recipe + " ")] if PINNED.exists() else []
+    if os.environ.get("UPDATE_RECIPE_SETTINGS"):
+        other = [x for x in PINNED.read_text().splitlines() if not x.startswith(recipe + " ")] \
+            if PINNED.exists() else []
+        PINNED.write_text("\n".join(sorted(other + lines, key=lambda x: RECIPES.index(x.split()[0]))) + "\n")
+        return
+    changed = [(p, x) for p, x in zip(pinned, lines) if p != x]
+    assert len(pinned) == len(lines) and not changed, (
+        f"{recipe}: {len(lines)} commands ({len(pinned)} pinned), {len(changed)} with other settings; first:\n"
+        + ("\n".join(changed[0]) if changed else ""))
 
 
 def args_of(cmds, stage, **match):
