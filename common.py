@@ -4,6 +4,7 @@ Stdlib imports only at the top: grader workers and the reaper import it.
 """
 from __future__ import annotations
 
+import argparse
 import gzip
 import json
 import os
@@ -60,19 +61,138 @@ def parse_args(args_class, doc: Optional[str] = None, argv: Optional[list[str]] 
     """Parse the command line into a stage's Args dataclass. `--help` prints the stage's docstring (its commands),
     then every flag with its help, default and allowed values (Literal fields: a bad value is refused, the choices
     listed). Field metadata "aliases" adds HF/TRL-style names (`--learning_rate` for `--lr`). An unknown flag
-    prints the usage and 'unrecognized arguments', exit 2."""
-    import argparse
+    prints the usage and 'unrecognized arguments', exit 2. `--config FILE.yaml [FILE2.yaml ...]`: flag values from
+    YAML files (read_config); later files win, flags on the command line win over every file. `--push_to_hub`
+    as a yes/no with `--hub_model_id REPO` (TRL) becomes `push_to_hub = REPO` (hub_repo)."""
     from transformers import HfArgumentParser
 
-    class Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-        pass
-
-    parser = HfArgumentParser(args_class, description=doc, formatter_class=Formatter)
+    parser = HfArgumentParser(args_class, description=doc, formatter_class=HelpFormatter)
+    parser.add_argument("--config", nargs="+", action="extend", metavar="FILE.yaml", help=CONFIG_HELP)
+    group = parser._optionals._group_actions  # --config listed first, after --help
+    group.insert(1, group.pop())
+    for action in parser._actions:  # --no_x repeats --x's help otherwise
+        if isinstance(action, argparse._StoreFalseAction):
+            action.help = f"the same as --{action.dest} false"
+    argv = sys.argv[1:] if argv is None else list(argv)
+    pre = argparse.ArgumentParser(add_help=False)  # --config first: its values become the parser's defaults
+    pre.add_argument("--config", nargs="+", action="extend", default=[])
+    for path in pre.parse_known_args(argv)[0].config:
+        for action, value in read_config(parser, path).items():
+            action.default, action.required = value, False
     *parsed, rest = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True,
                                                        look_for_args_file=False)
     if rest:  # an unknown flag is refused the argparse way: usage, 'unrecognized arguments', exit 2
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
-    return parsed[0]
+    args = parsed[0]
+    if hasattr(args, "hub_model_id"):
+        args.push_to_hub = hub_repo(args.push_to_hub, args.hub_model_id)
+    return args
+
+
+CONFIG_HELP = ("YAML file(s) of flag values, `name: value` per line (names as on the command line without '--', "
+               "aliases too; lists as YAML lists; relative paths from the current folder); later files win, flags "
+               "given on the command line win over all files. configs/<paper>/<stage>.yaml hold the papers' "
+               "settings")
+
+
+def paper_setting(args_class, stage: str, name: str) -> dict:
+    """configs/<name>/<stage>.yaml as {field: value}, read and checked as --config reads it: what train.py
+    --preset NAME and evaluate.py --protocol NAME fill in. One file per paper setting, so each value is written
+    once (recipes pass the same file as --config)."""
+    from transformers import HfArgumentParser
+    parser = HfArgumentParser(args_class)
+    return {action.dest: value for action, value in read_config(parser, ROOT / "configs" / name / f"{stage}.yaml")
+            .items()}
+
+
+def read_config(parser, path) -> dict:
+    """--config FILE.yaml -> {argparse action: value}, every value checked as the flag would be (type, choices). An
+    unknown key, a key given twice (by two of its names) or a bad value is a DataError naming the file and the
+    key."""
+    import yaml
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DataError(f"--config {path}: file not found") from None
+    except OSError as e:
+        raise DataError(f"--config {path}: cannot read ({e.strerror or e})") from None
+    except UnicodeDecodeError:
+        raise DataError(f"--config {path}: not UTF-8 text") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise DataError(f"{where}: not valid YAML ({getattr(e, 'problem', None) or e})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise DataError(f"{path}: expected `flag: value` lines (a YAML mapping), got {type(data).__name__}")
+    out, seen = {}, {}
+    for key, value in data.items():
+        action = parser._option_string_actions.get(f"--{key}")
+        if action is None or action.dest in ("help", "config"):
+            raise DataError(f"{path}: key '{key}': not a flag of {parser.prog} (see --help)")
+        if action.dest in seen:
+            raise DataError(f"{path}: key '{key}': the same flag as '{seen[action.dest]}'")
+        seen[action.dest] = key
+        if isinstance(action, argparse._StoreFalseAction):  # `no_packing: true` = `packing: false`
+            if not isinstance(value, bool):
+                raise DataError(f"{path}: key '{key}': expected true or false, got {value!r}")
+            action, value = next(a for a in parser._actions if a.dest == action.dest and a is not action), not value
+        out[action] = config_value(action, value, f"{path}: key '{key}'")
+    return out
+
+
+def config_value(action, value, where: str):
+    """One YAML value converted and checked as argparse would convert and check it on the command line."""
+    if value is None:
+        if action.default is not None:
+            raise DataError(f"{where}: null is not allowed (default: {action.default!r})")
+        return None
+    many = action.nargs in ("+", "*")
+    if isinstance(value, (list, dict)) and not (many and isinstance(value, list)):
+        raise DataError(f"{where}: expected one value, got a YAML {type(value).__name__}")
+    items = value if isinstance(value, list) else [value]
+    conv = []
+    for x in items:
+        if isinstance(x, (list, dict)):
+            raise DataError(f"{where}: expected plain values, got a nested YAML {type(x).__name__}")
+        try:  # YAML's own types (1e-5 may arrive as a string) go through the flag's converter as text
+            v = x if action.type is None else action.type(x if isinstance(x, bool) else str(x))
+        except Exception as e:  # argparse.ArgumentTypeError, ValueError
+            name = getattr(action.type, "__name__", "value")
+            raise DataError(f"{where}: {x!r} is not a valid {name} ({e})") from None
+        if action.choices is not None and v not in action.choices:
+            raise DataError(f"{where}: {x!r} is not one of {', '.join(map(repr, action.choices))}")
+        conv.append(v)
+    return conv if many else conv[0]
+
+
+def hub_repo(push_to_hub: Optional[str], hub_model_id: Optional[str]) -> Optional[str]:
+    """--push_to_hub REPO, or TRL's --push_to_hub [yes|no] --hub_model_id REPO -> the repository, or None (no
+    push)."""
+    value = (push_to_hub or "").strip()
+    if value.lower() in ("", "no", "false", "0", "n"):
+        return None
+    if value.lower() in ("yes", "true", "1", "y"):
+        if not hub_model_id:
+            raise DataError("--push_to_hub: give the repository as --hub_model_id USER/NAME (or --push_to_hub "
+                            "USER/NAME)")
+        return hub_model_id
+    if hub_model_id and hub_model_id != value:
+        raise DataError(f"--push_to_hub {value} and --hub_model_id {hub_model_id}: two repositories; give one")
+    return value
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """--help: the docstring verbatim; '(default: X)' added only where the help text does not already say what the
+    default is, and never for None (nothing set) or a --no_ flag."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if re.search(r"\bdefault\s*:|\(default\b", text, re.I) or action.default is None \
+                or isinstance(action, argparse._StoreFalseAction):
+            return text
+        return super()._get_help_string(action)
 
 
 # ----------------------------------------------------------------------------------------------------------------

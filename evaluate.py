@@ -1,4 +1,4 @@
-"""Evaluate a model on math / multiple-choice benchmarks the way the papers do: vLLM sampling, math-verify grading,
+r"""Evaluate a model on math / multiple-choice benchmarks the way the papers do: vLLM sampling, math-verify grading,
 accuracy, pass@k, maj@n, generated tokens and the long- vs short-CoT split (QFFT §2, §5.1).
 
     # QFFT protocol (QFFT §4.1, App. A.3): 16 samples (4 for GPQA/MMLU-Pro), temperature 0.6, top-p 1, 32768 new
@@ -54,27 +54,15 @@ import judge
 import models
 import runs
 import sources
+import tracking
 from common import DataError
 
-PROTOCOLS = {
-    # QFFT §4.1 / App. A.3: 16 samples at temperature 0.6 (4 for GPQA and MMLU-Pro), a 32,768-token budget, the eval
-    # system prompt, the model's chat template. The paper gives no top-p; the official eval script (eval/eval.sh)
-    # passes --top_p 1. Its harness takes the answer from the last \boxed{} only (eval/utils/parser.py).
-    # Long-CoT: the paper's rule (QFFT §2); its analysis code's rule is --long_cot_rule qfft_code.
-    "qfft": dict(n=16, temperature=0.6, top_p=1.0, max_tokens=32768, system_prompt="eval", extraction="box",
-                 n_by_benchmark="gpqa=4,mmlu_pro=4", max_model_len=None, long_cot_rule="paper", question_suffix="",
-                 prompt_tokens="template"),
-    # UPFT's evaluation (inference/eval.py): greedy decoding, one sample, up to 16384 new tokens, but a context of
-    # max_model_len 4096 for Qwen2.5-Math and 8192 otherwise, and the system prompt of its chat template per model
-    # family ('auto': see upft_model_defaults). Rule grader ('auto'): with --judge the box alone OR the judge (UPFT's
-    # llm_judge branch, behind every published number), without one the box, else "The answer is: X". Every
-    # question gets UPFT's --add_prompt "1" appended (scripts/train_sft.sh; inference/eval.py drops it only for
-    # deepseek), and the rendered prompt is tokenized as vLLM tokenizes UPFT's text prompts (prompt_tokens 'text':
-    # a second BOS for Llama-3.1 and R1-distill, whose templates already write one). docs/paper_numbers.md.
-    "upft": dict(n=1, temperature=0.0, top_p=1.0, max_tokens=16384, system_prompt="auto", extraction="auto",
-                 n_by_benchmark="", max_model_len="auto", long_cot_rule="paper", question_suffix="auto",
-                 prompt_tokens="text"),
-}
+# Each paper's evaluation protocol: configs/<protocol>/evaluate.yaml (read by resolve_protocol), the values below
+# where a file leaves one unset. Flags override them. UPFT leaves three to the model and the judge: the context, the
+# system prompt and the question suffix come per model family (upft_model_defaults), and the rule grader's extraction
+# depends on --judge (resolve_protocol).
+PROTOCOL_DEFAULTS = dict(n_by_benchmark="", max_model_len=None, system_prompt=None, extraction=None,
+                         long_cot_rule="paper", question_suffix=None, prompt_tokens="template")
 
 
 GPQA_BENCHMARKS = ("gpqa", "gpqa_open")  # read from the one GPQA file (--data / $GPQA_PATH); never committed
@@ -102,19 +90,22 @@ def upft_model_defaults(model: str) -> dict:
 @dataclass
 class Args:
     model: Optional[str] = field(default=None, metadata={"help": "model path or hub name (not needed with "
-                                                                 "--grade_only)"})
+                                                                 "--grade_only)",
+                                                         "aliases": ["--model_name_or_path"]})
     benchmarks: list[str] = field(default_factory=lambda: ["gsm8k", "math500"],
                                   metadata={"help": "space- or comma-separated: gsm8k, math500, aime24, aime25, "
                                                     "amc23, minerva, minerva_short, mmlu_pro, gpqa, gpqa_open; or "
                                                     "NAME=FILE.jsonl, a benchmark of your own (one line per "
                                                     "question: id, question, answer, optional answer_type math|mc "
-                                                    "with options)"})
+                                                    "with options)",
+                                            "aliases": ["--input"]})
     output_dir: Optional[str] = field(default=None, metadata={"help": "DIR: <benchmark>.jsonl, metrics.json, "
                                                                       "meta.json (default: runs/eval/<model folder "
-                                                                      "name>, git-ignored)"})
+                                                                      "name>, git-ignored)",
+                                                              "aliases": ["--output", "--out"]})
     protocol: Literal["qfft", "upft"] = field(
-        default="qfft", metadata={"help": "qfft (n 16, T 0.6, top-p 1, 32768 tokens) or upft (greedy, n 1, 16384); "
-                                          "the flags below override it"})
+        default="qfft", metadata={"help": "qfft (n 16, T 0.6, top-p 1, 32768 tokens) or upft (greedy, n 1, 16384): "
+                                          "configs/<protocol>/evaluate.yaml; the flags below override it"})
     n: Optional[int] = field(default=None, metadata={"help": "samples per question for every benchmark (None: the "
                                                              "protocol's)"})
     n_by_benchmark: Optional[str] = field(default=None, metadata={"help": (
@@ -184,6 +175,9 @@ class Args:
     count_tokenizer: Optional[str] = field(default=None, metadata={"help": (
         "recount response tokens with this tokenizer for the 'tokens' metric (QFFT counts every model with "
         "Qwen/Qwen2.5-7B-Instruct's); None: the generated tokens (with --grade_only: the one the run used)")})
+    report_to: Literal["none", "tensorboard", "wandb"] = field(default="none", metadata={"help": (
+        tracking.HELP.replace("numbers", "metrics of every benchmark (eval/<benchmark>/<metric>)"))})
+    run_name: Optional[str] = field(default=None, metadata={"help": tracking.RUN_NAME_HELP})
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -356,17 +350,23 @@ def parse_benchmarks(spec) -> list[str]:
 
 
 def resolve_protocol(args: Args) -> Args:
-    proto = dict(PROTOCOLS[args.protocol])
+    proto = PROTOCOL_DEFAULTS | common.paper_setting(Args, "evaluate", args.protocol)
+    proto.pop("protocol", None)  # the name the file gives itself
     if args.n is not None:  # --n overrides every benchmark's n
         if proto["n_by_benchmark"] and args.n_by_benchmark is None:
             print(f"note: --n {args.n} overrides the {args.protocol} protocol's per-benchmark n "
                   f"({proto['n_by_benchmark']}); pass --n_by_benchmark '{proto['n_by_benchmark']}' to keep it",
                   file=sys.stderr)
         proto["n_by_benchmark"] = ""
-    if proto["extraction"] == "auto":  # UPFT: the box alone beside its judge, the box or "The answer is:" without
-        proto["extraction"] = "upft_box" if args.judge else "box_or_answer_is"
-    family = upft_model_defaults(args.model or "")
-    proto = {k: (family[k] if v == "auto" else v) for k, v in proto.items()}
+    if args.protocol == "upft":
+        # UPFT's inference/eval.py: beside its LLM judge (always on in the published numbers: --llm_judge is parsed
+        # with type=bool) the rule check is the box alone; without a judge, the box or a final "The answer is: X"
+        if proto["extraction"] is None:
+            proto["extraction"] = "upft_box" if args.judge else "box_or_answer_is"
+        # ... and it picks the context, system prompt and question suffix per model family
+        family = upft_model_defaults(args.model or "")
+        proto = {k: (family[k] if v is None and k in family else v) for k, v in proto.items()}
+    proto = {k: ("" if k == "question_suffix" and v is None else v) for k, v in proto.items()}
     if args.no_system_prompt:
         proto["system_prompt"] = "none"
     filled = {k: (getattr(args, k) if getattr(args, k) is not None else v) for k, v in proto.items()}
@@ -740,16 +740,23 @@ def warn_if_tracked(out_dir: Path, benches: list[str]) -> None:
               f"committable; use runs/...", file=sys.stderr)
 
 
+def report(args: Args, out_dir: Path, metrics: dict) -> None:
+    """--report_to: the finished metrics, once per run, as eval/<benchmark>/<metric>."""
+    tracking.report(args.report_to, out_dir, "eval", metrics, {"args": dataclasses.asdict(args)}, args.run_name)
+
+
 def main():
     args = common.parse_args(Args, __doc__)
     check_args(args)
+    tracking.Tracker.check(args.report_to)
     if args.judge:
         models.check_model_path(args.judge)
     if args.grade_only:
         if not args.output_dir:
             raise DataError("--output_dir is required with --grade_only")
         runs.lock_output(Path(args.output_dir), f"evaluation output {args.output_dir}")  # one run per directory
-        return grade_only(args, Path(args.output_dir))
+        grade_only(args, Path(args.output_dir))
+        return report(args, Path(args.output_dir), read_metrics(Path(args.output_dir)))
     if not args.model:
         raise DataError("--model is required (or --grade_only)")
     models.check_model_path(args.model)
@@ -763,8 +770,7 @@ def main():
         raise DataError("--data points ONE benchmark at another file (the only one given, or gpqa / gpqa_open "
                         "among others); run one benchmark per --data")
     args = resolve_protocol(args)
-    system_prompt = models.resolve_system_prompt(args.system_prompt or PROTOCOLS[args.protocol]["system_prompt"],
-                                                 args.no_system_prompt)
+    system_prompt = models.resolve_system_prompt(args.system_prompt, args.no_system_prompt)
     words = args.reflect_words or grading.DEFAULT_REFLECT_WORDS
     pattern = grading.reflect_pattern(words)
     warn_if_tracked(out_dir, benches)
@@ -822,8 +828,10 @@ def main():
     if args.judge:  # the generating engine went out of scope with generate(): judge.run_judge frees it first
         judge_benchmarks(args, out_dir, benches, pattern)
     allm = read_metrics(out_dir)
-    print(markdown_table({b: allm.get(b) or update_metrics(out_dir, b, common.read_jsonl(final_path(out_dir, b)))
-                          for b in benches}))
+    metrics = {b: allm.get(b) or update_metrics(out_dir, b, common.read_jsonl(final_path(out_dir, b)))
+               for b in benches}
+    print(markdown_table(metrics))
+    report(args, out_dir, metrics)
 
 
 if __name__ == "__main__":

@@ -53,15 +53,18 @@ RESPONSE_FIELDS = ("response", "solution", "completion", "output", "generation")
 RESPONSE_LIST_FIELDS = ("generations",)
 ANSWER_FIELDS = sources.ANSWER_FIELDS
 # Settings that do not change the output (excluded from the up-to-date check).
-NOT_SETTINGS = ("output", "overwrite", "grade_workers", "batch_size", "push_to_hub")
+NOT_SETTINGS = ("output", "overwrite", "grade_workers", "batch_size", "push_to_hub", "hub_model_id")
 
 
 @dataclass
 class Args:
     input: str = field(metadata={"help": "sample.py output, a local .jsonl/.json/.parquet/.csv, or a HF dataset "
-                                         "(GAIR/LIMO, simplescaling/s1K-1.1, ...)"})
-    output: str = field(metadata={"help": "output JSONL; sidecars OUTPUT.stats.json and OUTPUT.meta.json"})
-    model: str = field(metadata={"help": "model whose tokenizer and chat template the training text is made for"})
+                                         "(GAIR/LIMO, simplescaling/s1K-1.1, ...)",
+                                 "aliases": ["--data", "--dataset_name"]})
+    output: str = field(metadata={"help": "output JSONL; sidecars OUTPUT.stats.json and OUTPUT.meta.json",
+                                  "aliases": ["--output_dir", "--out"]})
+    model: str = field(metadata={"help": "model whose tokenizer and chat template the training text is made for",
+                                 "aliases": ["--model_name_or_path"]})
     mode: Literal["sft", "qfft", "mix", "upft", "rft", "noise"] = field(
         default="sft", metadata={"help": "sft: question + response (chat template) | qfft: response only, no "
                                          "question | mix: sft for a fraction --alpha, qfft for the rest | upft: "
@@ -144,8 +147,10 @@ class Args:
     batch_size: int = field(default=1000, metadata={"help": "texts per tokenizer call"})
     overwrite: bool = field(default=False, metadata={"help": "replace output made with other settings"})
     push_to_hub: Optional[str] = field(
-        default=None, metadata={"help": "REPO (user/name): upload OUTPUT and its sidecars as a dataset, with a card "
-                                        "from OUTPUT.meta.json (HF_TOKEN; HF_ENDPOINT for a private hub)"})
+        default=None, metadata={"help": "REPO (user/name), or yes with --hub_model_id REPO (TRL): upload OUTPUT and "
+                                        "its sidecars as a dataset, with a card from OUTPUT.meta.json (HF_TOKEN; "
+                                        "HF_ENDPOINT for a private hub)", "nargs": "?", "const": "yes"})
+    hub_model_id: Optional[str] = field(default=None, metadata={"help": "REPO (user/name) for --push_to_hub yes"})
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""RAK, AES and the papers' result tables and figures, from evaluate.py outputs of several models.
+r"""RAK, AES and the papers' result tables and figures, from evaluate.py outputs of several models.
 
     python rak.py --runs base=runs/eval_base sft=runs/eval_sft qfft=runs/eval_qfft \
         --reference base --baseline sft --out results
@@ -50,6 +50,7 @@ import common
 import grading
 import runs
 import sources
+import tracking
 
 # ----------------------------------------------------------------------------------------------------------------
 
@@ -61,7 +62,9 @@ def _f(default, help_text):
 
 @dataclass
 class Args:
-    runs: list[str] = _f([], "NAME=DIR ...: evaluate.py output directories (a bare DIR is named after its folder)")
+    runs: list[str] = field(default_factory=list, metadata={
+        "help": "NAME=DIR ...: evaluate.py output directories (a bare DIR is named after its folder)",
+        "aliases": ["--input"]})
     reference: Optional[str] = _f(None, "run RAK is measured against: the short-CoT model the others were "
                                         "fine-tuned from (default: the first run)")
     baseline: Optional[str] = _f(None, "run the Δ rows and AES compare against, e.g. the long-CoT SFT model "
@@ -69,7 +72,7 @@ class Args:
     benchmarks: Optional[list[str]] = _f(None, "benchmarks, space- or comma-separated (default: every one present "
                                                "in a run)")
     out: str = field(default="results", metadata={"help": "output directory for the CSV / LaTeX / Markdown tables "
-                                                          "and the figures", "aliases": ["--output_dir"]})
+                                                          "and the figures", "aliases": ["--output", "--output_dir"]})
     format: list[str] = field(default_factory=lambda: ["md", "csv", "tex"],
                               metadata={"help": "table files to write: md, csv, tex (the Markdown tables are always "
                                                 "printed)"})
@@ -96,6 +99,9 @@ class Args:
                                    "LaTeX and <column>_lower/_upper in CSV (unset: none)")
     ci_resamples: int = _f(1000, "bootstrap resamples for --ci")
     seed: int = _f(0, "seed of the bootstrap resamples (--ci): the same seed gives the same intervals")
+    report_to: Literal["none", "tensorboard", "wandb"] = _f("none", tracking.HELP.replace(
+        "numbers", "table cells (rak/<run>/<benchmark>/<metric>)"))
+    run_name: Optional[str] = _f(None, tracking.RUN_NAME_HELP)
 
 
 FORMATS = ("md", "csv", "tex")
@@ -733,6 +739,7 @@ def main(argv=None):
     train = {r: train_stats(p) for r, p in stats_files.items()}
     if args.plots:
         _pyplot()  # fail before any work when matplotlib is missing
+    tracking.Tracker.check(args.report_to)
 
     files = {r: list_benchmarks(r, d) for r, d in run_dirs.items()}
     present = order_benchmarks(b for fs in files.values() for b in fs)
@@ -816,10 +823,12 @@ def main(argv=None):
         written.append(out / "rak_detail.csv")
     if args.plots:
         written += make_plots(out, names, benches, summ)
-    common.write_json(out / "meta.json", runs.run_info(args, settings=settings, metrics={
-        r: {b: {k: v for k, v in s.items()} | {"rak": raks[r].get(b), "aes": aes_vals[r].get(b)}
-            for b, s in summ[r].items()} for r in names}, versions=runs.versions("numpy", "pandas", "matplotlib"),
-        **({"intervals": cis} if args.ci else {})))
+    metrics = {r: {b: {k: v for k, v in s.items()} | {"rak": raks[r].get(b), "aes": aes_vals[r].get(b)}
+                   for b, s in summ[r].items()} for r in names}
+    common.write_json(out / "meta.json", runs.run_info(args, settings=settings, metrics=metrics,
+                                                         versions=runs.versions("numpy", "pandas", "matplotlib"),
+                                                         **({"intervals": cis} if args.ci else {})))
+    tracking.report(args.report_to, out, "rak", metrics, {"settings": settings}, args.run_name)
     print(f"wrote {', '.join(str(p) for p in written)}", file=sys.stderr)
 
 

@@ -1,4 +1,4 @@
-"""Sample solutions with vLLM: UPFT's self-generated solutions, QFFT/SFT teacher traces, many samples for RFT.
+r"""Sample solutions with vLLM: UPFT's self-generated solutions, QFFT/SFT teacher traces, many samples for RFT.
 
 One batched vLLM call per chunk of questions (SamplingParams(n=...) for several samples), each finished chunk
 appended to the output at once: a run killed at any moment keeps its finished chunks, and re-running the same
@@ -40,12 +40,14 @@ log = logging.getLogger("sample")
 @dataclass
 class Args:
     model: Optional[str] = field(default=None, metadata={"help": "model path or hub name (required unless "
-                                                                 "--merge_shards)"})
+                                                                 "--merge_shards)",
+                                                         "aliases": ["--model_name_or_path"]})
     data: Optional[str] = field(default=None, metadata={"help": "registry name (prm12k, gsm8k_train, math500, ...), "
                                                             "a .jsonl/.json/.parquet/.csv file, or a HF dataset; "
                                                             "chat records (messages / conversations) give their "
-                                                            "user turn"})
-    output: Optional[str] = field(default=None, metadata={"help": "output JSONL (required)"})
+                                                            "user turn", "aliases": ["--input", "--dataset_name"]})
+    output: Optional[str] = field(default=None, metadata={"help": "output JSONL (required)",
+                                                          "aliases": ["--output_dir", "--out"]})
     question_field: Optional[str] = field(default=None, metadata={"help": "question field of a file/HF dataset "
                                                                       "(default: question, problem, prompt or "
                                                                       "instruction)"})
@@ -87,8 +89,10 @@ class Args:
     trust_remote_code: bool = field(default=False, metadata={"help": "allow model code from the hub"})
     overwrite: bool = field(default=False, metadata={"help": "replace output made with other settings"})
     push_to_hub: Optional[str] = field(
-        default=None, metadata={"help": "REPO (user/name): upload the finished --output and its meta as a dataset "
-                                        "(sharded runs: with --merge_shards); HF_TOKEN, HF_ENDPOINT"})
+        default=None, metadata={"help": "REPO (user/name), or yes with --hub_model_id REPO (TRL): upload the "
+                                        "finished --output and its meta as a dataset (sharded runs: with "
+                                        "--merge_shards); HF_TOKEN, HF_ENDPOINT", "nargs": "?", "const": "yes"})
+    hub_model_id: Optional[str] = field(default=None, metadata={"help": "REPO (user/name) for --push_to_hub yes"})
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -37,6 +37,7 @@ DIR/tensorboard`). --push_to_hub USER/NAME uploads the checkpoint with a model c
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import math
@@ -56,19 +57,11 @@ import numpy as np
 import common
 import models
 import runs
-import sources
 import packing
+import tracking
 
-# Each paper's hyperparameters. Flags given on the command line override them.
-PRESETS = {
-    # QFFT Table 5 (7B; the 32B runs used global batch 32), via LLaMA-Factory (AdamW defaults, grad clip 1.0)
-    "qfft": dict(lr=1e-5, epochs=6, global_batch_size=8, lr_scheduler="cosine", warmup_ratio=0.1,
-                 weight_decay=1e-4, max_len=16384, adam_beta1=0.9, adam_beta2=0.999, max_grad_norm=1.0),
-    # UPFT App. B / scripts/train_sft.sh (OpenRLHF), PRM12K values: LIMO uses --epochs 3 --lr 2e-6,
-    # R1-distill models --max_len 16384, other data sets --epochs 1
-    "upft": dict(lr=1e-6, epochs=2, global_batch_size=64, lr_scheduler="constant_with_warmup", warmup_ratio=0.03,
-                 weight_decay=0.0, max_len=4096, adam_beta1=0.9, adam_beta2=0.95, max_grad_norm=1.0),
-}
+# Each paper's hyperparameters: configs/<preset>/train.yaml (read by resolve). Flags given on the command line
+# override them.
 SCHEDULERS = ("cosine", "constant_with_warmup", "linear", "constant")
 # Without a preset
 BASE = dict(lr=1e-5, epochs=3, global_batch_size=32, lr_scheduler="cosine", warmup_ratio=0.03, weight_decay=0.0,
@@ -77,21 +70,25 @@ BASE = dict(lr=1e-5, epochs=3, global_batch_size=32, lr_scheduler="cosine", warm
 NOT_SETTINGS = {"resume", "overwrite", "stop_after_steps", "local_rank", "save_steps", "save_total_limit",
                 "keep_checkpoints", "deepspeed", "gradient_checkpointing", "micro_batch_tokens",
                 "attn_implementation", "loss_head", "peak_tflops", "save_every_epoch", "report_to", "push_to_hub",
-                "eval_data", "eval_steps"}
+                "eval_data", "eval_steps", "hub_model_id", "run_name",
+                "per_device_train_batch_size", "gradient_accumulation_steps"}  # these two: in global_batch_size
 LORA_ARGS = ("use_peft", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules")
 
 
 @dataclass
 class Args:
-    model: str = field(metadata={"help": "base model: local directory or Hugging Face name"})
-    data: str = field(metadata={"help": "prepare.py output JSONL: records with prompt and completion"})
-    output_dir: str = field(metadata={"help": "where the checkpoint, train_log.jsonl and meta.json go"})
+    model: str = field(metadata={"help": "base model: local directory or Hugging Face name",
+                                 "aliases": ["--model_name_or_path"]})
+    data: str = field(metadata={"help": "prepare.py output JSONL: records with prompt and completion",
+                                "aliases": ["--input", "--dataset_name"]})
+    output_dir: str = field(metadata={"help": "where the checkpoint, train_log.jsonl and meta.json go",
+                                      "aliases": ["--output", "--out"]})
     deepspeed: str = field(
         default="configs/ds_z3.json", metadata={"help": "DeepSpeed config (\"auto\" values are filled from these "
                                                         "arguments)"})
     preset: Optional[Literal["qfft", "upft"]] = field(
-        default=None, metadata={"help": "qfft | upft: each paper's hyperparameters (printed at start); flags "
-                                        "override"})
+        default=None, metadata={"help": "qfft | upft: each paper's hyperparameters, configs/<preset>/train.yaml "
+                                        "(printed at start); flags override"})
     # hyperparameters: None = the preset's value, else BASE above
     epochs: Optional[int] = field(default=None, metadata={"help": "passes over the data (default: the preset's, "
                                                                   "else 3)", "aliases": ["--num_train_epochs"]})
@@ -100,6 +97,11 @@ class Args:
     global_batch_size: Optional[int] = field(
         default=None, metadata={"help": "EXAMPLES per optimizer step, over all ranks (default: the preset's, else "
                                         "32)"})
+    per_device_train_batch_size: Optional[int] = field(default=None, metadata={"help": (
+        "TRL/HF name: sets --global_batch_size = this x --gradient_accumulation_steps x the number of ranks "
+        "(micro-batches are still packed by --micro_batch_tokens)")})
+    gradient_accumulation_steps: Optional[int] = field(default=None, metadata={"help": (
+        "TRL/HF name, with --per_device_train_batch_size (alone: per-device batch 1)")})
     lr_scheduler: Optional[Literal["cosine", "constant_with_warmup", "linear", "constant"]] = field(
         default=None, metadata={"help": "learning-rate schedule after warmup (default: the preset's, else cosine)",
                                 "aliases": ["--lr_scheduler_type"]})
@@ -147,15 +149,20 @@ class Args:
     keep_checkpoints: bool = field(default=False, metadata={"help": "keep DIR/checkpoints after a finished run "
                                                                     "(optimizer states are large)"})
     resume: bool = field(default=False, metadata={"help": "continue from the last DeepSpeed checkpoint in "
-                                                          "DIR/checkpoints"})
+                                                          "DIR/checkpoints",
+                                                  "aliases": ["--resume_from_checkpoint"]})
     overwrite: bool = field(default=False, metadata={"help": "replace output made with other settings"})
     trust_remote_code: bool = field(default=False, metadata={"help": "allow model code from the hub (untrusted "
                                                                      "otherwise)"})
     peak_tflops: float = field(default=0.0, metadata={"help": "for the MFU estimate; 0 = a table of GPUs, or a "
                                                               "rough CPU figure"})
-    stop_after_steps: int = field(default=0, metadata={"help": "for tests: stop after this many steps without "
-                                                               "saving, as a kill would"})
-    local_rank: int = field(default=-1, metadata={"help": "set by the deepspeed launcher"})
+    bf16: Optional[bool] = field(default=None, metadata={
+        "help": "bf16 weights and compute: unset = on GPUs that support it, else fp32 (CPU); --bf16 false: fp32",
+        "nargs": "?", "const": True})
+    # hidden from --help (argparse.SUPPRESS), still accepted: for tests, stop after this many steps without saving,
+    # as a kill would; and the rank the deepspeed launcher passes
+    stop_after_steps: int = field(default=0, metadata={"help": argparse.SUPPRESS})
+    local_rank: int = field(default=-1, metadata={"help": argparse.SUPPRESS})
     # LoRA (TRL's names). The presets are full fine-tuning, as the papers trained.
     use_peft: bool = field(default=False, metadata={"help": (
         "train LoRA adapters (peft) instead of every parameter, under ZeRO-3 as well. DIR holds the merged model "
@@ -178,17 +185,32 @@ class Args:
                                                          "and after the last step"})
     report_to: Literal["none", "tensorboard", "wandb"] = field(
         default="none", metadata={"help": "also log every train_log.jsonl field per step (rank 0), the arguments "
-                                          "and data stats as config: tensorboard (event files in DIR/tensorboard) "
-                                          "or wandb (WANDB_PROJECT, default qfft-upft; WANDB_MODE=offline works)"})
+                                          "and data stats as config: tensorboard (event files in "
+                                          "DIR/tensorboard[/RUN_NAME]) or wandb (WANDB_PROJECT, default qfft-upft; "
+                                          "WANDB_MODE=offline works)"})
+    run_name: Optional[str] = field(default=None, metadata={"help": tracking.RUN_NAME_HELP})
     push_to_hub: Optional[str] = field(
-        default=None, metadata={"help": "REPO (user/name): upload the finished checkpoint with a model card from "
-                                        "meta.json (HF_TOKEN; HF_ENDPOINT for a private hub)"})
+        default=None, metadata={"help": "REPO (user/name), or yes with --hub_model_id REPO (TRL): upload the "
+                                        "finished checkpoint with a model card from meta.json (HF_TOKEN; HF_ENDPOINT "
+                                        "for a private hub)", "nargs": "?", "const": "yes"})
+    hub_model_id: Optional[str] = field(default=None, metadata={"help": "REPO (user/name) for --push_to_hub yes"})
 
 
 # ----------------------------------------------------------------------------------------------------------------
 def resolve(args: Args) -> Args:
     """Fill hyperparameters left unset from the preset, then BASE."""
-    src = PRESETS.get(args.preset, {})
+    if args.per_device_train_batch_size is not None or args.gradient_accumulation_steps is not None:
+        per, accum = (1 if v is None else v for v in (args.per_device_train_batch_size,
+                                                      args.gradient_accumulation_steps))
+        if per < 1 or accum < 1:
+            raise common.DataError("--per_device_train_batch_size and --gradient_accumulation_steps must be >= 1")
+        world = int(os.environ.get("WORLD_SIZE", "1"))  # set by deepspeed/torchrun before this process starts
+        gbs = per * accum * world
+        replaced = f" (replaces {args.global_batch_size})" if args.global_batch_size not in (None, gbs) else ""
+        print(f"--global_batch_size {gbs} = per_device_train_batch_size {per} x gradient_accumulation_steps {accum} "
+              f"x {world} ranks{replaced}", flush=True)
+        args.global_batch_size = gbs
+    src = common.paper_setting(Args, "train", args.preset) if args.preset else {}
     for k, v in BASE.items():
         if getattr(args, k) is None:
             setattr(args, k, src.get(k, v))
@@ -567,49 +589,6 @@ def save_hf(engine, tok, args: Args, out_dir: Path, rank: int):
     del sd
 
 
-class Tracker:
-    """--report_to: every numeric train_log.jsonl field per step to TensorBoard or W&B (rank 0 only)."""
-
-    def __init__(self, kind: str, out: Path, config: dict, resume: bool):
-        self.kind, self.run = kind, None
-        if kind == "tensorboard":
-            from torch.utils.tensorboard import SummaryWriter
-            self.run = SummaryWriter(log_dir=str(out / "tensorboard"))
-            self.run.add_text("config", "```\n" + json.dumps(config, indent=2, default=str) + "\n```")
-        elif kind == "wandb":
-            import wandb
-            # One W&B run per output directory (its id from the path): a resumed run continues the same curves instead
-            # of starting a second run.
-            self.run = wandb.init(project=os.environ.get("WANDB_PROJECT", "qfft-upft"), name=out.name,
-                                  dir=str(out), config=json.loads(json.dumps(config, default=str)),
-                                  id=sources.stable_id(str(out.resolve())), resume="allow" if resume else None)
-
-    @staticmethod
-    def check(kind: str) -> None:
-        """Fail before training when the backend is missing."""
-        mod = {"tensorboard": "tensorboard", "wandb": "wandb"}.get(kind)
-        if mod:
-            try:
-                __import__(mod)
-            except ImportError:
-                raise common.DataError(f"--report_to {kind}: the package is not installed (pip install {mod})") \
-                    from None
-
-    def log(self, rec: dict) -> None:
-        # eval_loss -> eval/loss, the rest train/<field>
-        scalars = {(f"eval/{k[5:]}" if k.startswith("eval_") else f"train/{k}"): v for k, v in rec.items()
-                   if k != "step" and isinstance(v, (int, float))}
-        if self.kind == "tensorboard":
-            for k, v in scalars.items():
-                self.run.add_scalar(k, v, rec["step"])
-        elif self.kind == "wandb":
-            self.run.log(scalars, step=rec["step"])
-
-    def close(self) -> None:
-        if self.run is not None:
-            (self.run.close if self.kind == "tensorboard" else self.run.finish)()
-
-
 def plot_loss(log_path: Path, png: Path) -> Optional[Path]:
     """DIR/train_loss.png: loss and learning rate per step, from train_log.jsonl (LLaMA-Factory's plot_loss)."""
     recs = common.read_jsonl(log_path) if log_path.exists() else []
@@ -706,7 +685,7 @@ def plan_run(args: Args) -> Optional[Plan]:
     # hours, resuming a run the user meant to restart would mix two runs.
     if has_ck and not args.resume:
         raise common.DataError(f"{out} holds a training checkpoint: pass --resume to continue it, or --overwrite")
-    Tracker.check(args.report_to)
+    tracking.Tracker.check(args.report_to)
     if args.push_to_hub:
         common.check_push(args.push_to_hub)
     return Plan(out, ckdir, meta_path, log_path, settings, has_ck)
@@ -944,6 +923,11 @@ def main():
     # bf16 on GPU as both papers' trainers; fp32 on CPU, where DeepSpeed's CPU path and the tests' exact comparisons (1
     # process == 2 processes) need it.
     bf16 = on_gpu and acc.is_bf16_supported()
+    if args.bf16 is not None:  # TRL's --bf16: asked for explicitly
+        if args.bf16 and not bf16:
+            raise common.DataError("--bf16: this device cannot train in bf16 (on CPU training runs in fp32; drop "
+                                   "the flag)")
+        bf16 = args.bf16
     model, ds_config, attn, head, hidden = load_model(args, world, on_gpu, bf16, device)
     n_params = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())
     if args.use_peft:
@@ -983,8 +967,8 @@ def main():
         if log_path.exists():  # drop lines of steps that a kill lost
             kept = [r for r in common.read_jsonl(log_path) if r["step"] <= start] if start else []
             common.write_jsonl(log_path, kept)
-    tracker = Tracker(args.report_to if rank == 0 else "none", out, {"args": dataclasses.asdict(args), "data": stats},
-                      resume=start > 0)
+    tracker = tracking.Tracker(args.report_to if rank == 0 else "none", out,
+                               {"args": dataclasses.asdict(args), "data": stats}, resume=start > 0, name=args.run_name)
 
     def save_ds(step: int):
         engine.save_checkpoint(str(ckdir), tag=f"step_{step}", client_state={"step": step})

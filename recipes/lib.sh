@@ -1,5 +1,6 @@
-# Shared shell helpers for the recipes (sourced, not run). Every size and path is an environment variable with
-# the paper's value as default, so the same recipe runs unchanged at tiny scale (see scripts/demo.sh).
+# Shared shell helpers for the recipes (sourced, not run). Each paper setting lives in one file,
+# configs/<paper>/<stage>.yaml, passed as --config; an environment variable that is set (EPOCHS, MAX_LEN, EVAL_N, ...)
+# overrides it with a flag, so the same recipe runs unchanged at tiny scale (see scripts/demo.sh).
 RECIPE_T0=${RECIPE_T0:-$(date +%s)}
 # step NAME: a progress line per stage, with the seconds since the recipe started.
 step() { printf '\n==> [%4ss] %s\n' "$(( $(date +%s) - RECIPE_T0 ))" "$*"; }
@@ -31,10 +32,24 @@ if [ -n "${DRY_RUN:-}" ]; then
 fi
 
 limit() { [ -n "$1" ] && echo "--limit $1" || true; }
+# opt FLAG VALUE: "FLAG VALUE" when VALUE is set (a number or a word), else nothing: the --config file's value holds.
+opt() { [ -n "$2" ] && echo "$1 $2" || true; }
+# train_env / eval_env: the sizes set in the environment, as flags after a stage's --config (unset: nothing).
+train_env() {
+  echo $(opt --epochs "${EPOCHS:-}") $(opt --global_batch_size "${GLOBAL_BATCH:-}") $(opt --max_len "${MAX_LEN:-}") \
+    $(opt --lr "${LR:-}")
+}
+eval_env() { echo $(opt --n "${EVAL_N:-}") $(opt --max_tokens "${EVAL_MAX_TOKENS:-}") $(limit "${EVAL_LIMIT:-}"); }
 
-# QFFT App. A.3 samples GPQA and MMLU-Pro 4 times, whatever EVAL_N is; evaluate.py's --n alone would drop that, so
-# the QFFT recipes pass this too (empty: EVAL_N for every benchmark).
-EVAL_N_BY_BENCHMARK=${EVAL_N_BY_BENCHMARK-gpqa=4,mmlu_pro=4}
+# upft_configs STAGE: --config configs/upft/STAGE.yaml, then the overlays configs/upft/V/STAGE.yaml of the variants
+# V in UPFT_VARIANTS (limo: UPFT's LIMO settings; r1_distill: R1-distill models) that have one for STAGE.
+upft_configs() {
+  local files="configs/upft/$1.yaml" v
+  for v in ${UPFT_VARIANTS:-}; do
+    if [ -f "configs/upft/$v/$1.yaml" ]; then files="$files configs/upft/$v/$1.yaml"; fi
+  done
+  echo "--config $files"
+}
 
 # upft_judge: JUDGE_ARGS for every UPFT evaluation. UPFT judges every benchmark behind every published number: its
 # inference/eval.py parses --llm_judge with type=bool, so any value is true. correct = rule grader (the box alone)
@@ -63,8 +78,9 @@ qfft_source() {
     limo) SRC=GAIR/LIMO SFT_SYSTEM=eval ;;
     teacher)
       step "sample long-CoT traces from the teacher $TEACHER"
-      python sample.py --model "$TEACHER" --data "$QUESTIONS" $(limit "${NUM_QUESTIONS:-}") --no_system_prompt \
-        --max_tokens "$SAMPLE_MAX_TOKENS" --tensor_parallel_size "$TP" --output "$OUT/traces.jsonl"
+      python sample.py --model "$TEACHER" --data "$QUESTIONS" $(limit "${NUM_QUESTIONS:-}") \
+        --config configs/qfft/sample.yaml $(opt --max_tokens "${SAMPLE_MAX_TOKENS:-}") --tensor_parallel_size "$TP" \
+        --output "$OUT/traces.jsonl"
       SRC=$OUT/traces.jsonl SFT_SYSTEM=default ;;
     *) echo "DATA must be s1k, limo or teacher" >&2; exit 2 ;;
   esac

@@ -18,17 +18,17 @@ QUESTIONS=${QUESTIONS:-simplescaling/s1K-1.1}
 LOW_QUESTIONS=${LOW_QUESTIONS:-10}
 LOW_RESPONSES=${LOW_RESPONSES:-10}
 SEED=${SEED:-42}
-SAMPLE_MAX_TOKENS=${SAMPLE_MAX_TOKENS:-16384}
+SAMPLE_MAX_TOKENS=${SAMPLE_MAX_TOKENS:-}  # empty: configs/qfft/sample.yaml (16384)
 NUM_GPUS=${NUM_GPUS:-8}
 TP=${TP:-1}
-GLOBAL_BATCH=${GLOBAL_BATCH:-8}
+GLOBAL_BATCH=${GLOBAL_BATCH:-}             # empty: configs/qfft/train.yaml (8)
 EPOCHS=${EPOCHS:-50}
-MAX_LEN=${MAX_LEN:-16384}
+MAX_LEN=${MAX_LEN:-}                       # empty: configs/qfft/train.yaml, prepare.py (16384)
 DEEPSPEED=${DEEPSPEED:-configs/ds_z3.json}
 GRAD_CKPT=${GRAD_CKPT---gradient_checkpointing}
 BENCHMARKS=${BENCHMARKS:-math500}
 EVAL_N=${EVAL_N:-4}                        # Fig. 7: pass@1 averaged over 4 samples
-EVAL_MAX_TOKENS=${EVAL_MAX_TOKENS:-32768}
+EVAL_MAX_TOKENS=${EVAL_MAX_TOKENS:-}       # empty: configs/qfft/evaluate.yaml (32768)
 EVAL_LIMIT=${EVAL_LIMIT:-}
 OUT=${OUT:-runs/qfft_low_resource/$(basename "$MODEL")}
 mkdir -p "$OUT"
@@ -44,26 +44,26 @@ if not out.exists() or common.read_jsonl(out) != picked:
     common.write_jsonl(out, picked)
 PY
 step "sample $LOW_RESPONSES responses per question from $TEACHER"
-python sample.py --model "$TEACHER" --data "$OUT/questions.jsonl" --n "$LOW_RESPONSES" --no_system_prompt \
-  --max_tokens "$SAMPLE_MAX_TOKENS" --tensor_parallel_size "$TP" --output "$OUT/traces.jsonl"
+python sample.py --model "$TEACHER" --data "$OUT/questions.jsonl" --n "$LOW_RESPONSES" \
+  --config configs/qfft/sample.yaml $(opt --max_tokens "$SAMPLE_MAX_TOKENS") --tensor_parallel_size "$TP" \
+  --output "$OUT/traces.jsonl"
 
 step "prepare SFT and QFFT: every response of the $LOW_QUESTIONS questions"
 python prepare.py --mode sft --preset qfft --max_questions "$LOW_QUESTIONS" --responses all \
-  --input "$OUT/traces.jsonl" --model "$MODEL" --max_len "$MAX_LEN" --output "$OUT/sft.jsonl"
+  --input "$OUT/traces.jsonl" --model "$MODEL" $(opt --max_len "$MAX_LEN") --output "$OUT/sft.jsonl"
 python prepare.py --mode qfft --max_questions "$LOW_QUESTIONS" --responses all --input "$OUT/traces.jsonl" \
-  --model "$MODEL" --max_len "$MAX_LEN" --output "$OUT/qfft.jsonl"
+  --model "$MODEL" $(opt --max_len "$MAX_LEN") --output "$OUT/qfft.jsonl"
 
 for method in sft qfft; do
   step "train $method ($EPOCHS epochs)"
-  train --model "$MODEL" --data "$OUT/$method.jsonl" --output_dir "$OUT/$method-model" --preset qfft \
-    --epochs "$EPOCHS" --global_batch_size "$GLOBAL_BATCH" --deepspeed "$DEEPSPEED" $GRAD_CKPT
+  train --model "$MODEL" --data "$OUT/$method.jsonl" --output_dir "$OUT/$method-model" \
+    --config configs/qfft/train.yaml $(train_env) --deepspeed "$DEEPSPEED" $GRAD_CKPT
 done
 for run in base sft qfft; do
   model=$MODEL; [ "$run" = base ] || model=$OUT/$run-model
   step "evaluate $run (n=$EVAL_N)"
-  python evaluate.py --model "$model" --protocol qfft --benchmarks "$BENCHMARKS" --n "$EVAL_N" \
-    --n_by_benchmark "$EVAL_N_BY_BENCHMARK" \
-    --max_tokens "$EVAL_MAX_TOKENS" $(limit "$EVAL_LIMIT") --tensor_parallel_size "$TP" --output_dir "$OUT/eval-$run"
+  python evaluate.py --model "$model" --benchmarks "$BENCHMARKS" \
+    --config configs/qfft/evaluate.yaml $(eval_env) --tensor_parallel_size "$TP" --output_dir "$OUT/eval-$run"
 done
 
 step "table: MATH500 pass@1 of SFT and QFFT after $EPOCHS epochs (QFFT Fig. 7's last point)"

@@ -19,19 +19,19 @@ DATA=${DATA:-s1k}                          # s1k | limo | teacher
 TEACHER=${TEACHER:-deepseek-ai/DeepSeek-R1-Distill-Qwen-32B}
 QUESTIONS=${QUESTIONS:-prm12k}
 NUM_QUESTIONS=${NUM_QUESTIONS:-}
-SAMPLE_MAX_TOKENS=${SAMPLE_MAX_TOKENS:-16384}
+SAMPLE_MAX_TOKENS=${SAMPLE_MAX_TOKENS:-}  # empty: configs/qfft/sample.yaml (16384)
 ALPHAS=${ALPHAS:-0 0.001 0.01 0.1 0.5 1}   # α = 0: QFFT; α = 1: SFT
 MIX_RENDER=${MIX_RENDER:-chat}
 NUM_GPUS=${NUM_GPUS:-8}
 TP=${TP:-1}
-GLOBAL_BATCH=${GLOBAL_BATCH:-8}
-EPOCHS=${EPOCHS:-6}
-MAX_LEN=${MAX_LEN:-16384}
+GLOBAL_BATCH=${GLOBAL_BATCH:-}             # empty: configs/qfft/train.yaml (8)
+EPOCHS=${EPOCHS:-}                         # empty: configs/qfft/train.yaml (6)
+MAX_LEN=${MAX_LEN:-}                       # empty: configs/qfft/train.yaml, prepare.py (16384)
 DEEPSPEED=${DEEPSPEED:-configs/ds_z3.json}
 GRAD_CKPT=${GRAD_CKPT---gradient_checkpointing}
 BENCHMARKS=${BENCHMARKS:-math500}
-EVAL_N=${EVAL_N:-16}
-EVAL_MAX_TOKENS=${EVAL_MAX_TOKENS:-32768}
+EVAL_N=${EVAL_N:-}                         # empty: configs/qfft/evaluate.yaml (16)
+EVAL_MAX_TOKENS=${EVAL_MAX_TOKENS:-}       # empty: configs/qfft/evaluate.yaml (32768)
 EVAL_LIMIT=${EVAL_LIMIT:-}
 OUT=${OUT:-runs/qfft_mix_alpha/$(basename "$MODEL")-$DATA-$MIX_RENDER}
 mkdir -p "$OUT"
@@ -39,18 +39,16 @@ mkdir -p "$OUT"
 qfft_source
 runs="base=$OUT/eval-base"
 step "evaluate base"
-python evaluate.py --model "$MODEL" --protocol qfft --benchmarks "$BENCHMARKS" --n "$EVAL_N" \
-  --n_by_benchmark "$EVAL_N_BY_BENCHMARK" \
-  --max_tokens "$EVAL_MAX_TOKENS" $(limit "$EVAL_LIMIT") --tensor_parallel_size "$TP" --output_dir "$OUT/eval-base"
+python evaluate.py --model "$MODEL" --benchmarks "$BENCHMARKS" \
+  --config configs/qfft/evaluate.yaml $(eval_env) --tensor_parallel_size "$TP" --output_dir "$OUT/eval-base"
 for a in $ALPHAS; do
   step "α = $a: prepare, train, evaluate"
   python prepare.py --mode mix --alpha "$a" --mix_render "$MIX_RENDER" --preset qfft --system_prompt "$SFT_SYSTEM" \
-    --input "$SRC" --model "$MODEL" --max_len "$MAX_LEN" --output "$OUT/mix-$a.jsonl"
-  train --model "$MODEL" --data "$OUT/mix-$a.jsonl" --output_dir "$OUT/mix-$a-model" --preset qfft \
-    --epochs "$EPOCHS" --global_batch_size "$GLOBAL_BATCH" --deepspeed "$DEEPSPEED" $GRAD_CKPT
-  python evaluate.py --model "$OUT/mix-$a-model" --protocol qfft --benchmarks "$BENCHMARKS" --n "$EVAL_N" \
-    --n_by_benchmark "$EVAL_N_BY_BENCHMARK" \
-    --max_tokens "$EVAL_MAX_TOKENS" $(limit "$EVAL_LIMIT") --tensor_parallel_size "$TP" --output_dir "$OUT/eval-mix-$a"
+    --input "$SRC" --model "$MODEL" $(opt --max_len "$MAX_LEN") --output "$OUT/mix-$a.jsonl"
+  train --model "$MODEL" --data "$OUT/mix-$a.jsonl" --output_dir "$OUT/mix-$a-model" \
+    --config configs/qfft/train.yaml $(train_env) --deepspeed "$DEEPSPEED" $GRAD_CKPT
+  python evaluate.py --model "$OUT/mix-$a-model" --benchmarks "$BENCHMARKS" \
+    --config configs/qfft/evaluate.yaml $(eval_env) --tensor_parallel_size "$TP" --output_dir "$OUT/eval-mix-$a"
   runs="$runs alpha$a=$OUT/eval-mix-$a"
 done
 

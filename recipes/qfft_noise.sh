@@ -17,18 +17,18 @@ DATA=${DATA:-limo}                         # the paper: LIMO
 TEACHER=${TEACHER:-deepseek-ai/DeepSeek-R1-Distill-Qwen-32B}
 QUESTIONS=${QUESTIONS:-prm12k}
 NUM_QUESTIONS=${NUM_QUESTIONS:-}
-SAMPLE_MAX_TOKENS=${SAMPLE_MAX_TOKENS:-16384}
+SAMPLE_MAX_TOKENS=${SAMPLE_MAX_TOKENS:-}  # empty: configs/qfft/sample.yaml (16384)
 LEVELS=${LEVELS:-1 2 3 4}
 NUM_GPUS=${NUM_GPUS:-8}
 TP=${TP:-1}
-GLOBAL_BATCH=${GLOBAL_BATCH:-8}
-EPOCHS=${EPOCHS:-6}
-MAX_LEN=${MAX_LEN:-16384}
+GLOBAL_BATCH=${GLOBAL_BATCH:-}             # empty: configs/qfft/train.yaml (8)
+EPOCHS=${EPOCHS:-}                         # empty: configs/qfft/train.yaml (6)
+MAX_LEN=${MAX_LEN:-}                       # empty: configs/qfft/train.yaml, prepare.py (16384)
 DEEPSPEED=${DEEPSPEED:-configs/ds_z3.json}
 GRAD_CKPT=${GRAD_CKPT---gradient_checkpointing}
 BENCHMARKS=${BENCHMARKS:-math500}
-EVAL_N=${EVAL_N:-16}
-EVAL_MAX_TOKENS=${EVAL_MAX_TOKENS:-32768}
+EVAL_N=${EVAL_N:-}                         # empty: configs/qfft/evaluate.yaml (16)
+EVAL_MAX_TOKENS=${EVAL_MAX_TOKENS:-}       # empty: configs/qfft/evaluate.yaml (32768)
 EVAL_LIMIT=${EVAL_LIMIT:-}
 OUT=${OUT:-runs/qfft_noise/$(basename "$MODEL")-$DATA}
 mkdir -p "$OUT"
@@ -36,25 +36,23 @@ mkdir -p "$OUT"
 qfft_source
 runs="base=$OUT/eval-base"
 step "evaluate base"
-python evaluate.py --model "$MODEL" --protocol qfft --benchmarks "$BENCHMARKS" --n "$EVAL_N" \
-  --n_by_benchmark "$EVAL_N_BY_BENCHMARK" \
-  --max_tokens "$EVAL_MAX_TOKENS" $(limit "$EVAL_LIMIT") --tensor_parallel_size "$TP" --output_dir "$OUT/eval-base"
+python evaluate.py --model "$MODEL" --benchmarks "$BENCHMARKS" \
+  --config configs/qfft/evaluate.yaml $(eval_env) --tensor_parallel_size "$TP" --output_dir "$OUT/eval-base"
 for level in $LEVELS; do
   for form in sft qfft; do
     name=$form-L$level
     step "noise level $level, $form form: prepare, train, evaluate"
     if [ "$level" = 1 ]; then
       python prepare.py --mode "$form" --preset qfft --system_prompt "$SFT_SYSTEM" --input "$SRC" --model "$MODEL" \
-        --max_len "$MAX_LEN" --output "$OUT/$name.jsonl"
+        $(opt --max_len "$MAX_LEN") --output "$OUT/$name.jsonl"
     else
       python prepare.py --mode noise --level "$level" --noise_form "$form" --preset qfft --system_prompt "$SFT_SYSTEM" \
-        --input "$SRC" --model "$MODEL" --max_len "$MAX_LEN" --output "$OUT/$name.jsonl"
+        --input "$SRC" --model "$MODEL" $(opt --max_len "$MAX_LEN") --output "$OUT/$name.jsonl"
     fi
-    train --model "$MODEL" --data "$OUT/$name.jsonl" --output_dir "$OUT/$name-model" --preset qfft \
-      --epochs "$EPOCHS" --global_batch_size "$GLOBAL_BATCH" --deepspeed "$DEEPSPEED" $GRAD_CKPT
-    python evaluate.py --model "$OUT/$name-model" --protocol qfft --benchmarks "$BENCHMARKS" --n "$EVAL_N" \
-      --n_by_benchmark "$EVAL_N_BY_BENCHMARK" \
-      --max_tokens "$EVAL_MAX_TOKENS" $(limit "$EVAL_LIMIT") --tensor_parallel_size "$TP" --output_dir "$OUT/eval-$name"
+    train --model "$MODEL" --data "$OUT/$name.jsonl" --output_dir "$OUT/$name-model" \
+      --config configs/qfft/train.yaml $(train_env) --deepspeed "$DEEPSPEED" $GRAD_CKPT
+    python evaluate.py --model "$OUT/$name-model" --benchmarks "$BENCHMARKS" \
+      --config configs/qfft/evaluate.yaml $(eval_env) --tensor_parallel_size "$TP" --output_dir "$OUT/eval-$name"
     runs="$runs $name=$OUT/eval-$name"
   done
 done

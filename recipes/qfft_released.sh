@@ -20,8 +20,8 @@ BASE=${BASE:-Qwen/Qwen2.5-$SIZE-Instruct}  # the RAK reference
 RELEASED=${RELEASED:-s1=lwl-uestc/QFFT-S1-$SIZE limo=lwl-uestc/QFFT-LIMO-$SIZE}   # NAME=MODEL ...
 TP=${TP:-1}
 BENCHMARKS=${BENCHMARKS:-gsm8k,math500,aime25}
-EVAL_N=${EVAL_N:-16}
-EVAL_MAX_TOKENS=${EVAL_MAX_TOKENS:-32768}
+EVAL_N=${EVAL_N:-}                         # empty: configs/qfft/evaluate.yaml (16)
+EVAL_MAX_TOKENS=${EVAL_MAX_TOKENS:-}       # empty: configs/qfft/evaluate.yaml (32768)
 EVAL_LIMIT=${EVAL_LIMIT:-}
 OUT=${OUT:-runs/qfft_released/$SIZE}
 mkdir -p "$OUT"
@@ -29,10 +29,9 @@ mkdir -p "$OUT"
 runs=""
 for nm in base="$BASE" $RELEASED; do
   name=${nm%%=*} model=${nm#*=}
-  step "evaluate $name ($model; QFFT protocol: n=$EVAL_N, T=0.6, $EVAL_MAX_TOKENS tokens)"
-  python evaluate.py --model "$model" --protocol qfft --benchmarks "$BENCHMARKS" --n "$EVAL_N" \
-    --n_by_benchmark "$EVAL_N_BY_BENCHMARK" \
-    --max_tokens "$EVAL_MAX_TOKENS" $(limit "$EVAL_LIMIT") --tensor_parallel_size "$TP" --output_dir "$OUT/eval-$name"
+  step "evaluate $name ($model; QFFT protocol: configs/qfft/evaluate.yaml${EVAL_N:+, n=$EVAL_N})"
+  python evaluate.py --model "$model" --benchmarks "$BENCHMARKS" \
+    --config configs/qfft/evaluate.yaml $(eval_env) --tensor_parallel_size "$TP" --output_dir "$OUT/eval-$name"
   runs="$runs $name=$OUT/eval-$name"
 done
 

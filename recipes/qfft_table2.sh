@@ -28,17 +28,17 @@ DATA=${DATA:-s1k}                          # s1k | limo | teacher (sample traces
 TEACHER=${TEACHER:-deepseek-ai/DeepSeek-R1-Distill-Qwen-32B}
 QUESTIONS=${QUESTIONS:-prm12k}             # question pool for DATA=teacher
 NUM_QUESTIONS=${NUM_QUESTIONS:-}           # DATA=teacher: first K questions (empty: all)
-SAMPLE_MAX_TOKENS=${SAMPLE_MAX_TOKENS:-16384}
+SAMPLE_MAX_TOKENS=${SAMPLE_MAX_TOKENS:-}  # empty: configs/qfft/sample.yaml (16384)
 NUM_GPUS=${NUM_GPUS:-8}
 TP=${TP:-1}                                # tensor parallel size for sampling and evaluation
-GLOBAL_BATCH=${GLOBAL_BATCH:-8}            # QFFT Table 5: 8 (7B), 32 (32B)
-EPOCHS=${EPOCHS:-6}
-MAX_LEN=${MAX_LEN:-16384}
+GLOBAL_BATCH=${GLOBAL_BATCH:-}             # empty: configs/qfft/train.yaml (8, QFFT Table 5's 7B; 32B: 32)
+EPOCHS=${EPOCHS:-}                         # empty: configs/qfft/train.yaml (6)
+MAX_LEN=${MAX_LEN:-}                       # empty: configs/qfft/train.yaml and prepare.py's default (16384)
 DEEPSPEED=${DEEPSPEED:-configs/ds_z3.json}
 GRAD_CKPT=${GRAD_CKPT---gradient_checkpointing}   # 16k-token traces need it on GPU; GRAD_CKPT= turns it off
 BENCHMARKS=${BENCHMARKS:-gsm8k,math500,aime25}
-EVAL_N=${EVAL_N:-16}                       # QFFT §4.1: 16 samples, T=0.6, 32768 tokens
-EVAL_MAX_TOKENS=${EVAL_MAX_TOKENS:-32768}
+EVAL_N=${EVAL_N:-}                         # empty: configs/qfft/evaluate.yaml (QFFT §4.1: 16 samples, T=0.6,
+EVAL_MAX_TOKENS=${EVAL_MAX_TOKENS:-}       # 32768 tokens)
 EVAL_LIMIT=${EVAL_LIMIT:-}                 # first K questions per benchmark (empty: all)
 OUT=${OUT:-runs/qfft_table2/$(basename "$MODEL")-$DATA}
 mkdir -p "$OUT"
@@ -47,22 +47,20 @@ qfft_source   # SRC, and SFT_SYSTEM: LIMO's file carries the eval system prompt,
 
 step "prepare SFT (question kept, system prompt '$SFT_SYSTEM') and QFFT (question removed) data"
 python prepare.py --mode sft --preset qfft --system_prompt "$SFT_SYSTEM" --input "$SRC" --model "$MODEL" \
-  --max_len "$MAX_LEN" --output "$OUT/sft.jsonl"
-python prepare.py --mode qfft --input "$SRC" --model "$MODEL" --max_len "$MAX_LEN" --output "$OUT/qfft.jsonl"
+  $(opt --max_len "$MAX_LEN") --output "$OUT/sft.jsonl"
+python prepare.py --mode qfft --input "$SRC" --model "$MODEL" $(opt --max_len "$MAX_LEN") --output "$OUT/qfft.jsonl"
 
 for method in sft qfft; do
   step "train $method (QFFT Table 5 hyperparameters)"
-  train --model "$MODEL" --data "$OUT/$method.jsonl" --output_dir "$OUT/$method-model" --preset qfft \
-    --epochs "$EPOCHS" --global_batch_size "$GLOBAL_BATCH" --deepspeed "$DEEPSPEED" \
-    $GRAD_CKPT
+  train --model "$MODEL" --data "$OUT/$method.jsonl" --output_dir "$OUT/$method-model" \
+    --config configs/qfft/train.yaml $(train_env) --deepspeed "$DEEPSPEED" $GRAD_CKPT
 done
 
 for run in base sft qfft; do
   model=$MODEL; [ "$run" = base ] || model=$OUT/$run-model
-  step "evaluate $run (QFFT protocol: n=$EVAL_N, T=0.6, $EVAL_MAX_TOKENS tokens)"
-  python evaluate.py --model "$model" --protocol qfft --benchmarks "$BENCHMARKS" --n "$EVAL_N" \
-    --n_by_benchmark "$EVAL_N_BY_BENCHMARK" \
-    --max_tokens "$EVAL_MAX_TOKENS" $(limit "$EVAL_LIMIT") --tensor_parallel_size "$TP" --output_dir "$OUT/eval-$run"
+  step "evaluate $run (QFFT protocol: configs/qfft/evaluate.yaml${EVAL_N:+, n=$EVAL_N})"
+  python evaluate.py --model "$model" --benchmarks "$BENCHMARKS" \
+    --config configs/qfft/evaluate.yaml $(eval_env) --tensor_parallel_size "$TP" --output_dir "$OUT/eval-$run"
 done
 
 step "tables: Acc / Tokens / RAK (reference: the base model), Δ against SFT, AES"

@@ -21,17 +21,17 @@ DATA=${DATA:-limo}                         # Table 3: LIMO (needs gold answers: 
 QUESTIONS=${QUESTIONS:-prm12k}
 SHORTEST_N=${SHORTEST_N:-10}               # samples per question for SFT-Shortest (QFFT's setting: 10)
 SHORTEST_T=${SHORTEST_T:-0.7}               # no source: QFFT gives no sampling temperature for SFT-Shortest
-SAMPLE_MAX_TOKENS=${SAMPLE_MAX_TOKENS:-16384}
+SAMPLE_MAX_TOKENS=${SAMPLE_MAX_TOKENS:-}    # empty: sample.py's default (16384)
 NUM_GPUS=${NUM_GPUS:-8}
 TP=${TP:-1}
-GLOBAL_BATCH=${GLOBAL_BATCH:-8}
-EPOCHS=${EPOCHS:-6}
-MAX_LEN=${MAX_LEN:-16384}
+GLOBAL_BATCH=${GLOBAL_BATCH:-}             # empty: configs/qfft/train.yaml (8)
+EPOCHS=${EPOCHS:-}                         # empty: configs/qfft/train.yaml (6)
+MAX_LEN=${MAX_LEN:-}                       # empty: configs/qfft/train.yaml, prepare.py (16384)
 DEEPSPEED=${DEEPSPEED:-configs/ds_z3.json}
 GRAD_CKPT=${GRAD_CKPT---gradient_checkpointing}
 BENCHMARKS=${BENCHMARKS:-gsm8k,math500,aime25}
-EVAL_N=${EVAL_N:-16}
-EVAL_MAX_TOKENS=${EVAL_MAX_TOKENS:-32768}
+EVAL_N=${EVAL_N:-}                         # empty: configs/qfft/evaluate.yaml (16)
+EVAL_MAX_TOKENS=${EVAL_MAX_TOKENS:-}       # empty: configs/qfft/evaluate.yaml (32768)
 EVAL_LIMIT=${EVAL_LIMIT:-}
 OUT=${OUT:-runs/qfft_table3/$(basename "$MODEL")-$DATA}
 mkdir -p "$OUT"
@@ -44,16 +44,16 @@ SFT_SYSTEM=${SFT_SYSTEM_PROMPT:-$SFT_SYSTEM}
 
 step "SFT-Shortest: $SHORTEST_N samples per question from the SFT model, shortest correct one kept"
 python sample.py --model "$OUT/table2/sft-model" --data "$QSRC" $(limit "${NUM_QUESTIONS:-}") --n "$SHORTEST_N" \
-  --temperature "$SHORTEST_T" --system_prompt "$SFT_SYSTEM" --max_tokens "$SAMPLE_MAX_TOKENS" \
+  --temperature "$SHORTEST_T" --system_prompt "$SFT_SYSTEM" $(opt --max_tokens "$SAMPLE_MAX_TOKENS") \
   --tensor_parallel_size "$TP" --output "$OUT/sft_samples.jsonl"
 python prepare.py --mode rft --select shortest --preset qfft --system_prompt "$SFT_SYSTEM" \
-  --input "$OUT/sft_samples.jsonl" --model "$OUT/table2/sft-model" --max_len "$MAX_LEN" --output "$OUT/shortest.jsonl"
-train --model "$OUT/table2/sft-model" --data "$OUT/shortest.jsonl" --output_dir "$OUT/shortest-model" --preset qfft \
-  --epochs "$EPOCHS" --global_batch_size "$GLOBAL_BATCH" --deepspeed "$DEEPSPEED" $GRAD_CKPT
+  --input "$OUT/sft_samples.jsonl" --model "$OUT/table2/sft-model" $(opt --max_len "$MAX_LEN") \
+  --output "$OUT/shortest.jsonl"
+train --model "$OUT/table2/sft-model" --data "$OUT/shortest.jsonl" --output_dir "$OUT/shortest-model" \
+  --config configs/qfft/train.yaml $(train_env) --deepspeed "$DEEPSPEED" $GRAD_CKPT
 step "evaluate SFT-Shortest"
-python evaluate.py --model "$OUT/shortest-model" --protocol qfft --benchmarks "$BENCHMARKS" --n "$EVAL_N" \
-  --n_by_benchmark "$EVAL_N_BY_BENCHMARK" \
-  --max_tokens "$EVAL_MAX_TOKENS" $(limit "$EVAL_LIMIT") --tensor_parallel_size "$TP" --output_dir "$OUT/eval-shortest"
+python evaluate.py --model "$OUT/shortest-model" --benchmarks "$BENCHMARKS" \
+  --config configs/qfft/evaluate.yaml $(eval_env) --tensor_parallel_size "$TP" --output_dir "$OUT/eval-shortest"
 
 step "table: AES against the SFT model (QFFT Table 3)"
 python rak.py --runs base="$OUT/table2/eval-base" sft="$OUT/table2/eval-sft" sft_shortest="$OUT/eval-shortest" \

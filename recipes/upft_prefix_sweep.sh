@@ -15,46 +15,41 @@ MODEL=${MODEL:-meta-llama/Llama-3.1-8B-Instruct}
 QUESTIONS=${QUESTIONS:-prm12k}
 NUM_QUESTIONS=${NUM_QUESTIONS:-}
 PREFIX_LENS=${PREFIX_LENS:-4 8 16 32 64 128}
-FULL_RATIO=${FULL_RATIO:-0.1}
-LR=${LR:-1e-6}
-EPOCHS=${EPOCHS:-2}
 upft_prompt "$MODEL"
-PREFIX_RULE=${PREFIX_RULE:-tokens}
-FULL_PICK=${FULL_PICK:-random}
-SAMPLE_MAX_TOKENS=${SAMPLE_MAX_TOKENS:-16384}
+# UPFT's PRM12K settings: configs/upft/<stage>.yaml (p 0.1, lr 1e-6, 2 epochs, 4096 tokens, greedy evaluation); a
+# variable set here (FULL_RATIO, PREFIX_RULE, FULL_PICK, LR, EPOCHS, GLOBAL_BATCH, MAX_LEN, EVAL_N, ...) overrides.
+FULL_RATIO=${FULL_RATIO:-}
+PREFIX_RULE=${PREFIX_RULE:-}
+FULL_PICK=${FULL_PICK:-}
+SAMPLE_MAX_TOKENS=${SAMPLE_MAX_TOKENS:-}
 NUM_GPUS=${NUM_GPUS:-8}
 TP=${TP:-1}
-GLOBAL_BATCH=${GLOBAL_BATCH:-64}
-MAX_LEN=${MAX_LEN:-4096}
 DEEPSPEED=${DEEPSPEED:-configs/ds_z3.json}
 BENCHMARKS=${BENCHMARKS:-math500}
-EVAL_N=${EVAL_N:-1}
-EVAL_MAX_TOKENS=${EVAL_MAX_TOKENS:-16384}
 EVAL_LIMIT=${EVAL_LIMIT:-}
-upft_judge                                 # JUDGE_ARGS: UPFT judges every evaluation (recipes/lib.sh)
 OUT=${OUT:-runs/upft_prefix_sweep/$(basename "$MODEL")}
 mkdir -p "$OUT"
+upft_judge                                 # JUDGE_ARGS: UPFT judges every evaluation (recipes/lib.sh)
 # ev MODEL DIR [ARGS...]: a trained model carries the chat template of its data (train.py); the base model gets
 # $CHAT_TEMPLATE_ARGS
-ev() { python evaluate.py --model "$1" --protocol upft --benchmarks "$BENCHMARKS" --n "$EVAL_N" \
-  --max_tokens "$EVAL_MAX_TOKENS" --system_prompt "$SYSTEM_PROMPT" "${@:3}" $(limit "$EVAL_LIMIT") \
-  --tensor_parallel_size "$TP" --output_dir "$2" $JUDGE_ARGS; }
+ev() { python evaluate.py --model "$1" --benchmarks "$BENCHMARKS" --config configs/upft/evaluate.yaml $(eval_env) \
+  --system_prompt "$SYSTEM_PROMPT" "${@:3}" --tensor_parallel_size "$TP" --output_dir "$2" $JUDGE_ARGS; }
 
 step "sample ONE self-generated solution per question"
-python sample.py --model "$MODEL" --data "$QUESTIONS" $(limit "$NUM_QUESTIONS") --n 1 --temperature 0.6 \
-  --top_k_default "${SAMPLE_TOP_K_DEFAULT:-50}" \
-  --system_prompt "$SYSTEM_PROMPT" $CHAT_TEMPLATE_ARGS --max_tokens "$SAMPLE_MAX_TOKENS" \
+python sample.py --model "$MODEL" --data "$QUESTIONS" $(limit "$NUM_QUESTIONS") --config configs/upft/sample.yaml \
+  --system_prompt "$SYSTEM_PROMPT" $CHAT_TEMPLATE_ARGS $(opt --max_tokens "$SAMPLE_MAX_TOKENS") \
   --tensor_parallel_size "$TP" --output "$OUT/self.jsonl"
 step "evaluate base"
 ev "$MODEL" "$OUT/eval-base" $CHAT_TEMPLATE_ARGS
 runs="base=$OUT/eval-base" stats=""
 for L in $PREFIX_LENS; do
   step "L = $L: prepare, train, evaluate"
-  python prepare.py --mode upft --preset upft --system_prompt "$SYSTEM_PROMPT" $CHAT_TEMPLATE_ARGS --prefix_len "$L" \
-    --prefix_rule "$PREFIX_RULE" --full_pick "$FULL_PICK" --full_ratio "$FULL_RATIO" --input "$OUT/self.jsonl" \
-    --model "$MODEL" --max_len "$MAX_LEN" --output "$OUT/upft-L$L.jsonl"
-  train --model "$MODEL" --data "$OUT/upft-L$L.jsonl" --output_dir "$OUT/upft-L$L-model" --preset upft \
-    --lr "$LR" --epochs "$EPOCHS" --global_batch_size "$GLOBAL_BATCH" --deepspeed "$DEEPSPEED"
+  python prepare.py --mode upft --config configs/upft/prepare.yaml --system_prompt "$SYSTEM_PROMPT" \
+    $CHAT_TEMPLATE_ARGS --prefix_len "$L" $(opt --prefix_rule "$PREFIX_RULE") $(opt --full_pick "$FULL_PICK") \
+    $(opt --full_ratio "$FULL_RATIO") --input "$OUT/self.jsonl" --model "$MODEL" $(opt --max_len "${MAX_LEN:-}") \
+    --output "$OUT/upft-L$L.jsonl"
+  train --model "$MODEL" --data "$OUT/upft-L$L.jsonl" --output_dir "$OUT/upft-L$L-model" \
+    --config configs/upft/train.yaml $(train_env) --deepspeed "$DEEPSPEED"
   ev "$OUT/upft-L$L-model" "$OUT/eval-L$L"
   runs="$runs L$L=$OUT/eval-L$L" stats="$stats L$L=$OUT/upft-L$L.jsonl.stats.json"
 done

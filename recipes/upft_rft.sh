@@ -22,42 +22,38 @@ QUESTIONS=${QUESTIONS:-prm12k}
 NUM_QUESTIONS=${NUM_QUESTIONS:-}
 SAMPLES_N=${SAMPLES_N:-16}
 SELECT=${SELECT:-first}                    # first (one correct response per question) | random | all | shortest
-LR=${LR:-1e-6}
-EPOCHS=${EPOCHS:-2}
 upft_prompt "$MODEL"
-SAMPLE_MAX_TOKENS=${SAMPLE_MAX_TOKENS:-16384}
+# UPFT's settings: configs/upft/<stage>.yaml, configs/upft/r1_distill/ (16384 tokens) over them for R1-distill;
+# a variable set here (LR, EPOCHS, GLOBAL_BATCH, MAX_LEN, SAMPLE_MAX_TOKENS, EVAL_N, EVAL_MAX_TOKENS) overrides.
+UPFT_VARIANTS=""
+[[ $CHAT_TEMPLATE != *deepseek* ]] || UPFT_VARIANTS="r1_distill"
+SAMPLE_MAX_TOKENS=${SAMPLE_MAX_TOKENS:-}
 NUM_GPUS=${NUM_GPUS:-8}
 TP=${TP:-1}
-GLOBAL_BATCH=${GLOBAL_BATCH:-64}
-if [[ $CHAT_TEMPLATE == *deepseek* ]]; then d_len=16384; else d_len=4096; fi
-MAX_LEN=${MAX_LEN:-$d_len}
 DEEPSPEED=${DEEPSPEED:-configs/ds_z3.json}
 BENCHMARKS=${BENCHMARKS:-gsm8k,math500,aime24,gpqa_open}   # Table 2's GPQA is Table 1's: open-ended, judged
 upft_judge                                 # JUDGE_ARGS: UPFT judges every evaluation (recipes/lib.sh)
-EVAL_N=${EVAL_N:-1}
-EVAL_MAX_TOKENS=${EVAL_MAX_TOKENS:-16384}
 EVAL_LIMIT=${EVAL_LIMIT:-}
 OUT=${OUT:-runs/upft_rft/$(basename "$MODEL")}
 mkdir -p "$OUT"
 
 step "sample $SAMPLES_N solutions per question from $MODEL"
-python sample.py --model "$MODEL" --data "$QUESTIONS" $(limit "$NUM_QUESTIONS") --n "$SAMPLES_N" --temperature 0.6 \
-  --top_k_default "${SAMPLE_TOP_K_DEFAULT:-50}" \
-  --system_prompt "$SYSTEM_PROMPT" $CHAT_TEMPLATE_ARGS --max_tokens "$SAMPLE_MAX_TOKENS" \
+python sample.py --model "$MODEL" --data "$QUESTIONS" $(limit "$NUM_QUESTIONS") --config configs/upft/sample.yaml \
+  --n "$SAMPLES_N" --system_prompt "$SYSTEM_PROMPT" $CHAT_TEMPLATE_ARGS $(opt --max_tokens "$SAMPLE_MAX_TOKENS") \
   --tensor_parallel_size "$TP" --output "$OUT/samples.jsonl"
 step "prepare RFT: correct responses only (math-verify against the gold answer), --select $SELECT"
-python prepare.py --mode rft --select "$SELECT" --preset upft --system_prompt "$SYSTEM_PROMPT" $CHAT_TEMPLATE_ARGS \
-  --input "$OUT/samples.jsonl" --model "$MODEL" --max_len "$MAX_LEN" --output "$OUT/rft.jsonl"
-step "train RFT (lr $LR, $EPOCHS epochs, global batch $GLOBAL_BATCH)"
-train --model "$MODEL" --data "$OUT/rft.jsonl" --output_dir "$OUT/rft-model" --preset upft \
-  --lr "$LR" --epochs "$EPOCHS" --global_batch_size "$GLOBAL_BATCH" --deepspeed "$DEEPSPEED"
+python prepare.py --mode rft --select "$SELECT" $(upft_configs prepare) --system_prompt "$SYSTEM_PROMPT" \
+  $CHAT_TEMPLATE_ARGS --input "$OUT/samples.jsonl" --model "$MODEL" $(opt --max_len "${MAX_LEN:-}") \
+  --output "$OUT/rft.jsonl"
+step "train RFT ($(upft_configs train))"
+train --model "$MODEL" --data "$OUT/rft.jsonl" --output_dir "$OUT/rft-model" $(upft_configs train) $(train_env) \
+  --deepspeed "$DEEPSPEED"
 for run in base rft; do
   # a trained model carries the chat template of its data (train.py): only the base model needs the flag
   model=$MODEL tpl=$CHAT_TEMPLATE_ARGS; [ "$run" = base ] || model=$OUT/rft-model tpl=""
   step "evaluate $run (UPFT protocol: greedy)"
-  python evaluate.py --model "$model" --protocol upft --benchmarks "$BENCHMARKS" --n "$EVAL_N" \
-    --max_tokens "$EVAL_MAX_TOKENS" --system_prompt "$SYSTEM_PROMPT" $tpl $(limit "$EVAL_LIMIT") \
-    --tensor_parallel_size "$TP" --output_dir "$OUT/eval-$run" $JUDGE_ARGS
+  python evaluate.py --model "$model" --benchmarks "$BENCHMARKS" --config configs/upft/evaluate.yaml $(eval_env) \
+    --system_prompt "$SYSTEM_PROMPT" $tpl --tensor_parallel_size "$TP" --output_dir "$OUT/eval-$run" $JUDGE_ARGS
 done
 
 step "table: accuracy and trained tokens (UPFT Table 2 layout)"

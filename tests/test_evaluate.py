@@ -512,7 +512,7 @@ def test_tiny_model_as_judge(tmp_path, tiny_model):
     assert (out / "gpqa_open.jsonl").read_text() == before
 
 
-# Issue 19: the papers' code where it is not the paper
+# the papers' code where it is not the paper
 def test_long_cot_rule_per_run_and_grade_only(tmp_path):
     assert evaluate.resolve_protocol(evaluate.Args(model="m")).long_cot_rule == "paper"
     assert evaluate.resolve_protocol(evaluate.Args(model="m", protocol="upft")).long_cot_rule == "paper"
@@ -600,7 +600,7 @@ def test_judge_remote_code_is_the_judges_alone():
     assert judge.is_omni_judge("KbsdJames/Omni-Judge") and judge.is_omni_judge("/models/omni-judge")
     assert not judge.is_omni_judge("Qwen/Qwen2.5-7B-Instruct")
 # ------------------------------------------------------------------------------------------------------------
-# Issue 21 §5: benchmarks of your own, --benchmarks NAME=FILE.jsonl, without editing the registry
+# benchmarks of your own, --benchmarks NAME=FILE.jsonl, without editing the registry
 def write_custom(path, n=3):
     recs = [{"id": f"m{i}", "question": f"What is {i}+{i}?", "answer": 2 * i} for i in range(n)]
     recs.append({"id": "c0", "question": "Which is prime?", "answer_type": "mc", "options": ["4", "6", "7", "8"],

@@ -300,7 +300,7 @@ def test_gold_rendered_in_latex_gpqa(name, gpqa_path):
 
 
 # ------------------------------------------------------------------------------------------------------------
-# Issue 19: multiple choice follows --extraction; which box each paper's harness reads; QFFT's long-CoT rule
+# multiple choice follows --extraction; which box each paper's harness reads; QFFT's long-CoT rule
 MC_BY_EXTRACTION = [
     # (response, {extraction: letter})
     (r"\boxed{B}. Note that option C is incorrect.", {"box": "B", "box_or_answer_is": "B", "any": "C"}),

@@ -516,7 +516,7 @@ def test_chat_template_file(tokenizer, tiny_model, sample, tmp_path, monkeypatch
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Issue 21 §2: chat datasets (messages / ShareGPT conversations), OpenR1-style records, HF dataset configs
+# chat datasets (messages / ShareGPT conversations), OpenR1-style records, HF dataset configs
 def _chat_files(tmp_path, n=12):
     """The same n (question, response) pairs as a generic file, as `messages` (with a system turn, which the
     system-prompt flag replaces) and as ShareGPT `conversations`."""

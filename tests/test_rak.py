@@ -380,7 +380,7 @@ def test_long_cot_rule_recomputes_from_responses(tmp_path, capsys):
         common.write_jsonl(q, [{"id": "a", "correct": [True], "long_cot": [True], "num_tokens": [1]}])
         rak.load_benchmark(q, "qfft_code")
 # ----------------------------------------------------------------------------------------------------------------
-# Issue 21 §6: --ci, bootstrap intervals over questions
+# --ci, bootstrap intervals over questions
 def noisy_runs(tmp_path, q, seed=3, n=4):
     """base (short, ~60% right), sft (long, ~75%, longer), qfft (long mostly where base fails): q questions."""
     rng = np.random.default_rng(seed)

@@ -1,16 +1,18 @@
 """Every recipe's commands, checked fast (no engine, no training): each recipe runs with DRY_RUN=FILE
 (recipes/lib.sh records every stage command instead of running it), then every recorded command is parsed by its
-stage's own argument parser and argument checks. Also pins the per-family prompts and per-data settings the
-recipes choose as each paper's official code does (UPFT's chat template and system prompt per model family, its
-max length per data set; QFFT's SFT system prompt per data set)."""
+stage's own argument parser and argument checks (--config files included), and the settings each command runs
+with are compared with tests/recipe_settings.txt. Also pins the per-family prompts and per-data settings the recipes
+choose."""
+import dataclasses
 import importlib
+import json
 import os
 import shlex
 import subprocess
 
 import pytest
-from transformers import HfArgumentParser
 
+import common
 from conftest import ROOT
 
 RECIPES = sorted(p.name for p in (ROOT / "recipes").glob("*.sh") if p.name != "lib.sh")
@@ -36,7 +38,7 @@ def check(cmd):
     assert cmd[1] in STAGES, cmd
     mod = importlib.import_module(cmd[1][:-3])
     try:
-        (args,) = HfArgumentParser(mod.Args).parse_args_into_dataclasses(args=cmd[2:])
+        args = common.parse_args(mod.Args, None, cmd[2:])  # --config files included
     except SystemExit:
         pytest.fail(f"does not parse: {shlex.join(cmd)}")
     if hasattr(mod, "check_args"):
@@ -47,22 +49,71 @@ def check(cmd):
     return cmd[1], args
 
 
-@pytest.mark.parametrize("recipe", RECIPES)
-def test_every_recipe_command_parses(tmp_path, recipe):
-    seen = set()
+PINNED = ROOT / "tests" / "recipe_settings.txt"
+# fields that do not act in a prepare.py mode (recorded with the output, but it does not depend on them)
+MODE_FIELDS = {"upft": {"prefix_len", "full_ratio", "prefix_rule", "full_pick"}, "mix": {"alpha", "mix_render"},
+               "rft": {"select", "pairs"}, "noise": {"level", "noise_form"}}
+
+
+def envs_for(recipe):
+    """The scales every recipe is checked at: the paper's (per model family for UPFT, LIMO) and `make demo`'s."""
     tiny = dict(MODEL="models/smollm2-135m-instruct", NUM_QUESTIONS=8, SAMPLE_MAX_TOKENS=48, EPOCHS=1, GLOBAL_BATCH=8,
                 MAX_LEN=512, NUM_GPUS=1, EVAL_LIMIT=4, EVAL_N=2, EVAL_MAX_TOKENS=32, BENCHMARKS="gsm8k", GRAD_CKPT="")
     if recipe.startswith("qfft"):  # `make demo`'s QFFT form: the tiny model is its own teacher
         tiny.update(DATA="teacher", TEACHER=tiny["MODEL"], QUESTIONS="gsm8k_train", BASE=tiny["MODEL"],
                     RELEASED=f"s1={tiny['MODEL']}")
-    for env in ({}, {"MODEL": LLAMA}, {"MODEL": QMATH, "DATA": "limo"}, {"MODEL": R1}, tiny):
-        if "upft" not in recipe and env.get("MODEL") in (LLAMA, R1):
-            continue
-        for cmd in dry_run(tmp_path, recipe, **env):
+    envs = {"paper": {}, "llama": {"MODEL": LLAMA}, "qmath-limo": {"MODEL": QMATH, "DATA": "limo"}, "r1": {"MODEL": R1},
+            "tiny": tiny}
+    return {k: v for k, v in envs.items() if "upft" in recipe or k not in ("llama", "r1")}
+
+
+def effective(stage, a) -> dict:
+    """What a stage will run with: presets and protocols filled in (train.resolve, evaluate.resolve_protocol), the
+    system prompt prepare.py renders with, samples per benchmark; fields at their dataclass default left out."""
+    mod = importlib.import_module(stage[:-3])
+    if stage == "train.py":
+        a = mod.resolve(a)
+    if stage == "evaluate.py":
+        a = mod.resolve_protocol(a)
+        n = {b: mod.bench_n(a, b) for b in mod.parse_benchmarks(a.benchmarks)}
+        a = dataclasses.replace(a, n_by_benchmark=json.dumps(n))
+    d = dataclasses.asdict(a)
+    if stage == "prepare.py":
+        d["system_prompt"] = mod.resolve_system(a)
+        for f in set().union(*(fs for m, fs in MODE_FIELDS.items() if m != a.mode)):
+            d.pop(f, None)
+    required = {f.name: None for f in dataclasses.fields(mod.Args)
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
+    default = dataclasses.asdict(mod.Args(**required))
+    return {k: v for k, v in d.items() if v != default.get(k) or k == "system_prompt"}
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_every_recipe_command_parses_to_its_pinned_settings(tmp_path, recipe):
+    """Every command of every recipe, at every scale, parses (--config files included), and runs with exactly the
+    settings pinned in tests/recipe_settings.txt: moving a value between a recipe, a configs/ file and the code
+    must not change what runs. A deliberate change: UPDATE_RECIPE_SETTINGS=1 pytest tests/test_recipes_dry.py,
+    and the diff of the pinned file shows it."""
+    seen, lines = set(), []
+    for scale, env in envs_for(recipe).items():
+        for i, cmd in enumerate(dry_run(tmp_path, recipe, **env)):
             got = check(cmd)
             if got:
                 seen.add(got[0])
+                eff = json.dumps(effective(*got), sort_keys=True)
+                lines.append(f"{recipe} {scale} {i} {got[0]} " + eff.replace(str(tmp_path / "out" / recipe), "$OUT")
+                             .replace(str(tmp_path), "$TMP"))
     assert "rak.py" in seen and "evaluate.py" in seen  # every recipe ends with the paper's table
+    pinned = [x for x in PINNED.read_text().splitlines() if x.startswith(recipe + " ")] if PINNED.exists() else []
+    if os.environ.get("UPDATE_RECIPE_SETTINGS"):
+        other = [x for x in PINNED.read_text().splitlines() if not x.startswith(recipe + " ")] \
+            if PINNED.exists() else []
+        PINNED.write_text("\n".join(sorted(other + lines, key=lambda x: RECIPES.index(x.split()[0]))) + "\n")
+        return
+    changed = [(p, x) for p, x in zip(pinned, lines) if p != x]
+    assert len(pinned) == len(lines) and not changed, (
+        f"{recipe}: {len(lines)} commands ({len(pinned)} pinned), {len(changed)} with other settings; first:\n"
+        + ("\n".join(changed[0]) if changed else ""))
 
 
 def args_of(cmds, stage, **match):
@@ -88,13 +139,11 @@ def test_upft_recipes_choose_prompt_per_model_family(tmp_path):
             # a trained model is evaluated with the template its checkpoint carries (train.py saves its data's)
             trained = [a for a in args_of(cmds, "evaluate.py") if a.model != model]
             assert trained and {(a.chat_template, a.system_prompt) for a in trained} == {(None, system)}
-            # train.py takes --max_len from the data prepare.py made (DATA.meta.json)
-            assert {a.max_len for a in args_of(cmds, "train.py")} == {None}
     # UPFT App. B: max length 16384 for LIMO and R1-distill, 4096 for PRM-12K
     assert {a.max_len for a in args_of(dry_run(tmp_path, "upft_table1.sh", MODEL=QMATH, DATA="limo"), "prepare.py")} \
         == {16384}
     assert {a.max_len for a in args_of(dry_run(tmp_path, "upft_table1.sh", MODEL=QMATH), "prepare.py")} == {4096}
-    assert {a.max_len for a in args_of(dry_run(tmp_path, "upft_table1.sh", MODEL=R1), "prepare.py")} == {16384}
+    assert {a.max_len for a in args_of(dry_run(tmp_path, "upft_table1.sh", MODEL=R1), "train.py")} == {16384}
     rft = args_of(dry_run(tmp_path, "upft_rft.sh"), "prepare.py")
     assert [(a.mode, a.select) for a in rft] == [("rft", "first")]
     assert [a.n for a in args_of(dry_run(tmp_path, "upft_rft.sh"), "sample.py")] == [16]
@@ -115,13 +164,10 @@ def test_low_resource_recipe_makes_the_papers_100_examples(tmp_path):
     assert {a.epochs for a in args_of(cmds, "train.py")} == {50}
 
 
-# Issue 19: UPFT judges every evaluation (its --llm_judge is parsed with type=bool) and its GPQA is open-ended;
-# QFFT samples GPQA / MMLU-Pro 4 times whatever EVAL_N is; UPFT's sampler has top-k 50 for models without one.
-UPFT_RECIPES = [r for r in RECIPES if r.startswith("upft")]
-
-
-@pytest.mark.parametrize("recipe", UPFT_RECIPES)
+@pytest.mark.parametrize("recipe", [r for r in RECIPES if r.startswith("upft")])
 def test_upft_recipes_judge_every_evaluation_and_gpqa_is_open(tmp_path, recipe):
+    """UPFT judges every benchmark behind every published number (its eval parses --llm_judge with type=bool), its
+    GPQA is the open-ended one, and its sampler's top-k is transformers' default 50 where a model sets none."""
     for env in ({}, {"MODEL": R1}, {"MODEL": QMATH, "DATA": "limo"}):
         cmds = dry_run(tmp_path, recipe, **env)
         evals = [c for c in cmds if c[1] == "evaluate.py"]
@@ -143,8 +189,11 @@ def test_upft_recipes_judge_every_evaluation_and_gpqa_is_open(tmp_path, recipe):
 
 @pytest.mark.parametrize("recipe", [r for r in RECIPES if r.startswith("qfft")])
 def test_qfft_recipes_keep_n_4_for_gpqa_and_mmlu_pro(tmp_path, recipe):
+    """QFFT App. A.3 samples GPQA and MMLU-Pro 4 times whatever n the other benchmarks get."""
     import evaluate
-    for cmd in dry_run(tmp_path, recipe, BENCHMARKS="gsm8k,gpqa,mmlu_pro"):
-        if cmd[1] == "evaluate.py":
-            a = evaluate.resolve_protocol(check(cmd)[1])
-            assert [evaluate.bench_n(a, b) for b in ("gsm8k", "gpqa", "mmlu_pro")] == [a.n, 4, 4], recipe
+    for env in ({"BENCHMARKS": "gsm8k,gpqa,mmlu_pro"}, {"BENCHMARKS": "gsm8k,gpqa,mmlu_pro", "EVAL_N": 8}):
+        for cmd in dry_run(tmp_path, recipe, **env):
+            if cmd[1] == "evaluate.py":
+                a = evaluate.resolve_protocol(check(cmd)[1])
+                assert [evaluate.bench_n(a, b) for b in ("gsm8k", "gpqa", "mmlu_pro")] == [a.n, 4, 4], (recipe, env)
+

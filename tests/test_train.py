@@ -15,6 +15,7 @@ from conftest import ROOT, run_script
 import common
 import models
 import packing
+import tracking
 import train
 
 DS_ENV = {"DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
@@ -351,7 +352,7 @@ def test_zero3_two_processes_tiny_model_learns_and_vllm_loads(tmp_path, tokenize
     assert rendered == "<|im_start|>user\nProblem: What is 2+3?<|im_end|>\n<|im_start|>assistant\n"
 
 
-# ------------------------------------------------------------------------------------------------ issue 21
+# ------------------------------------------------------------------------------------------------ LoRA, eval split
 def test_lora_merge_equals_peft_and_adapter_round_trip(tmp_path, random_qwen2):
     """--use_peft: add_lora wraps the model; merge_lora (what save_hf writes) gives the same logits as the LoRA
     model, and as peft's own merge; the adapter saved beside it loads with peft."""
@@ -416,7 +417,7 @@ def test_tracker_and_plot_show_the_eval_loss(tmp_path, monkeypatch):
     class Run:
         def add_scalar(self, k, v, step):
             logged.append((k, v, step))
-    t = train.Tracker("none", tmp_path, {}, False)
+    t = tracking.Tracker("none", tmp_path, {}, False)
     t.kind, t.run = "tensorboard", Run()
     t.log({"step": 3, "loss": 1.5, "eval_loss": 1.25, "grad_norm": None})
     assert logged == [("train/loss", 1.5, 3), ("eval/loss", 1.25, 3)]

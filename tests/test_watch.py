@@ -3,6 +3,7 @@
 import pytest
 
 import common
+import tracking
 import train
 from conftest import run_script
 from hub_mock import HubMock
@@ -37,7 +38,7 @@ def test_plot_loss_writes_a_png_of_loss_and_lr(tmp_path):
 
 def test_tensorboard_gets_every_numeric_field_per_step_and_the_config(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-    t = train.Tracker("tensorboard", tmp_path, {"args": {"lr": 1e-5}, "data": {"examples": 3}}, resume=False)
+    t = tracking.Tracker("tensorboard", tmp_path, {"args": {"lr": 1e-5}, "data": {"examples": 3}}, resume=False)
     fake_log(tmp_path)
     for r in common.read_jsonl(tmp_path / "train_log.jsonl"):
         t.log(r)
@@ -58,7 +59,7 @@ def test_report_to_a_missing_package_fails_before_training(monkeypatch):
                         lambda name, *a, **k: (_ for _ in ()).throw(ImportError(name)) if name == "wandb"
                         else real(name, *a, **k))
     with pytest.raises(common.DataError, match="pip install wandb"):
-        train.Tracker.check("wandb")
+        tracking.Tracker.check("wandb")
 
 
 def test_model_card_from_meta():
@@ -109,3 +110,36 @@ def test_prepare_push_to_hub_uploads_the_dataset(hub, tmp_path, tiny_model):
     p = run_script("prepare.py", "--input", src, "--output", out, "--model", tiny_model, "--mode", "qfft",
                    "--push_to_hub", "me/p", env={"HF_HUB_OFFLINE": "1"}, check=False)
     assert p.returncode == 2 and "HF_HUB_OFFLINE" in p.stderr
+
+
+def scalars(folder) -> dict:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    ea = EventAccumulator(str(folder))
+    ea.Reload()
+    return {t: [(e.step, e.value) for e in ea.Scalars(t)] for t in ea.Tags()["scalars"]}
+
+
+def test_evaluate_and_rak_report_their_metrics_to_tensorboard(tmp_path):
+    """--report_to on the stages after training: evaluate.py's per-benchmark metrics, rak.py's table cells, read
+    back from the event files (offline)."""
+    ev = tmp_path / "eval"
+    ev.mkdir()
+    common.write_jsonl(ev / "gsm8k.jsonl", [
+        {"id": f"q{i}", "question": "1+1?", "gold": "2", "answer_type": "math", "responses": [r"\boxed{2}", "Wait, 3"],
+         "num_tokens": [4, 8], "finish_reasons": ["stop", "stop"]} for i in range(3)])
+    run_script("evaluate.py", "--grade_only", "--output", ev, "--grade_workers", 1, "--report_to", "tensorboard")
+    got = scalars(ev / "tensorboard")
+    assert got["eval/gsm8k/acc"] == [(0, 50.0)] and got["eval/gsm8k/tokens"] == [(0, 6.0)]
+    assert got["eval/gsm8k/long_cot_ratio"] == [(0, 50.0)] and len(got) >= 8, sorted(got)
+    out = tmp_path / "tables"
+    import rak
+    rak.main(["--input", f"base={ev}", f"again={ev}", "--output", str(out), "--report_to", "tensorboard",
+              "--run_name", "cmp"])
+    got = scalars(out / "tensorboard" / "cmp")
+    assert got["rak/again/gsm8k/acc"] == [(0, 50.0)] and got["rak/base/gsm8k/tokens"] == [(0, 6.0)]
+    assert "rak/again/gsm8k/rak" in got and "rak/again/gsm8k/aes" in got, sorted(got)
+
+
+def test_tracker_flattens_nested_metrics_to_numbers_only():
+    m = {"gsm8k": {"acc": 50.0, "n": 2, "by_level": {"1": {"acc": None, "num_questions": 0}}, "note": "x", "ok": True}}
+    assert tracking.flatten(m) == {"gsm8k/acc": 50.0, "gsm8k/n": 2, "gsm8k/by_level/1/num_questions": 0}
