@@ -7,7 +7,7 @@ import sys
 from conftest import ROOT
 
 STAGES = ("sample", "prepare", "train", "evaluate", "rak")
-SHARED = ("common", "models", "sources", "grading", "runs", "packing", "judge")
+SHARED = ("common", "models", "sources", "grading", "runs", "packing", "judge", "backends")
 MAX_SHARED_LINES = 600
 
 
