@@ -45,7 +45,7 @@ if not out.exists() or common.read_jsonl(out) != picked:
 PY
 step "sample $LOW_RESPONSES responses per question from $TEACHER"
 python sample.py --model "$TEACHER" --data "$OUT/questions.jsonl" --n "$LOW_RESPONSES" --no_system_prompt \
-  --max_tokens "$SAMPLE_MAX_TOKENS" --tensor_parallel_size "$TP" --output "$OUT/traces.jsonl"
+  --max_tokens "$SAMPLE_MAX_TOKENS" --tensor_parallel_size "$TP" $(engine_args) --output "$OUT/traces.jsonl"
 
 step "prepare SFT and QFFT: every response of the $LOW_QUESTIONS questions"
 python prepare.py --mode sft --preset qfft --max_questions "$LOW_QUESTIONS" --responses all \
@@ -62,7 +62,7 @@ for run in base sft qfft; do
   model=$MODEL; [ "$run" = base ] || model=$OUT/$run-model
   step "evaluate $run (n=$EVAL_N)"
   python evaluate.py --model "$model" --protocol qfft --benchmarks "$BENCHMARKS" --n "$EVAL_N" \
-    --max_tokens "$EVAL_MAX_TOKENS" $(limit "$EVAL_LIMIT") --tensor_parallel_size "$TP" --output_dir "$OUT/eval-$run"
+    --max_tokens "$EVAL_MAX_TOKENS" $(limit "$EVAL_LIMIT") --tensor_parallel_size "$TP" $(engine_args) --output_dir "$OUT/eval-$run"
 done
 
 step "table: MATH500 pass@1 of SFT and QFFT after $EPOCHS epochs (QFFT Fig. 7's last point)"

@@ -40,7 +40,7 @@ qfft_source
 runs="base=$OUT/eval-base"
 step "evaluate base"
 python evaluate.py --model "$MODEL" --protocol qfft --benchmarks "$BENCHMARKS" --n "$EVAL_N" \
-  --max_tokens "$EVAL_MAX_TOKENS" $(limit "$EVAL_LIMIT") --tensor_parallel_size "$TP" --output_dir "$OUT/eval-base"
+  --max_tokens "$EVAL_MAX_TOKENS" $(limit "$EVAL_LIMIT") --tensor_parallel_size "$TP" $(engine_args) --output_dir "$OUT/eval-base"
 for a in $ALPHAS; do
   step "α = $a: prepare, train, evaluate"
   python prepare.py --mode mix --alpha "$a" --mix_render "$MIX_RENDER" --preset qfft --system_prompt "$SFT_SYSTEM" \
@@ -48,7 +48,7 @@ for a in $ALPHAS; do
   train --model "$MODEL" --data "$OUT/mix-$a.jsonl" --output_dir "$OUT/mix-$a-model" --preset qfft \
     --epochs "$EPOCHS" --global_batch_size "$GLOBAL_BATCH" --max_len "$MAX_LEN" --deepspeed "$DEEPSPEED" $GRAD_CKPT
   python evaluate.py --model "$OUT/mix-$a-model" --protocol qfft --benchmarks "$BENCHMARKS" --n "$EVAL_N" \
-    --max_tokens "$EVAL_MAX_TOKENS" $(limit "$EVAL_LIMIT") --tensor_parallel_size "$TP" --output_dir "$OUT/eval-mix-$a"
+    --max_tokens "$EVAL_MAX_TOKENS" $(limit "$EVAL_LIMIT") --tensor_parallel_size "$TP" $(engine_args) --output_dir "$OUT/eval-mix-$a"
   runs="$runs alpha$a=$OUT/eval-mix-$a"
 done
 

@@ -37,7 +37,7 @@ qfft_source
 runs="base=$OUT/eval-base"
 step "evaluate base"
 python evaluate.py --model "$MODEL" --protocol qfft --benchmarks "$BENCHMARKS" --n "$EVAL_N" \
-  --max_tokens "$EVAL_MAX_TOKENS" $(limit "$EVAL_LIMIT") --tensor_parallel_size "$TP" --output_dir "$OUT/eval-base"
+  --max_tokens "$EVAL_MAX_TOKENS" $(limit "$EVAL_LIMIT") --tensor_parallel_size "$TP" $(engine_args) --output_dir "$OUT/eval-base"
 for level in $LEVELS; do
   for form in sft qfft; do
     name=$form-L$level
@@ -52,7 +52,7 @@ for level in $LEVELS; do
     train --model "$MODEL" --data "$OUT/$name.jsonl" --output_dir "$OUT/$name-model" --preset qfft \
       --epochs "$EPOCHS" --global_batch_size "$GLOBAL_BATCH" --max_len "$MAX_LEN" --deepspeed "$DEEPSPEED" $GRAD_CKPT
     python evaluate.py --model "$OUT/$name-model" --protocol qfft --benchmarks "$BENCHMARKS" --n "$EVAL_N" \
-      --max_tokens "$EVAL_MAX_TOKENS" $(limit "$EVAL_LIMIT") --tensor_parallel_size "$TP" --output_dir "$OUT/eval-$name"
+      --max_tokens "$EVAL_MAX_TOKENS" $(limit "$EVAL_LIMIT") --tensor_parallel_size "$TP" $(engine_args) --output_dir "$OUT/eval-$name"
     runs="$runs $name=$OUT/eval-$name"
   done
 done

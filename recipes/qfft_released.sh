@@ -31,7 +31,7 @@ for nm in base="$BASE" $RELEASED; do
   name=${nm%%=*} model=${nm#*=}
   step "evaluate $name ($model; QFFT protocol: n=$EVAL_N, T=0.6, $EVAL_MAX_TOKENS tokens)"
   python evaluate.py --model "$model" --protocol qfft --benchmarks "$BENCHMARKS" --n "$EVAL_N" \
-    --max_tokens "$EVAL_MAX_TOKENS" $(limit "$EVAL_LIMIT") --tensor_parallel_size "$TP" --output_dir "$OUT/eval-$name"
+    --max_tokens "$EVAL_MAX_TOKENS" $(limit "$EVAL_LIMIT") --tensor_parallel_size "$TP" $(engine_args) --output_dir "$OUT/eval-$name"
   runs="$runs $name=$OUT/eval-$name"
 done
 

@@ -61,7 +61,7 @@ for run in base sft qfft; do
   model=$MODEL; [ "$run" = base ] || model=$OUT/$run-model
   step "evaluate $run (QFFT protocol: n=$EVAL_N, T=0.6, $EVAL_MAX_TOKENS tokens)"
   python evaluate.py --model "$model" --protocol qfft --benchmarks "$BENCHMARKS" --n "$EVAL_N" \
-    --max_tokens "$EVAL_MAX_TOKENS" $(limit "$EVAL_LIMIT") --tensor_parallel_size "$TP" --output_dir "$OUT/eval-$run"
+    --max_tokens "$EVAL_MAX_TOKENS" $(limit "$EVAL_LIMIT") --tensor_parallel_size "$TP" $(engine_args) --output_dir "$OUT/eval-$run"
 done
 
 step "tables: Acc / Tokens / RAK (reference: the base model), Δ against SFT, AES"

@@ -45,14 +45,14 @@ SFT_SYSTEM=${SFT_SYSTEM_PROMPT:-$SFT_SYSTEM}
 step "SFT-Shortest: $SHORTEST_N samples per question from the SFT model, shortest correct one kept"
 python sample.py --model "$OUT/table2/sft-model" --data "$QSRC" $(limit "${NUM_QUESTIONS:-}") --n "$SHORTEST_N" \
   --temperature "$SHORTEST_T" --system_prompt "$SFT_SYSTEM" --max_tokens "$SAMPLE_MAX_TOKENS" \
-  --tensor_parallel_size "$TP" --output "$OUT/sft_samples.jsonl"
+  --tensor_parallel_size "$TP" $(engine_args) --output "$OUT/sft_samples.jsonl"
 python prepare.py --mode rft --select shortest --preset qfft --system_prompt "$SFT_SYSTEM" \
   --input "$OUT/sft_samples.jsonl" --model "$OUT/table2/sft-model" --max_len "$MAX_LEN" --output "$OUT/shortest.jsonl"
 train --model "$OUT/table2/sft-model" --data "$OUT/shortest.jsonl" --output_dir "$OUT/shortest-model" --preset qfft \
   --epochs "$EPOCHS" --global_batch_size "$GLOBAL_BATCH" --max_len "$MAX_LEN" --deepspeed "$DEEPSPEED" $GRAD_CKPT
 step "evaluate SFT-Shortest"
 python evaluate.py --model "$OUT/shortest-model" --protocol qfft --benchmarks "$BENCHMARKS" --n "$EVAL_N" \
-  --max_tokens "$EVAL_MAX_TOKENS" $(limit "$EVAL_LIMIT") --tensor_parallel_size "$TP" --output_dir "$OUT/eval-shortest"
+  --max_tokens "$EVAL_MAX_TOKENS" $(limit "$EVAL_LIMIT") --tensor_parallel_size "$TP" $(engine_args) --output_dir "$OUT/eval-shortest"
 
 step "table: AES against the SFT model (QFFT Table 3)"
 python rak.py --runs base="$OUT/table2/eval-base" sft="$OUT/table2/eval-sft" sft_shortest="$OUT/eval-shortest" \

@@ -35,12 +35,12 @@ OUT=${OUT:-runs/upft_prefix_sweep/$(basename "$MODEL")}
 mkdir -p "$OUT"
 ev() { python evaluate.py --model "$1" --protocol upft --benchmarks "$BENCHMARKS" --n "$EVAL_N" \
   --max_tokens "$EVAL_MAX_TOKENS" --system_prompt "$SYSTEM_PROMPT" $CHAT_TEMPLATE_ARGS $(limit "$EVAL_LIMIT") \
-  --tensor_parallel_size "$TP" --output_dir "$2"; }
+  --tensor_parallel_size "$TP" $(engine_args) --output_dir "$2"; }
 
 step "sample ONE self-generated solution per question"
 python sample.py --model "$MODEL" --data "$QUESTIONS" $(limit "$NUM_QUESTIONS") --n 1 --temperature 0.6 \
   --system_prompt "$SYSTEM_PROMPT" $CHAT_TEMPLATE_ARGS --max_tokens "$SAMPLE_MAX_TOKENS" \
-  --tensor_parallel_size "$TP" --output "$OUT/self.jsonl"
+  --tensor_parallel_size "$TP" $(engine_args) --output "$OUT/self.jsonl"
 step "evaluate base"
 ev "$MODEL" "$OUT/eval-base"
 runs="base=$OUT/eval-base" stats=""

@@ -41,7 +41,7 @@ mkdir -p "$OUT"
 step "sample $SAMPLES_N solutions per question from $MODEL"
 python sample.py --model "$MODEL" --data "$QUESTIONS" $(limit "$NUM_QUESTIONS") --n "$SAMPLES_N" --temperature 0.6 \
   --system_prompt "$SYSTEM_PROMPT" $CHAT_TEMPLATE_ARGS --max_tokens "$SAMPLE_MAX_TOKENS" \
-  --tensor_parallel_size "$TP" --output "$OUT/samples.jsonl"
+  --tensor_parallel_size "$TP" $(engine_args) --output "$OUT/samples.jsonl"
 step "prepare RFT: correct responses only (math-verify against the gold answer), --select $SELECT"
 python prepare.py --mode rft --select "$SELECT" --preset upft --system_prompt "$SYSTEM_PROMPT" $CHAT_TEMPLATE_ARGS \
   --input "$OUT/samples.jsonl" --model "$MODEL" --max_len "$MAX_LEN" --output "$OUT/rft.jsonl"
@@ -53,7 +53,7 @@ for run in base rft; do
   step "evaluate $run (UPFT protocol: greedy)"
   python evaluate.py --model "$model" --protocol upft --benchmarks "$BENCHMARKS" --n "$EVAL_N" \
     --max_tokens "$EVAL_MAX_TOKENS" --system_prompt "$SYSTEM_PROMPT" $CHAT_TEMPLATE_ARGS $(limit "$EVAL_LIMIT") \
-    --tensor_parallel_size "$TP" --output_dir "$OUT/eval-$run"
+    --tensor_parallel_size "$TP" $(engine_args) --output_dir "$OUT/eval-$run"
 done
 
 step "table: accuracy and trained tokens (UPFT Table 2 layout)"

@@ -75,7 +75,7 @@ case "$DATA" in prm12k) SRC=prm12k ;; limo) SRC=GAIR/LIMO ;; *) echo "DATA must 
 step "sample ONE self-generated solution per question from $MODEL (no labels used)"
 python sample.py --model "$MODEL" --data "$SRC" $(limit "$NUM_QUESTIONS") --n 1 --temperature 0.6 \
   --system_prompt "$SYSTEM_PROMPT" $CHAT_TEMPLATE_ARGS --max_tokens "$SAMPLE_MAX_TOKENS" \
-  --tensor_parallel_size "$TP" --output "$OUT/self.jsonl"
+  --tensor_parallel_size "$TP" $(engine_args) --output "$OUT/self.jsonl"
 
 step "prepare UPFT (prefix L=$PREFIX_LEN, full ratio p=$FULL_RATIO) and SFT (full solutions) from the same samples"
 python prepare.py --mode upft --preset upft --system_prompt "$SYSTEM_PROMPT" $CHAT_TEMPLATE_ARGS \
@@ -95,7 +95,7 @@ for run in base sft upft; do
   step "evaluate $run (UPFT protocol: greedy, n=$EVAL_N, $EVAL_MAX_TOKENS tokens, context $EVAL_MAX_MODEL_LEN${JUDGE:+, judge $JUDGE})"
   python evaluate.py --model "$model" --protocol upft --benchmarks "$BENCHMARKS" --n "$EVAL_N" \
     --max_tokens "$EVAL_MAX_TOKENS" --max_model_len "$EVAL_MAX_MODEL_LEN" --system_prompt "$EVAL_SYSTEM_PROMPT" \
-    $CHAT_TEMPLATE_ARGS $(limit "$EVAL_LIMIT") --tensor_parallel_size "$TP" --output_dir "$OUT/eval-$run" \
+    $CHAT_TEMPLATE_ARGS $(limit "$EVAL_LIMIT") --tensor_parallel_size "$TP" $(engine_args) --output_dir "$OUT/eval-$run" \
     ${JUDGE:+--judge "$JUDGE" --judge_tensor_parallel_size "$TP"} $([ "$TRUST_JUDGE" = 1 ] && echo --trust_remote_code)
 done
 
