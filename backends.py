@@ -307,15 +307,18 @@ def _ray_run(spec: EngineSpec, items: list[dict], block_size: int, address: Opti
 
 
 def ray_failure(e: Exception) -> Exception:
-    """A Ray error as one line: a DataError raised inside a replica stays a DataError; a replica that died more
-    than MAX_RESTARTS times (or an engine that could not start) ends the run, resumable."""
-    cause = getattr(e, "cause", None)
-    seen = set()
-    while cause is not None and id(cause) not in seen:  # RayTaskError wraps the replica's own exception
-        seen.add(id(cause))
-        if isinstance(cause, DataError):
-            return DataError(str(cause))
-        cause = getattr(cause, "cause", None) or cause.__cause__
+    """A Ray error as one line: a DataError raised inside a replica stays a DataError (found through Ray's wrappers:
+    RayTaskError.cause, Ray Data's UserCodeException.__cause__); a replica that died more than MAX_RESTARTS times,
+    or an engine that could not start, ends the run, resumable."""
+    todo, seen = [e], set()
+    while todo:
+        x = todo.pop(0)
+        if x is None or id(x) in seen:
+            continue
+        seen.add(id(x))
+        if isinstance(x, DataError) and not hasattr(x, "cause"):  # Ray's copies of it carry .cause
+            return DataError(str(x))
+        todo += [getattr(x, "cause", None), x.__cause__, x.__context__]
     first = next((ln for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
     return SystemExit(f"error: the Ray replicas failed ({type(e).__name__}: {first[:300]}); each replica is "
                       f"restarted and each block retried at most {MAX_RESTARTS} times. Finished blocks are on disk: "

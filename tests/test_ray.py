@@ -49,6 +49,21 @@ def test_private_or_loopback_ray_stays_on_loopback(monkeypatch):
     assert not backends.ray_env("auto") and "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER" not in os.environ  # a real cluster
 
 
+def test_ray_failures_are_one_line():
+    class TaskError(Exception):  # the shape of ray.exceptions.RayTaskError: the replica's exception as .cause
+        def __init__(self, cause):
+            super().__init__("ray::MapWorker failed\nTraceback ...")
+            self.cause = cause
+    e = backends.ray_failure(TaskError(common.DataError("gsm8k question '3': the prompt has 9 tokens")))
+    assert isinstance(e, common.DataError) and str(e) == "gsm8k question '3': the prompt has 9 tokens"
+    wrapped = RuntimeError("UDF failed to process a data block.")  # Ray Data's UserCodeException: raise ... from e
+    wrapped.__cause__ = common.DataError("math500 question '7': the prompt has 9 tokens")
+    assert str(backends.ray_failure(TaskError(wrapped))) == "math500 question '7': the prompt has 9 tokens"
+    e = backends.ray_failure(TaskError(RuntimeError("engine died")))
+    assert isinstance(e, SystemExit) and len(str(e).splitlines()) == 1
+    assert f"at most {backends.MAX_RESTARTS} times" in str(e) and "re-run the same command to resume" in str(e)
+
+
 def test_output_rewritten_in_question_order(tmp_path):
     import sample
     qs = [{"id": f"q{i}"} for i in range(5)]
