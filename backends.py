@@ -31,10 +31,10 @@ BACKEND_HELP = ("where the engines run: local (one vLLM engine in this process) 
                 "via Ray Data; this process stays the one writer). Not an output setting: a run may resume on the "
                 "other backend")
 RAY_ADDRESS_HELP = ("--backend ray: a running cluster ('auto': the one this node belongs to, e.g. started by "
-                    "recipes/slurm/ray.sbatch; or HOST:PORT). Default: a private cluster on 127.0.0.1 that stops "
-                    "with this run")
-REPLICAS_HELP = ("--backend ray: engine replicas, N or MIN:MAX (autoscaling). Default: the cluster's GPUs / "
-                 "--tensor_parallel_size; 1 on CPU")
+                    "recipes/slurm/ray.sbatch; or HOST:PORT); None: a private cluster on 127.0.0.1 that stops with "
+                    "this run")
+REPLICAS_HELP = ("--backend ray: engine replicas, N or MIN:MAX (autoscaling); None: the cluster's GPUs / "
+                 "--tensor_parallel_size, 1 on CPU")
 BLOCK_HELP = ("questions per block: the unit of scheduling, retry and durability (a finished block is appended and "
               "fsynced at once; a kill loses at most the blocks in flight)")
 MAX_RESTARTS = 3  # a replica (actor) is restarted at most this often, and a block retried as often; then the run fails

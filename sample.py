@@ -79,7 +79,7 @@ class Args:
                                           "CPU has native bf16 (models.cpu_dtype, printed)"})
     gpu_memory_utilization: float = field(default=0.9, metadata={"help": "share of GPU memory vLLM may use (GPU "
                                                                          "only; on CPU see VLLM_CPU_KV_GB)"})
-    chunk_size: int = field(default=512, metadata={"help": "questions per vLLM call (a block): " + backends.BLOCK_HELP,
+    chunk_size: int = field(default=512, metadata={"help": backends.BLOCK_HELP,
                                                    "aliases": ["--block_size"]})
     backend: Literal["local", "ray"] = field(default="local", metadata={"help": backends.BACKEND_HELP})
     ray_address: Optional[str] = field(default=None, metadata={"help": backends.RAY_ADDRESS_HELP})
