@@ -26,6 +26,13 @@ def torchrun(nnodes: int, node_rank: int, nproc: int, port: int, *args) -> list[
             "--master_addr", "127.0.0.1", "--master_port", str(port), "train.py", *map(str, args)]
 
 
+def free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def start(cmd, log):
     return subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
@@ -35,13 +42,14 @@ def test_two_torchrun_nodes_train_as_one_node_die_together_and_resume(tmp_path, 
     args = ["--model", random_qwen2, "--data", tmp_path / "d.jsonl", "--global_batch_size", 2, "--epochs", 1,
             "--lr", 1e-3, "--save_steps", 3, "--lr_scheduler", "constant", "--warmup_ratio", 0]
     one, two = tmp_path / "one", tmp_path / "two"
-    p = subprocess.run(torchrun(1, 0, 2, 29661, *args, "--output_dir", one), cwd=ROOT, env=ENV,
+    p = subprocess.run(torchrun(1, 0, 2, free_port(), *args, "--output_dir", one), cwd=ROOT, env=ENV,
                        capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
 
     # two nodes; node 1's torchrun is killed (kill -9) once a few steps are logged
     logs = [open(tmp_path / f"node{i}.log", "w") for i in range(2)]
-    nodes = [start(torchrun(2, i, 1, 29662, *args, "--output_dir", two), logs[i]) for i in range(2)]
+    port = free_port()
+    nodes = [start(torchrun(2, i, 1, port, *args, "--output_dir", two), logs[i]) for i in range(2)]
     sockets: set = set()
     seen: dict[int, int] = {}  # every process of both nodes (torchrun starts its ranks in sessions of their own)
 
@@ -74,8 +82,8 @@ def test_two_torchrun_nodes_train_as_one_node_die_together_and_resume(tmp_path, 
             os.kill(p, signal.SIGKILL)
         for f in logs:
             f.close()
-    out0 = (tmp_path / "node0.log").read_text()
-    assert len(ranks) == 2, (ranks, out0[-3000:])  # each torchrun had its rank training
+    out0, out1 = ((tmp_path / f"node{i}.log").read_text() for i in range(2))
+    assert len(ranks) == 2, (ranks, seen, [n.returncode for n in nodes], out0[-3000:], out1[-3000:])
     assert rc0 != 0 and not left, (rc0, left, out0[-2000:])
     steps = [r["step"] for r in read_log(two)]
     assert 4 <= len(steps) < 24, f"{len(steps)} steps before the kill; node 0 stopped {stopped_after:.1f} s after it"
@@ -83,12 +91,13 @@ def test_two_torchrun_nodes_train_as_one_node_die_together_and_resume(tmp_path, 
     assert [r["step"] for r in read_log(two)] == steps  # nobody writes any more
     # torch's TCPStore (the rendezvous, on --master_port) listens on every interface whatever --master_addr is
     # (torch 2.13 has no option for its bind address); everything else must be on loopback
-    store = [(a, pid) for a, pid in sockets if a.endswith(":29662")]
+    store = [(a, pid) for a, pid in sockets if a.endswith(f":{port}")]
     bad = [x for x in non_loopback(sockets) if x not in store]
     assert store and not bad, f"{len(bad)} of {len(sockets)} sockets of node 0 beyond loopback: {bad}"
 
     # the same two commands with --resume finish the run: every step once, the same losses and weights as one node
-    nodes = [subprocess.Popen(torchrun(2, i, 1, 29663, *args, "--output_dir", two, "--resume"), cwd=ROOT, env=ENV,
+    port = free_port()
+    nodes = [subprocess.Popen(torchrun(2, i, 1, port, *args, "--output_dir", two, "--resume"), cwd=ROOT, env=ENV,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
     outs = [n.communicate(timeout=600)[0] for n in nodes]
     assert [n.returncode for n in nodes] == [0, 0], outs[0][-3000:] + outs[1][-3000:]
