@@ -64,8 +64,7 @@ def test_two_torchrun_nodes_train_as_one_node_die_together_and_resume(tmp_path, 
             if (two / "train_log.jsonl").exists() and len(read_log(two)) >= 4:
                 break
             time.sleep(0.1)
-        ranks = [p for p in seen if "train.py" in " ".join(runs._cmdline(p)) and "torchrun" not in
-                 " ".join(runs._cmdline(p))]
+        ranks = [p for p in seen if "train.py" in runs._cmdline(p)[:4]]  # python -u train.py ... (not torchrun)
         nodes[1].send_signal(signal.SIGKILL)
         t0 = time.time()
         rc0 = nodes[0].wait(timeout=120)  # node 0 sees its peer gone and stops
