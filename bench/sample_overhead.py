@@ -1,6 +1,7 @@
-"""What sample.py costs on top of vLLM: its core path (chat-template rendering + tokenizing, one llm.generate per
-chunk, records built and appended to disk with fsync, progress bar) against a bare llm.generate on the same
-pre-tokenized prompts and sampling params, in ONE process with ONE engine, alternating the order each repeat.
+"""What sample.py costs on top of vLLM: its core path (chat-template rendering + tokenizing, one engine run per
+block through backends.run's local backend, records built and appended to disk with fsync, progress bar) against a
+bare llm.generate on the same pre-tokenized prompts and sampling params, in ONE process with ONE engine, alternating
+the order each repeat.
 
     VLLM_CPU_KV_GB=1 python bench/sample_overhead.py                         # tiny model, 64 questions x n=2, 64 tokens
     python bench/sample_overhead.py --model Qwen/Qwen2.5-Math-7B-Instruct --limit 512 --max_tokens 1024   # GPU
@@ -17,6 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import backends
 import common
 import models
 import sources
@@ -48,10 +50,11 @@ def compare(llm, a: sample.Args, repeats: int, log=print) -> dict:
         outs = llm.generate(bare_prompts, params, use_tqdm=False)
         return sum(len(c.token_ids) for o in outs for c in o.outputs)
 
-    def via_sample(out_path: Path):
-        ids = sample.encode_prompts(tokenizer, questions, system_prompt)
-        stats = sample.sample_chunks(llm, questions, ids, params, a.chunk_size,
-                                     lambda recs: common.append_jsonl(out_path, recs))
+    def via_sample(out_path: Path):  # sample.py's local backend (backends.run: prompts rendered per block)
+        items = [backends.item(q["question"], sample.sampling_params(sample.sampling_settings(a)), q["id"])
+                 for q in questions]
+        blocks = backends.run(sample.engine_spec(a, system_prompt), items, block_size=a.chunk_size, llm=llm)
+        stats = sample.sample_blocks(blocks, questions, lambda recs: common.append_jsonl(out_path, recs))
         return stats["tokens"]
 
     times = {"bare": [], "sample": []}

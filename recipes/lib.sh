@@ -24,11 +24,33 @@ train() {
   fi
 }
 
+# Sampling and evaluation engines (sample.py/evaluate.py --backend), next to HOSTFILE/NUM_GPUS for training:
+#   BACKEND=ray    one vLLM replica per TP GPUs on Ray, every GPU busy (default where nvidia-smi lists 2+ GPUs); each
+#                  stage starts a private Ray cluster on 127.0.0.1, or joins RAY_ADDRESS (recipes/slurm/ray.sbatch
+#                  sets it to the cluster it starts over a SLURM allocation)
+#   BACKEND=local  one engine in the stage's process (CPU machines, the demo)
+#   GPUS=N         GPUs for the replicas (replicas = N / TP); empty: every GPU of the Ray cluster
+if [ -z "${BACKEND:-}" ]; then
+  BACKEND=local
+  if [ "$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)" -ge 2 ]; then BACKEND=ray; fi
+fi
+RAY_ADDRESS=${RAY_ADDRESS:-}
+GPUS=${GPUS:-}
+# engine_args: the backend flags of every sample.py/evaluate.py command (after --tensor_parallel_size "$TP").
+engine_args() {
+  [ "$BACKEND" = ray ] || return 0
+  local a="--backend ray"
+  [ -z "$RAY_ADDRESS" ] || a="$a --ray_address $RAY_ADDRESS"
+  [ -z "$GPUS" ] || a="$a --replicas $(( GPUS / ${TP:-1} > 0 ? GPUS / ${TP:-1} : 1 ))"
+  echo "$a"
+}
+
 # DRY_RUN=FILE: record every stage command (one shell-quoted line each) in FILE instead of running it; the test
 # suite parses them all with the stages' own argument parsers (tests/test_recipes.py), so no recipe can rot.
 if [ -n "${DRY_RUN:-}" ]; then
   python() { printf '%q ' python "$@" >> "$DRY_RUN"; echo >> "$DRY_RUN"; }
   deepspeed() { local a=("$@"); while [ "${a[0]}" != train.py ]; do a=("${a[@]:1}"); done; python "${a[@]}"; }
+  torchrun() { deepspeed "$@"; }
 fi
 
 limit() { [ -n "$1" ] && echo "--limit $1" || true; }
@@ -80,7 +102,7 @@ qfft_source() {
       step "sample long-CoT traces from the teacher $TEACHER"
       python sample.py --model "$TEACHER" --data "$QUESTIONS" $(limit "${NUM_QUESTIONS:-}") \
         --config configs/qfft/sample.yaml $(opt --max_tokens "${SAMPLE_MAX_TOKENS:-}") --tensor_parallel_size "$TP" \
-        --output "$OUT/traces.jsonl"
+        $(engine_args) --output "$OUT/traces.jsonl"
       SRC=$OUT/traces.jsonl SFT_SYSTEM=default ;;
     *) echo "DATA must be s1k, limo or teacher" >&2; exit 2 ;;
   esac

@@ -45,7 +45,8 @@ if not out.exists() or common.read_jsonl(out) != picked:
 PY
 step "sample $LOW_RESPONSES responses per question from $TEACHER"
 python sample.py --model "$TEACHER" --data "$OUT/questions.jsonl" --n "$LOW_RESPONSES" \
-  --config configs/qfft/sample.yaml $(opt --max_tokens "$SAMPLE_MAX_TOKENS") --tensor_parallel_size "$TP" \
+  --config configs/qfft/sample.yaml $(opt --max_tokens "$SAMPLE_MAX_TOKENS") --tensor_parallel_size "$TP" $(engine_args) \
+  \
   --output "$OUT/traces.jsonl"
 
 step "prepare SFT and QFFT: every response of the $LOW_QUESTIONS questions"
@@ -63,7 +64,8 @@ for run in base sft qfft; do
   model=$MODEL; [ "$run" = base ] || model=$OUT/$run-model
   step "evaluate $run (n=$EVAL_N)"
   python evaluate.py --model "$model" --benchmarks "$BENCHMARKS" \
-    --config configs/qfft/evaluate.yaml $(eval_env) --tensor_parallel_size "$TP" --output_dir "$OUT/eval-$run"
+    --config configs/qfft/evaluate.yaml $(eval_env) --tensor_parallel_size "$TP" $(engine_args) \
+    --output_dir "$OUT/eval-$run"
 done
 
 step "table: MATH500 pass@1 of SFT and QFFT after $EPOCHS epochs (QFFT Fig. 7's last point)"

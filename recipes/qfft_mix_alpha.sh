@@ -40,7 +40,8 @@ qfft_source
 runs="base=$OUT/eval-base"
 step "evaluate base"
 python evaluate.py --model "$MODEL" --benchmarks "$BENCHMARKS" \
-  --config configs/qfft/evaluate.yaml $(eval_env) --tensor_parallel_size "$TP" --output_dir "$OUT/eval-base"
+  --config configs/qfft/evaluate.yaml $(eval_env) --tensor_parallel_size "$TP" $(engine_args) \
+  --output_dir "$OUT/eval-base"
 for a in $ALPHAS; do
   step "α = $a: prepare, train, evaluate"
   python prepare.py --mode mix --alpha "$a" --mix_render "$MIX_RENDER" --preset qfft --system_prompt "$SFT_SYSTEM" \
@@ -48,7 +49,8 @@ for a in $ALPHAS; do
   train --model "$MODEL" --data "$OUT/mix-$a.jsonl" --output_dir "$OUT/mix-$a-model" \
     --config configs/qfft/train.yaml $(train_env) --deepspeed "$DEEPSPEED" $GRAD_CKPT
   python evaluate.py --model "$OUT/mix-$a-model" --benchmarks "$BENCHMARKS" \
-    --config configs/qfft/evaluate.yaml $(eval_env) --tensor_parallel_size "$TP" --output_dir "$OUT/eval-mix-$a"
+    --config configs/qfft/evaluate.yaml $(eval_env) --tensor_parallel_size "$TP" $(engine_args) \
+    --output_dir "$OUT/eval-mix-$a"
   runs="$runs alpha$a=$OUT/eval-mix-$a"
 done
 

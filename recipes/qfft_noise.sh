@@ -37,7 +37,8 @@ qfft_source
 runs="base=$OUT/eval-base"
 step "evaluate base"
 python evaluate.py --model "$MODEL" --benchmarks "$BENCHMARKS" \
-  --config configs/qfft/evaluate.yaml $(eval_env) --tensor_parallel_size "$TP" --output_dir "$OUT/eval-base"
+  --config configs/qfft/evaluate.yaml $(eval_env) --tensor_parallel_size "$TP" $(engine_args) \
+  --output_dir "$OUT/eval-base"
 for level in $LEVELS; do
   for form in sft qfft; do
     name=$form-L$level
@@ -52,7 +53,8 @@ for level in $LEVELS; do
     train --model "$MODEL" --data "$OUT/$name.jsonl" --output_dir "$OUT/$name-model" \
       --config configs/qfft/train.yaml $(train_env) --deepspeed "$DEEPSPEED" $GRAD_CKPT
     python evaluate.py --model "$OUT/$name-model" --benchmarks "$BENCHMARKS" \
-      --config configs/qfft/evaluate.yaml $(eval_env) --tensor_parallel_size "$TP" --output_dir "$OUT/eval-$name"
+      --config configs/qfft/evaluate.yaml $(eval_env) --tensor_parallel_size "$TP" $(engine_args) \
+      --output_dir "$OUT/eval-$name"
     runs="$runs $name=$OUT/eval-$name"
   done
 done

@@ -45,7 +45,7 @@ SFT_SYSTEM=${SFT_SYSTEM_PROMPT:-$SFT_SYSTEM}
 step "SFT-Shortest: $SHORTEST_N samples per question from the SFT model, shortest correct one kept"
 python sample.py --model "$OUT/table2/sft-model" --data "$QSRC" $(limit "${NUM_QUESTIONS:-}") --n "$SHORTEST_N" \
   --temperature "$SHORTEST_T" --system_prompt "$SFT_SYSTEM" $(opt --max_tokens "$SAMPLE_MAX_TOKENS") \
-  --tensor_parallel_size "$TP" --output "$OUT/sft_samples.jsonl"
+  --tensor_parallel_size "$TP" $(engine_args) --output "$OUT/sft_samples.jsonl"
 python prepare.py --mode rft --select shortest --preset qfft --system_prompt "$SFT_SYSTEM" \
   --input "$OUT/sft_samples.jsonl" --model "$OUT/table2/sft-model" $(opt --max_len "$MAX_LEN") \
   --output "$OUT/shortest.jsonl"
@@ -53,7 +53,8 @@ train --model "$OUT/table2/sft-model" --data "$OUT/shortest.jsonl" --output_dir 
   --config configs/qfft/train.yaml $(train_env) --deepspeed "$DEEPSPEED" $GRAD_CKPT
 step "evaluate SFT-Shortest"
 python evaluate.py --model "$OUT/shortest-model" --benchmarks "$BENCHMARKS" \
-  --config configs/qfft/evaluate.yaml $(eval_env) --tensor_parallel_size "$TP" --output_dir "$OUT/eval-shortest"
+  --config configs/qfft/evaluate.yaml $(eval_env) --tensor_parallel_size "$TP" $(engine_args) \
+  --output_dir "$OUT/eval-shortest"
 
 step "table: AES against the SFT model (QFFT Table 3)"
 python rak.py --runs base="$OUT/table2/eval-base" sft="$OUT/table2/eval-sft" sft_shortest="$OUT/eval-shortest" \

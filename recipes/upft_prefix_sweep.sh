@@ -33,12 +33,12 @@ upft_judge                                 # JUDGE_ARGS: UPFT judges every evalu
 # ev MODEL DIR [ARGS...]: a trained model carries the chat template of its data (train.py); the base model gets
 # $CHAT_TEMPLATE_ARGS
 ev() { python evaluate.py --model "$1" --benchmarks "$BENCHMARKS" --config configs/upft/evaluate.yaml $(eval_env) \
-  --system_prompt "$SYSTEM_PROMPT" "${@:3}" --tensor_parallel_size "$TP" --output_dir "$2" $JUDGE_ARGS; }
+  --system_prompt "$SYSTEM_PROMPT" "${@:3}" --tensor_parallel_size "$TP" $(engine_args) --output_dir "$2" $JUDGE_ARGS; }
 
 step "sample ONE self-generated solution per question"
 python sample.py --model "$MODEL" --data "$QUESTIONS" $(limit "$NUM_QUESTIONS") --config configs/upft/sample.yaml \
   --system_prompt "$SYSTEM_PROMPT" $CHAT_TEMPLATE_ARGS $(opt --max_tokens "$SAMPLE_MAX_TOKENS") \
-  --tensor_parallel_size "$TP" --output "$OUT/self.jsonl"
+  --tensor_parallel_size "$TP" $(engine_args) --output "$OUT/self.jsonl"
 step "evaluate base"
 ev "$MODEL" "$OUT/eval-base" $CHAT_TEMPLATE_ARGS
 runs="base=$OUT/eval-base" stats=""

@@ -40,7 +40,7 @@ mkdir -p "$OUT"
 step "sample $SAMPLES_N solutions per question from $MODEL"
 python sample.py --model "$MODEL" --data "$QUESTIONS" $(limit "$NUM_QUESTIONS") --config configs/upft/sample.yaml \
   --n "$SAMPLES_N" --system_prompt "$SYSTEM_PROMPT" $CHAT_TEMPLATE_ARGS $(opt --max_tokens "$SAMPLE_MAX_TOKENS") \
-  --tensor_parallel_size "$TP" --output "$OUT/samples.jsonl"
+  --tensor_parallel_size "$TP" $(engine_args) --output "$OUT/samples.jsonl"
 step "prepare RFT: correct responses only (math-verify against the gold answer), --select $SELECT"
 python prepare.py --mode rft --select "$SELECT" $(upft_configs prepare) --system_prompt "$SYSTEM_PROMPT" \
   $CHAT_TEMPLATE_ARGS --input "$OUT/samples.jsonl" --model "$MODEL" $(opt --max_len "${MAX_LEN:-}") \
@@ -53,7 +53,8 @@ for run in base rft; do
   model=$MODEL tpl=$CHAT_TEMPLATE_ARGS; [ "$run" = base ] || model=$OUT/rft-model tpl=""
   step "evaluate $run (UPFT protocol: greedy)"
   python evaluate.py --model "$model" --benchmarks "$BENCHMARKS" --config configs/upft/evaluate.yaml $(eval_env) \
-    --system_prompt "$SYSTEM_PROMPT" $tpl --tensor_parallel_size "$TP" --output_dir "$OUT/eval-$run" $JUDGE_ARGS
+    --system_prompt "$SYSTEM_PROMPT" $tpl --tensor_parallel_size "$TP" $(engine_args) \
+    --output_dir "$OUT/eval-$run" $JUDGE_ARGS
 done
 
 step "table: accuracy and trained tokens (UPFT Table 2 layout)"

@@ -81,7 +81,7 @@ case "$DATA" in prm12k) SRC=prm12k ;; limo) SRC=GAIR/LIMO ;; *) echo "DATA must 
 step "sample ONE self-generated solution per question from $MODEL (no labels used)"
 python sample.py --model "$MODEL" --data "$SRC" $(limit "$NUM_QUESTIONS") --config configs/upft/sample.yaml \
   --system_prompt "$SYSTEM_PROMPT" $CHAT_TEMPLATE_ARGS $(opt --max_tokens "$SAMPLE_MAX_TOKENS") \
-  --tensor_parallel_size "$TP" --output "$OUT/self.jsonl"
+  --tensor_parallel_size "$TP" $(engine_args) --output "$OUT/self.jsonl"
 
 step "prepare UPFT (prefix L=$PREFIX_LEN; $(upft_configs prepare)) and SFT (full solutions) from the same samples"
 python prepare.py --mode upft $(upft_configs prepare) --system_prompt "$SYSTEM_PROMPT" $CHAT_TEMPLATE_ARGS \
@@ -103,7 +103,7 @@ for run in base sft upft; do
   step "evaluate $run (UPFT protocol, configs/upft/evaluate.yaml: context $EVAL_MAX_MODEL_LEN${JUDGE:+, judge $JUDGE})"
   python evaluate.py --model "$model" --benchmarks "$BENCHMARKS" --config configs/upft/evaluate.yaml $(eval_env) \
     --max_model_len "$EVAL_MAX_MODEL_LEN" --system_prompt "$EVAL_SYSTEM_PROMPT" \
-    $tpl --tensor_parallel_size "$TP" --output_dir "$OUT/eval-$run" $JUDGE_ARGS
+    $tpl --tensor_parallel_size "$TP" $(engine_args) --output_dir "$OUT/eval-$run" $JUDGE_ARGS
 done
 
 step "tables: accuracy per benchmark and the trained-token columns (UPFT Table 1 layout)"

@@ -216,27 +216,25 @@ def test_end_to_end_tiny(tmp_path, tiny_model):
 
 # ------------------------------------------------------------------------------------------------------------
 # Resume per question, and no result deleted before its replacement is written. generate() is
-# replaced by a stand-in that answers through the real partial-file path (keep_finished / on_done): no engine.
+# replaced by a stand-in generator of finished questions; main() keeps them through the real partial-file path
+# (finished_benchmarks / keep_finished / finish_benchmark): no engine.
 class Killed(Exception):
     pass
 
 
 def fake_generate(calls: list, kill_after=None, answer="gold"):
-    def gen(args, out_dir, tok, pending, system_prompt, pattern, start, on_done):
+    def gen(args, tok, pending, system_prompt):
         calls.append({b: [q["id"] for q in qs] for b, qs in pending.items()})
-        start()
         k = 0
         for b, qs in pending.items():
             for q in qs:
                 if kill_after is not None and k == kill_after:
                     raise Killed
-                rec = {"id": q["id"], "question": q["question"], "gold": q["gold"], "answer_type": q["answer_type"],
-                       **({"level": q["level"]} if "level" in q else {}),
-                       "responses": [f"wait, \\boxed{{{q['gold'] if answer == 'gold' else answer}}}", "none"],
-                       "num_tokens": [5, 1], "finish_reasons": ["stop", "length"]}
-                evaluate.keep_finished(args, out_dir, b, [rec], pattern)
+                yield b, {"id": q["id"], "question": q["question"], "gold": q["gold"],
+                          "answer_type": q["answer_type"], **({"level": q["level"]} if "level" in q else {}),
+                          "responses": [f"wait, \\boxed{{{q['gold'] if answer == 'gold' else answer}}}", "none"],
+                          "num_tokens": [5, 1], "finish_reasons": ["stop", "length"]}
                 k += 1
-            on_done(b)
     return gen
 
 
@@ -390,9 +388,8 @@ def test_correct_implies_an_answer_and_never_no_answer():
     assert m["acc"] + m["no_answer_ratio"] <= 100.0
 
 
-class _Completion:
-    def __init__(self, n, finish, stop_reason=None):
-        self.token_ids, self.finish_reason, self.stop_reason = list(range(n)), finish, stop_reason
+def _Completion(n, finish, stop_reason=None):  # backends.completion of a vLLM sample
+    return {"text": "", "num_token_ids": n, "finish_reason": finish, "stop_reason": stop_reason}
 
 
 def test_generated_tokens_exclude_the_stop_token():

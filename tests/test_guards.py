@@ -187,13 +187,12 @@ def test_evaluate_refuses_a_retrained_model(tmp_path, monkeypatch, capsys):
     (model / "model.safetensors").write_bytes(b"x" * 64)
     out = tmp_path / "ev"
 
-    def fake_generate(args, out_dir, tok, pending, system_prompt, pattern, start, on_done):
-        start()
+    def fake_generate(args, tok, pending, system_prompt):
         for bench, qs in pending.items():
-            recs = [{"id": q["id"], "question": q["question"], "gold": q["gold"], "answer_type": q["answer_type"],
-                     "responses": ["\\boxed{1}"], "num_tokens": [3], "finish_reasons": ["stop"]} for q in qs]
-            evaluate.keep_finished(args, out_dir, bench, recs, pattern)
-            on_done(bench)
+            for q in qs:
+                yield bench, {"id": q["id"], "question": q["question"], "gold": q["gold"],
+                              "answer_type": q["answer_type"], "responses": ["\\boxed{1}"], "num_tokens": [3],
+                              "finish_reasons": ["stop"]}
 
     monkeypatch.setattr(evaluate, "generate", fake_generate)
     monkeypatch.setattr(evaluate, "check_model", lambda args: None)  # a fake model: no tokenizer to load

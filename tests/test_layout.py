@@ -7,7 +7,7 @@ import sys
 from conftest import ROOT
 
 STAGES = ("sample", "prepare", "train", "evaluate", "rak")
-SHARED = ("common", "models", "sources", "grading", "runs", "packing", "judge", "tracking")
+SHARED = ("common", "models", "sources", "grading", "runs", "packing", "judge", "tracking", "backends")
 MAX_SHARED_LINES = 600
 
 

@@ -197,3 +197,59 @@ def test_qfft_recipes_keep_n_4_for_gpqa_and_mmlu_pro(tmp_path, recipe):
                 a = evaluate.resolve_protocol(check(cmd)[1])
                 assert [evaluate.bench_n(a, b) for b in ("gsm8k", "gpqa", "mmlu_pro")] == [a.n, 4, 4], (recipe, env)
 
+
+def test_recipes_keep_every_gpu_busy(tmp_path):
+    """BACKEND=ray (the default where nvidia-smi lists 2+ GPUs): every sample.py/evaluate.py command of every recipe
+    runs GPUS/TP engine replicas on Ray, on the cluster of RAY_ADDRESS when given; BACKEND=local: one engine."""
+    for recipe in RECIPES:
+        staged = [a for cmd in dry_run(tmp_path, recipe, BACKEND="ray", GPUS=8, TP=2, RAY_ADDRESS="auto")
+                  for a in [check(cmd)] if a and a[0] in ("sample.py", "evaluate.py")]
+        assert staged, recipe
+        got = {(a.backend, a.replicas, a.ray_address, a.tensor_parallel_size) for _, a in staged}
+        assert got == {("ray", "4", "auto", 2)}, (recipe, got)
+        local = [a for cmd in dry_run(tmp_path, recipe, BACKEND="local") for a in [check(cmd)]
+                 if a and a[0] in ("sample.py", "evaluate.py")]
+        assert {(a.backend, a.replicas, a.ray_address) for _, a in local} == {("local", None, None)}, recipe
+
+
+SLURM = sorted(p.name for p in (ROOT / "recipes" / "slurm").glob("*.sbatch"))
+
+
+def dry_slurm(tmp_path, template, *args, **env):
+    log = tmp_path / f"{template}-{len(list(tmp_path.iterdir()))}.cmds"
+    e = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "RAY_", "BACKEND", "GPUS"))}
+    e.update(DRY_RUN=str(log), OUT=str(tmp_path / "out"), **{k: str(v) for k, v in env.items()})
+    p = subprocess.run(["bash", f"recipes/slurm/{template}", *map(str, args)], cwd=ROOT, env=e, capture_output=True,
+                       text=True, timeout=60)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+    return [shlex.split(line) for line in log.read_text().splitlines()]
+
+
+@pytest.mark.parametrize("template", SLURM)
+def test_slurm_template_parses(template):
+    p = subprocess.run(["bash", "-n", f"recipes/slurm/{template}"], cwd=ROOT, capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    head = (ROOT / "recipes" / "slurm" / template).read_text().splitlines()
+    assert head[0] == "#!/usr/bin/env bash" and "#SBATCH --requeue" in head, template  # preempted jobs come back
+
+
+def test_slurm_templates_commands_parse(tmp_path):
+    """Each template's stage commands, recorded with DRY_RUN, through the stages' own parsers."""
+    # the Ray cluster template around one stage, and around a whole recipe (which then samples and evaluates on it)
+    cmds = dry_slurm(tmp_path, "ray.sbatch", "python", "sample.py", "--model", QMATH, "--data", "prm12k",
+                     "--output", "runs/s.jsonl", "--backend", "ray", "--ray_address", "auto")
+    assert [(c[1], a.backend, a.ray_address) for c in cmds for a in [check(c)[1]]] == [("sample.py", "ray", "auto")]
+    staged = [a for c in dry_slurm(tmp_path, "ray.sbatch", "bash", "recipes/upft_table1.sh", MODEL=QMATH)
+              for s, a in [check(c) or (None, None)] if s in ("sample.py", "evaluate.py")]
+    assert len(staged) == 4 and {(a.backend, a.ray_address) for a in staged} == {("ray", "127.0.0.1:6379")}
+    # multi-node training: train.py with --resume always
+    (cmd,) = dry_slurm(tmp_path, "train.sbatch", "--model", QMATH, "--data", "d.jsonl", "--output_dir", "o",
+                       "--preset", "qfft", "--deepspeed", "configs/ds_z3.json")
+    stage, a = check(cmd)
+    assert stage == "train.py" and a.resume and a.deepspeed == "configs/ds_z3.json"
+    # the job array over shards, then the merge
+    shard, merge = dry_slurm(tmp_path, "shards.sbatch", "--model", QMATH, "--data", "prm12k", "--output",
+                             "runs/s.jsonl", SLURM_ARRAY_TASK_COUNT=16, SLURM_ARRAY_TASK_ID=3)
+    (_, a), (_, m) = check(shard), check(merge)
+    assert (a.num_shards, a.shard_index, a.output) == (16, 3, "runs/s.jsonl")
+    assert m.merge_shards and (m.num_shards, m.output) == (16, "runs/s.jsonl")
