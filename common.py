@@ -110,14 +110,9 @@ def read_config(parser, path) -> dict:
     unknown key, a key given twice (by two of its names) or a bad value is a DataError naming the file and the
     key."""
     import yaml
+    text = read_text(path, "file", prefix="--config ")
     try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DataError(f"--config {path}: file not found") from None
-    except OSError as e:
-        raise DataError(f"--config {path}: cannot read ({e.strerror or e})") from None
-    except UnicodeDecodeError:
-        raise DataError(f"--config {path}: not UTF-8 text") from None
+        data = yaml.safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
@@ -320,17 +315,25 @@ def load_finished(path) -> dict[str, dict]:
     return done
 
 
+def read_text(path, what: str = "file", prefix: str = "") -> str:
+    """A whole text file, or a DataError naming it (`prefix`, e.g. the flag, goes first): missing, unreadable, not
+    UTF-8."""
+    try:
+        return Path(path).read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        raise DataError(f"{prefix}{path}: {what} not found") from None
+    except OSError as e:
+        raise DataError(f"{prefix}{path}: cannot read {what} ({e.strerror or e})") from None
+    except UnicodeDecodeError:
+        raise DataError(f"{prefix}{path}: {what} is not UTF-8 text") from None
+
+
 def read_json(path, what: str = "file") -> Any:
     """A JSON file (metadata, metrics, a config) or DataError naming it: missing, unreadable, not UTF-8, not JSON."""
     path = Path(path)
+    text = read_text(path, what)
     try:
-        return json.loads(path.read_bytes().decode("utf-8"))
-    except FileNotFoundError:
-        raise DataError(f"{path}: {what} not found") from None
-    except OSError as e:
-        raise DataError(f"{path}: cannot read {what} ({e.strerror or e})") from None
-    except UnicodeDecodeError:
-        raise DataError(f"{path}: {what} is not UTF-8 text") from None
+        return json.loads(text)
     except json.JSONDecodeError as e:
         raise DataError(f"{path}: {what} is not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
 

@@ -73,6 +73,13 @@ upft_configs() {
   echo "--config $files"
 }
 
+# qfft_eval MODEL DIR: one evaluation under QFFT's protocol (configs/qfft/evaluate.yaml; EVAL_N, EVAL_MAX_TOKENS,
+# EVAL_LIMIT override it) on the engines of BACKEND, into DIR.
+qfft_eval() {
+  python evaluate.py --model "$1" --benchmarks "$BENCHMARKS" --config configs/qfft/evaluate.yaml $(eval_env) \
+    --tensor_parallel_size "$TP" $(engine_args) --output_dir "$2"
+}
+
 # upft_judge: JUDGE_ARGS for every UPFT evaluation. UPFT judges every benchmark behind every published number: its
 # inference/eval.py parses --llm_judge with type=bool, so any value is true. correct = rule grader (the box alone)
 # OR KbsdJames/Omni-Judge with the judge's own prompt and parser, which only its tokenizer's remote code holds:

@@ -63,9 +63,7 @@ done
 for run in base sft qfft; do
   model=$MODEL; [ "$run" = base ] || model=$OUT/$run-model
   step "evaluate $run (n=$EVAL_N)"
-  python evaluate.py --model "$model" --benchmarks "$BENCHMARKS" \
-    --config configs/qfft/evaluate.yaml $(eval_env) --tensor_parallel_size "$TP" $(engine_args) \
-    --output_dir "$OUT/eval-$run"
+  qfft_eval "$model" "$OUT/eval-$run"
 done
 
 step "table: MATH500 pass@1 of SFT and QFFT after $EPOCHS epochs (QFFT Fig. 7's last point)"

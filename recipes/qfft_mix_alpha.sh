@@ -39,18 +39,14 @@ mkdir -p "$OUT"
 qfft_source
 runs="base=$OUT/eval-base"
 step "evaluate base"
-python evaluate.py --model "$MODEL" --benchmarks "$BENCHMARKS" \
-  --config configs/qfft/evaluate.yaml $(eval_env) --tensor_parallel_size "$TP" $(engine_args) \
-  --output_dir "$OUT/eval-base"
+qfft_eval "$MODEL" "$OUT/eval-base"
 for a in $ALPHAS; do
   step "α = $a: prepare, train, evaluate"
   python prepare.py --mode mix --alpha "$a" --mix_render "$MIX_RENDER" --preset qfft --system_prompt "$SFT_SYSTEM" \
     --input "$SRC" --model "$MODEL" $(opt --max_len "$MAX_LEN") --output "$OUT/mix-$a.jsonl"
   train --model "$MODEL" --data "$OUT/mix-$a.jsonl" --output_dir "$OUT/mix-$a-model" \
     --config configs/qfft/train.yaml $(train_env) --deepspeed "$DEEPSPEED" $GRAD_CKPT
-  python evaluate.py --model "$OUT/mix-$a-model" --benchmarks "$BENCHMARKS" \
-    --config configs/qfft/evaluate.yaml $(eval_env) --tensor_parallel_size "$TP" $(engine_args) \
-    --output_dir "$OUT/eval-mix-$a"
+  qfft_eval "$OUT/mix-$a-model" "$OUT/eval-mix-$a"
   runs="$runs alpha$a=$OUT/eval-mix-$a"
 done
 

@@ -36,9 +36,7 @@ mkdir -p "$OUT"
 qfft_source
 runs="base=$OUT/eval-base"
 step "evaluate base"
-python evaluate.py --model "$MODEL" --benchmarks "$BENCHMARKS" \
-  --config configs/qfft/evaluate.yaml $(eval_env) --tensor_parallel_size "$TP" $(engine_args) \
-  --output_dir "$OUT/eval-base"
+qfft_eval "$MODEL" "$OUT/eval-base"
 for level in $LEVELS; do
   for form in sft qfft; do
     name=$form-L$level
@@ -52,9 +50,7 @@ for level in $LEVELS; do
     fi
     train --model "$MODEL" --data "$OUT/$name.jsonl" --output_dir "$OUT/$name-model" \
       --config configs/qfft/train.yaml $(train_env) --deepspeed "$DEEPSPEED" $GRAD_CKPT
-    python evaluate.py --model "$OUT/$name-model" --benchmarks "$BENCHMARKS" \
-      --config configs/qfft/evaluate.yaml $(eval_env) --tensor_parallel_size "$TP" $(engine_args) \
-      --output_dir "$OUT/eval-$name"
+    qfft_eval "$OUT/$name-model" "$OUT/eval-$name"
     runs="$runs $name=$OUT/eval-$name"
   done
 done

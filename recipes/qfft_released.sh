@@ -30,9 +30,7 @@ runs=""
 for nm in base="$BASE" $RELEASED; do
   name=${nm%%=*} model=${nm#*=}
   step "evaluate $name ($model; QFFT protocol: configs/qfft/evaluate.yaml${EVAL_N:+, n=$EVAL_N})"
-  python evaluate.py --model "$model" --benchmarks "$BENCHMARKS" \
-    --config configs/qfft/evaluate.yaml $(eval_env) --tensor_parallel_size "$TP" $(engine_args) \
-    --output_dir "$OUT/eval-$name"
+  qfft_eval "$model" "$OUT/eval-$name"
   runs="$runs $name=$OUT/eval-$name"
 done
 

@@ -59,9 +59,7 @@ done
 for run in base sft qfft; do
   model=$MODEL; [ "$run" = base ] || model=$OUT/$run-model
   step "evaluate $run (QFFT protocol: configs/qfft/evaluate.yaml${EVAL_N:+, n=$EVAL_N})"
-  python evaluate.py --model "$model" --benchmarks "$BENCHMARKS" \
-    --config configs/qfft/evaluate.yaml $(eval_env) --tensor_parallel_size "$TP" $(engine_args) \
-    --output_dir "$OUT/eval-$run"
+  qfft_eval "$model" "$OUT/eval-$run"
 done
 
 step "tables: Acc / Tokens / RAK (reference: the base model), Δ against SFT, AES"

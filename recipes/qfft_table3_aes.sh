@@ -52,9 +52,7 @@ python prepare.py --mode rft --select shortest --preset qfft --system_prompt "$S
 train --model "$OUT/table2/sft-model" --data "$OUT/shortest.jsonl" --output_dir "$OUT/shortest-model" \
   --config configs/qfft/train.yaml $(train_env) --deepspeed "$DEEPSPEED" $GRAD_CKPT
 step "evaluate SFT-Shortest"
-python evaluate.py --model "$OUT/shortest-model" --benchmarks "$BENCHMARKS" \
-  --config configs/qfft/evaluate.yaml $(eval_env) --tensor_parallel_size "$TP" $(engine_args) \
-  --output_dir "$OUT/eval-shortest"
+qfft_eval "$OUT/shortest-model" "$OUT/eval-shortest"
 
 step "table: AES against the SFT model (QFFT Table 3)"
 python rak.py --runs base="$OUT/table2/eval-base" sft="$OUT/table2/eval-sft" sft_shortest="$OUT/eval-shortest" \
