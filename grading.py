@@ -11,6 +11,7 @@ from common import DataError
 
 # ----------------------------------------------------------------------------------------------------------------
 # Boxes: where both papers' harnesses read the final answer (and, in sources.py, Minerva's golds).
+# the command name must end there: \boxedtext or \fboxsep are no boxes
 _BOX_CMD = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])")
 
 
@@ -30,6 +31,7 @@ def _box_content(text: str, i: int) -> Optional[tuple[int, int]]:
                 depth -= 1
                 if depth == 0:
                     return i + 1, j
+        # the brace never closes (cut off by max_tokens): no answer, never the tail QFFT's split would take
         return None
     if i > start:  # \boxed 5
         k = i
@@ -64,6 +66,7 @@ def last_boxed(text: str) -> Optional[str]:
     return text[span[0]:span[1]].strip() if span else None
 
 
+# QFFT splits on the bare word `boxed`: with or without its backslash, never inside another word
 _QFFT_BOX = re.compile(r"(?<![A-Za-z])boxed(?![A-Za-z])")
 
 
@@ -80,11 +83,13 @@ def paper_box(text: str, extraction: str) -> Optional[str]:
     text = text or ""
     if extraction in ("box_or_answer_is", "upft_box"):
         i = text.rfind("\\boxed")
+        # UPFT's extract_answer wants the brace at once after the 6 characters of `\boxed`
         if i < 0 or text[i + 6:i + 7] != "{":
             return None
         span = _box_content(text, i + 6)
     elif extraction == "box":
         hits = list(_QFFT_BOX.finditer(text))
+        # the last `boxed` even when it is cut off (QFFT's split(...)[-1]); an earlier complete box is not looked at
         span = _box_content(text, hits[-1].end()) if hits else None
     else:
         return last_boxed(text)
@@ -152,11 +157,13 @@ def extract_answer(response: str, extraction: str = "box") -> Optional[str]:
     if boxed is not None or extraction != "box_or_answer_is":
         return boxed
     m = _ANSWER_IS.search(response or "")
+    # a sentence's full stop is not part of the answer
     return m.group(1).strip().rstrip(".").strip() or None if m else None
 
 
 _E_NOTATION = re.compile(r"(?<![\w.\\])(\d+(?:\.\d+)?|\.\d+)[eE]([+-]?\d+)(?![\w.])")
 _PY_FUNCS = {"arcsin": r"\arcsin", "arccos": r"\arccos", "arctan": r"\arctan", "sin": r"\sin", "cos": r"\cos",
+             # numpy's and math's log is the natural logarithm, hence \ln
              "tan": r"\tan", "exp": r"\exp", "log": r"\ln", "log10": r"\log_{10}", "pi": r"\pi", "e": "e"}
 _PY_FUNC = re.compile(r"\b(?:np|numpy|math)\.(" + "|".join(sorted(_PY_FUNCS, key=len, reverse=True)) + r")\b")
 
@@ -168,6 +175,7 @@ def normalize_math(s: str) -> str:
     (`45°` -> `45^{\\circ}`)."""
     s = _E_NOTATION.sub(lambda m: f"{m.group(1)}\\times10^{{{m.group(2).lstrip('+')}}}", s)
     s = _PY_FUNC.sub(lambda m: _PY_FUNCS[m.group(1)], s)
+    # a spacing command only between a digit and exactly three more: a thousands separator, not spacing elsewhere
     s = re.sub(r"(?<=\d)(?:\\[,;:! ]|\{,\})(?=\d{3}(?!\d))", "", s)
     return re.sub(r"\s*°(?![A-Za-z])", r"^{\\circ}", s)
 
@@ -215,14 +223,18 @@ def grade_math(response: str, gold: str, timeout: int = GRADE_TIMEOUT, extractio
     if extraction not in EXTRACTIONS:
         raise ValueError(f"extraction must be one of {EXTRACTIONS}, got {extraction!r}")
     ans = extract_answer(response, "any" if extraction == "any" else extraction)
+    # both papers' rules: no extracted answer is wrong; only the lenient 'any' goes on to scan the whole response
     if ans is None and extraction != "any":
         return {"pred": None, "correct": False, "timeout": False}
+    # The answer re-boxed, so that math-verify parses exactly it; a `$` inside would end the math early.
     pred_text = f"\\boxed{{{normalize_math(ans).replace('$', ' ')}}}" if ans is not None else \
         normalize_math(response or "")
     pred = ans
     try:
+        # the string match first, as in both papers' graders: a text gold (gpqa_open) has no math to parse
         if ans is not None and _text_key(ans) == _text_key(gold) and _text_key(gold):
             return {"pred": ans, "correct": True, "timeout": False}
+        # raise_on_error: a timeout must reach us as one (counted in `timeouts`), not as a silent "not equal"
         gold_parsed = parse(_gold_for_parse(gold), parsing_timeout=timeout, raise_on_error=True)
         pred_parsed = parse(pred_text, parsing_timeout=timeout, raise_on_error=True)
         if not pred_parsed:
@@ -233,6 +245,7 @@ def grade_math(response: str, gold: str, timeout: int = GRADE_TIMEOUT, extractio
         m = _PERCENT.match(ans) if ans is not None and not ok and "%" not in gold else None
         if m and m.group(1).strip() and gold_parsed:
             try:
+                # only a gold of at most 1 is a fraction; `30\%` against 30 is already equal (math-verify drops %)
                 small = abs(float(gold_parsed[0])) <= 1
             except (TypeError, ValueError):
                 small = False
@@ -268,6 +281,8 @@ def _letter_in(answer: str, letters: str) -> Optional[str]:
     in any case, or choice_answer_clean's LAST standalone letter): `\\text{}`-like wrappers dropped, a lone
     lower-case letter read as the option, else the last standalone capital letter."""
     s = _WRAPPERS.sub(r"\1", answer)
+    # A lone lower-case letter is the option (QFFT compares case-insensitively first). Inside longer text only capitals
+    # count, or every article "a" would be option A.
     m = re.fullmatch(r"[\s$*(.:]*([a-z])[\s$*).:]*", s)
     if m and m.group(1).upper() in letters:
         return m.group(1).upper()
@@ -295,6 +310,7 @@ def extract_choice(response: str, letters: str = "ABCDEFGHIJ", extraction: str =
                 continue
             if letter in "AI" and re.match(r"\s+[a-z]", text[end:]) and text[m.start(1) - 1:m.start(1)] != "(":
                 continue  # "Answer: I believe ..." / "answer: A good ..."
+            # the LAST hit by position, whichever pattern found it: the final answer follows any options discussed
             if best is None or m.start(1) > best[0]:
                 best = (m.start(1), letter)
     return best[1] if best else None
@@ -303,6 +319,7 @@ def extract_choice(response: str, letters: str = "ABCDEFGHIJ", extraction: str =
 def grade(response: str, gold: Optional[str], answer_type: str = "math", timeout: int = GRADE_TIMEOUT,
           extraction: str = "any") -> dict:
     if gold is None:
+        # no gold to compare with: the box is kept for reference, and nothing counts as right
         return {"pred": last_boxed(response), "correct": False, "timeout": False}
     if answer_type == "mc":
         pred = extract_choice(response, extraction=extraction)
@@ -342,14 +359,18 @@ def grade_many(items: list[tuple[str, Optional[str], str]], workers: int = 0, ti
         else:
             todo.setdefault((_math_input(r, extraction), g), []).append(i)
     keys = list(todo)
+    # math-verify's timeout is a SIGALRM, which only the main thread receives: another thread always uses the workers
     in_main = threading.current_thread() is threading.main_thread()
     if not keys:
         graded = []
+    # under 64 pairs grading here is faster than starting spawned workers (each imports sympy and math-verify)
     elif (workers == 1 or len(keys) < 64) and in_main:
         graded = [grade_math(r, g, timeout, extraction) for r, g in tqdm(keys, desc=desc, disable=len(keys) < 64)]
     else:
         import multiprocessing as mp
+        # spawn, not fork: forking a process that holds a vLLM engine (its threads, CUDA) is unsafe
         ctx = mp.get_context("spawn")
+        # at least 8 pairs per worker, about 8 chunks each (<= 256 pairs): few round trips, slow pairs still spread
         workers = min(workers, max(1, len(keys) // 8))
         chunk = max(1, min(256, len(keys) // (workers * 8)))
         args = [(r, g, "math", timeout, extraction) for r, g in keys]

@@ -40,13 +40,18 @@ expression or choice, even if written differently. Reply in exactly two lines:
 Answer: <the student's final answer>
 Judgement: TRUE or FALSE"""
 
+# Both spellings (Judgement, Judgment), markdown bold around key or value, and a full-width colon: judges are not
+# strict about the format they were asked for, and a missed verdict would count as "no".
 _VERDICT = re.compile(r"judge?ment\s*\**\s*[:：]\s*\**\s*(TRUE|FALSE)\b", re.IGNORECASE)
+# The `Answer:` line BUILTIN_PROMPT asks for, also as "Student's final answer:"; re.M: one line, never the reasoning
+# before it.
 _ANSWER = re.compile(r"^\s*\**(?:Student(?:'s)? )?(?:final )?answer\**\s*[:：]\s*(.+?)\s*$", re.IGNORECASE | re.M)
 
 
 def parse_verdict(text: str) -> dict:
     """{"verdict": True/False/None, "answer": str|None} from a judge output in BUILTIN_PROMPT's format: the last
     'Judgement: TRUE|FALSE' (any case, ** bold allowed); None when there is none (counted as 'no')."""
+    # the LAST verdict decides: a judge may restate the format or think aloud before it decides
     hits = _VERDICT.findall(text or "")
     ans = _ANSWER.findall(text or "")
     return {"verdict": hits[-1].upper() == "TRUE" if hits else None, "answer": ans[-1] if ans else None}
@@ -54,6 +59,7 @@ def parse_verdict(text: str) -> dict:
 
 def is_omni_judge(model: str) -> bool:
     """UPFT's judge (KbsdJames/Omni-Judge, or a local copy whose folder says so)."""
+    # a local copy is often saved as omni_judge
     return "omni-judge" in model.lower().replace("_", "-")
 
 
@@ -65,6 +71,8 @@ def has_own_protocol(tokenizer) -> bool:
 def _parse_own(tokenizer, text: str) -> dict:
     try:
         res = tokenizer.parse_response(text)
+        # Omni-Judge's parse_response returns a dict; UPFT reads res["judgement"] == "TRUE". Anything raised by the
+        # remote parser (a missing key, no match) is an unparsed output, UPFT's "Failed to parse".
         verdict = str(res["judgement"]).strip().upper()
         return {"verdict": True if verdict == "TRUE" else False if verdict == "FALSE" else None,
                 "answer": (str(res.get("answer")).strip() or None) if res.get("answer") is not None else None}
@@ -86,7 +94,10 @@ def build_prompts(tokenizer, items: list[tuple[str, str, str]], own: bool, max_p
         n = len(models.encode(tokenizer, [text])[0])
         if n > max_prompt_tokens:
             ids = models.encode(tokenizer, [resp])[0]
+            # 8 tokens of slack: decoding a cut token sequence and encoding it again inside the prompt does not give
+            # back exactly the same count, and the prompt is not measured twice
             keep = max(0, len(ids) - (n - max_prompt_tokens) - 8)
+            # ids[len(ids) - keep:], not ids[-keep:], which would be the whole response when keep is 0
             text = render(q, ref, tokenizer.decode(ids[len(ids) - keep:]) if keep else "")
         prompts.append(text)
     return prompts
@@ -94,12 +105,14 @@ def build_prompts(tokenizer, items: list[tuple[str, str, str]], own: bool, max_p
 
 def free_engine() -> None:
     """Release the GPU memory of an engine that went out of scope, so that a second one (the judge) fits."""
+    # Collect first: the dropped LLM object still holds the model and KV cache until Python frees it.
     gc.collect()
     try:
+        # vLLM keeps its parallel groups in module globals: a second engine in this process needs them destroyed
         from vllm.distributed.parallel_state import destroy_distributed_environment, destroy_model_parallel
         destroy_model_parallel()
         destroy_distributed_environment()
-    except Exception:
+    except Exception:  # another vLLM layout, or nothing initialised: nothing to tear down
         pass
     try:
         import torch
@@ -122,6 +135,7 @@ def run_judge(model: str, items: list[tuple[str, str, str]], *, tensor_parallel_
                       "max_position_embeddings", None)
     except Exception as e:
         raise common.DataError(f"--judge {model}: cannot read its config ({str(e).splitlines()[0]})") from None
+    # a judge with a shorter context than UPFT's 16384 would refuse that max_model_len: its own context caps it
     max_len = min(JUDGE_MAX_MODEL_LEN, ctx or JUDGE_MAX_MODEL_LEN)
     print(f"judge {model}: {'its own prompt/parser (remote code)' if own else 'the built-in prompt'}, "
           f"{len(items)} responses, max_model_len {max_len}")
@@ -133,10 +147,14 @@ def run_judge(model: str, items: list[tuple[str, str, str]], *, tensor_parallel_
             "its remote code is not trusted (pass --judge_trust_remote_code)"
         print(f"WARNING: {model} judges with judge.BUILTIN_PROMPT, NOT Omni-Judge's own prompt and parser as in UPFT's "
               f"protocol: {why}. Its verdicts are not comparable with UPFT's numbers.", file=sys.stderr)
+    # every prompt leaves room for the whole verdict, so that no judgement is cut off by the context
     prompts = build_prompts(tok, items, own, max_len - JUDGE_MAX_TOKENS - 1)
+    # evaluate.py's generating engine is gone by now: its GPU memory must be free before the judge loads
     free_engine()
     llm = models.make_llm(model, seed=seed, tensor_parallel_size=tensor_parallel_size, max_model_len=max_len,
                           trust_remote_code=trust_remote_code)
+    # UPFT's stop_token_ids: EOS and <|eot_id|> (a Llama-3 chat turn ends with the latter). A tokenizer without
+    # <|eot_id|> maps it to unk, which must not become a stop token.
     stop = [t for t in {tok.eos_token_id, tok.convert_tokens_to_ids("<|eot_id|>")}
             if isinstance(t, int) and t != tok.unk_token_id]
     params = SamplingParams(temperature=0.0, max_tokens=JUDGE_MAX_TOKENS, stop_token_ids=stop or None)
@@ -152,6 +170,7 @@ def run_judge(model: str, items: list[tuple[str, str, str]], *, tensor_parallel_
 
 def store(records: list[dict], results: list[dict], model: str) -> None:
     """Put the judge's raw outputs, verdicts and extracted answers on the records (in place), one per response."""
+    # results are flat, one per response, in the order the items were built: records, then each record's responses
     it = iter(results)
     for r in records:
         res = [next(it) for _ in r["responses"]]

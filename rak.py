@@ -55,6 +55,7 @@ import tracking
 # ----------------------------------------------------------------------------------------------------------------
 
 
+# field(...) for the many flags without aliases; a list default needs default_factory (one list per instance)
 def _f(default, help_text):
     return field(default_factory=list, metadata={"help": help_text}) if default == [] else \
         field(default=default, metadata={"help": help_text})
@@ -77,9 +78,11 @@ class Args:
                               metadata={"help": "table files to write: md, csv, tex (the Markdown tables are always "
                                                 "printed)"})
     plots: bool = _f(False, "also draw long_cot_by_level.png and acc_vs_tokens.png (needs matplotlib)")
+    # 'index' is QFFT's footnote 3: the reference's i-th sample decides for the model's i-th sample
     solvable: Literal["index", "mean"] = _f("index", "'index': a question is solvable at sample i when the "
                                                      "reference's i-th sample is correct (QFFT); 'mean': when the "
                                                      "reference's mean accuracy on it is >= 0.5")
+    # QFFT §4.2 (after O1-Pruner): α = β = 0.1, γ = 1.0, so a loss of accuracy weighs ten times a gain
     alpha: float = _f(0.1, "AES weight of the length reduction")
     beta: float = _f(0.1, "AES weight of an accuracy gain")
     gamma: float = _f(1.0, "AES weight of an accuracy loss")
@@ -108,6 +111,7 @@ FORMATS = ("md", "csv", "tex")
 
 
 def warn(msg: str) -> None:
+    # stderr: the tables on stdout stay clean to redirect
     print(f"warning: {msg}", file=sys.stderr)
 
 
@@ -131,6 +135,7 @@ class Bench:
 def _sample_list(rec: dict, fld: str, where: str, kind: str) -> list:
     vals = common.require(rec, fld, where, (list,))
     for v in vals:
+        # bool is an int in Python: `correct` must be true/false, and a token count must not be
         ok = isinstance(v, bool) if kind == "bool" else \
             isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 and math.isfinite(v)
         if not ok:
@@ -148,12 +153,14 @@ def load_benchmark(path: Path, long_cot_rule: Optional[str] = None, words: Optio
     n = None
     for lineno, rec in common.iter_jsonl(path):
         where = f"{path}:{lineno}"
+        # compared as strings: a file of one's own may number its questions
         rid = str(common.require(rec, "id", where, (str, int)))
         if rid in first:
             raise common.DataError(f"{where}: duplicate id '{rid}' (first at {first[rid]})")
         first[rid] = where
         c = _sample_list(rec, "correct", where, "bool")
         lc = _sample_list(rec, "long_cot", where, "bool")
+        # recomputed from the responses: runs evaluated under different rules become comparable
         if long_cot_rule:
             resp = common.require(rec, "responses", where, (list,))
             if len(resp) != len(lc) or not all(isinstance(t, str) for t in resp):
@@ -162,6 +169,7 @@ def load_benchmark(path: Path, long_cot_rule: Optional[str] = None, words: Optio
             lc = [grading.long_cot_offset(t, long_cot_rule, pattern) is not None for t in resp]
         # evaluate.py --count_tokenizer: every model's responses counted with one tokenizer (QFFT's convention)
         t = _sample_list(rec, "counted_tokens" if "counted_tokens" in rec else "num_tokens", where, "num")
+        # a question without samples would divide by zero in every mean
         if not c:
             raise common.DataError(f"{where}: field 'correct' is empty (no samples)")
         if not len(c) == len(lc) == len(t):
@@ -169,10 +177,12 @@ def load_benchmark(path: Path, long_cot_rule: Optional[str] = None, words: Optio
                                    f"({len(c)}, {len(lc)}, {len(t)})")
         if n is None:
             n = len(c)
+        # one n per benchmark: the (questions × samples) arrays and RAK's i-th samples need it
         elif len(c) != n:
             raise common.DataError(f"{where}: field 'correct' has {len(c)} samples, earlier lines have {n}")
         lv = rec.get("level")
         if isinstance(lv, str):
+            # MATH's own spelling, "Level 3", read as 3
             digits = "".join(ch for ch in lv if ch.isdigit())
             lv = int(digits) if digits else None
         elif lv is not None and not (isinstance(lv, int) and not isinstance(lv, bool)):
@@ -201,11 +211,13 @@ def parse_pairs(specs: list[str], flag: str, bare_ok: bool) -> dict[str, str]:
         if "=" in s:
             name, val = s.split("=", 1)
         elif bare_ok:
+            # a bare DIR is named after its folder (a trailing slash from tab completion dropped)
             name, val = Path(s.rstrip("/")).name, s
         else:
             raise common.DataError(f"{flag} {s}: expected NAME=PATH")
         if not name or not val:
             raise common.DataError(f"{flag} {s}: expected NAME=PATH")
+        # two runs of one name would share one row of every table
         if name in out:
             raise common.DataError(f"{flag}: run name '{name}' given twice")
         out[name] = val
@@ -241,7 +253,9 @@ def kappa(solvable: np.ndarray, short: np.ndarray) -> dict:
     fp = int(np.sum(~solvable & short))
     tn = int(np.sum(~solvable & ~short))
     p_o = (tp + tn) / N
+    # chance agreement from the two marginals (QFFT Eq. 1)
     p_e = ((tp + fp) * (tp + fn) + (fn + tn) * (fp + tn)) / N ** 2
+    # p_e = 1 (every question in one cell of the matrix): κ is 0/0, reported as 0; rak() warns
     degenerate = math.isclose(p_e, 1.0)
     k = 0.0 if degenerate else (p_o - p_e) / (1 - p_e)
     return {"TP": tp, "FN": fn, "FP": fp, "TN": tn, "N": N, "p_o": p_o, "p_e": p_e, "kappa": k,
@@ -250,6 +264,7 @@ def kappa(solvable: np.ndarray, short: np.ndarray) -> dict:
 
 def match_ids(ref: Bench, model: Bench, ref_name: str, name: str, bench: str) -> np.ndarray:
     """Row indices into model for each reference question; any unmatched id is an error."""
+    # Matched by id, not by line: runs may list their questions in another order (Ray writes blocks as they finish).
     pos = {rid: i for i, rid in enumerate(model.ids)}
     only_ref = [r for r in ref.ids if r not in pos]
     ref_set = set(ref.ids)
@@ -277,6 +292,7 @@ def rak(ref: Bench, model: Bench, mode: str, ref_name: str, name: str, bench: st
                                    f"accuracy is >= 0.5")
         solvable = ref.correct
     else:
+        # 'mean': one verdict per question, repeated for each of the model's samples (any n on either side)
         solvable = np.repeat((ref.correct.mean(axis=1) >= 0.5)[:, None], model.n, axis=1)
     details = [{"sample": i, **kappa(solvable[:, i], short[:, i])} for i in range(model.n)]
     bad = [d["sample"] for d in details if d["degenerate"]]
@@ -292,6 +308,7 @@ def aes(acc_base: float, tok_base: float, acc: float, tok: float, alpha=0.1, bet
         return float("nan")  # relative accuracy change undefined: an empty cell
     dl = (tok_base - tok) / tok_base
     da = (acc - acc_base) / acc_base if acc_base else 0.0  # 0% -> 0%: no accuracy change
+    # ×100: QFFT Table 3 prints AES × 100 (QFFT on GSM8K: 0.059 is printed 5.9; docs/paper_numbers.md)
     return 100.0 * (alpha * dl + beta * abs(da)) if da >= 0 else 100.0 * (alpha * dl - gamma * abs(da))
 
 
@@ -318,6 +335,7 @@ def train_stats(path: str) -> dict:
     if not isinstance(s, dict):
         raise common.DataError(f"{p}: expected a JSON object")
 
+    # several spellings: stats written by other tools (or older prepare.py versions) are read too
     def pick(keys):
         for k in keys:
             v = s.get(k)
@@ -331,6 +349,7 @@ def train_stats(path: str) -> dict:
     n = pick(("examples", "num_examples", "n_examples", "num_records", "records"))
     avg = pick(("completion_tokens_mean", "avg_completion_tokens", "mean_completion_tokens", "avg_trained_tokens",
                 "mean_trained_tokens"))
+    # whichever two are stored give the third: the average from the totals when both are there
     if total is not None and n:
         avg = total / n
     elif total is None and avg is not None and n is not None:
@@ -352,13 +371,18 @@ def kappa_counts(tp, fn, fp, tn) -> np.ndarray:
         p_o = (tp + tn) / n
         p_e = ((tp + fp) * (tp + fn) + (fn + tn) * (fp + tn)) / n ** 2
         k = (p_o - p_e) / (1 - p_e)
+    # 0 where p_e = 1, as kappa(); NaN where a resample drew nothing stays NaN, and intervals() leaves it out
     return np.where(np.isclose(p_e, 1.0), 0.0, k)
 
 
 def question_weights(ids: list[str], resamples: int, seed: int, bench: str) -> np.ndarray:
     """(resamples, len(ids)): how often each question is drawn in each bootstrap resample (multinomial = drawing
     len(ids) questions with replacement), seeded by --seed and the benchmark's name."""
+    # crc32 of the name, not hash(): Python salts string hashes per process, and a seed must give the same intervals
+    # in every run. One stream per benchmark: adding a benchmark leaves the others' intervals unchanged.
     rng = np.random.default_rng([seed, zlib.crc32(bench.encode())])
+    # Counts, not drawn indices: every resampled metric is then a weighted mean, one matrix product for all resamples.
+    # float32 halves the memory of resamples × questions (MMLU-Pro has 12,032 questions).
     return rng.multinomial(len(ids), np.full(len(ids), 1.0 / len(ids)), size=resamples).astype(np.float32)
 
 
@@ -376,11 +400,13 @@ def bootstrap(data: dict, names: list[str], benches: list[str], ref: str, base: 
             x = data[r].get(b)
             if x is None:
                 continue
+            # the draw restricted to this run's questions; its total weight is the number of them drawn
             wr = w[:, [col[i] for i in x.ids]]
             tot = wr.sum(axis=1)
             with np.errstate(divide="ignore", invalid="ignore"):  # a subset of the union may draw no question
                 for m, arr, scale in (("acc", x.correct, 100.0), ("tokens", x.tokens, 1.0),
                                       ("long_cot", x.long_cot, 100.0)):
+                    # each question's mean over its samples, weighted by the draw: summarize() on the resample
                     out[r][f"{b}_{m}"] = scale * (wr @ arr.mean(axis=1)) / tot
             if b in data[ref]:
                 rf = data[ref][b]
@@ -389,6 +415,7 @@ def bootstrap(data: dict, names: list[str], benches: list[str], ref: str, base: 
                 solvable = rf.correct if mode == "index" else np.repeat((rf.correct.mean(axis=1) >= 0.5)[:, None],
                                                                         x.n, axis=1)
                 wq = w[:, [col[i] for i in rf.ids]]
+                # each confusion cell as a weighted count of questions: rak() on every resample at once
                 ks = [kappa_counts(*(wq @ (a & c).astype(np.float32) for a, c in
                                      ((solvable[:, i], short[:, i]), (solvable[:, i], ~short[:, i]),
                                       (~solvable[:, i], short[:, i]), (~solvable[:, i], ~short[:, i]))))
@@ -397,7 +424,10 @@ def bootstrap(data: dict, names: list[str], benches: list[str], ref: str, base: 
     nan = np.full(resamples, np.nan)
     for r in names:
         for m in ("acc", "tokens", "long_cot", "rak"):
+            # a benchmark missing in a run makes its average NaN in every resample, as the tables leave it empty
             out[r][f"avg_{m}"] = np.mean([out[r].get(f"{b}_{m}", nan) for b in benches], axis=0)
+    # Δ rows from the same draw for the run and the baseline: the interval of the difference itself, much narrower
+    # than two intervals subtracted when the runs share their hard questions
     if base:
         for r in names:
             if r == base:
@@ -423,6 +453,7 @@ def intervals(boot: dict[str, dict[str, np.ndarray]], level: float) -> dict[str,
     for row, cols in boot.items():
         for c, v in cols.items():
             v = np.asarray(v, dtype=float)
+            # a resample that drew none of a run's questions (or a 0/0 κ) gives NaN: left out, not counted as 0
             v = v[np.isfinite(v)]
             if len(v):
                 lo, hi = np.percentile(v, [lo_q, hi_q])
@@ -442,12 +473,14 @@ def f_acc(v, delta=False):
 
 
 def f_tok(v, delta=False):
+    # QFFT's tables write tokens in K (1.7K) and their Δ as a relative change in %
     return "" if not is_number(v) else (f"{v:+.1f}%" if delta else f"{v / 1000:.1f}K")
 
 
 def f_big(v, delta=False):
     if not is_number(v):
         return ""
+    # UPFT Table 2's #Tokens style (2.3M, 0.2M)
     return f"{v / 1e6:.2f}M" if v >= 1e6 else f"{v / 1e3:.1f}K" if v >= 1e3 else f"{v:.0f}"
 
 
@@ -483,6 +516,7 @@ class Table:
             for c in self.columns():
                 row[c] = vals.get(c, float("nan"))
                 if f"{c}_lower" in cols:
+                    # a '-' cell (not applicable) has no interval either
                     row[f"{c}_lower"], row[f"{c}_upper"] = nan if (r, c) in self.dash else self.ci.get((r, c), nan)
             rows.append(row)
         return pd.DataFrame(rows, columns=["run"] + cols)
@@ -505,10 +539,13 @@ class Table:
         df = pd.DataFrame(self.cells(), columns=cols)
         if not any(m for _, ms in self.groups for m, _, _ in ms):  # one header row: the group labels
             df.columns = ["Run"] + [g for g, _ in self.groups]
+        # run names and labels may hold _ or %, which LaTeX would read as commands
         sty = df.style.hide(axis="index").format(escape="latex").format_index(escape="latex", axis=1)
+        # run names left-aligned, numbers right-aligned, as in the Markdown tables
         tex = sty.to_latex(hrules=True, multicol_align="c", caption=_latex_escape(self.title), position="t",
                            position_float="centering", column_format="l" + "r" * (len(df.columns) - 1))
         if self.notes:
+            # the notes inside the float, under the tabular, so that they move with the table
             tex = tex.replace("\\end{table}", "\\par\\smallskip\\footnotesize\n"
                               + " \\\\\n".join(_latex_escape(n) for n in self.notes) + "\n\\end{table}")
         return _latex_math(tex)
@@ -527,6 +564,7 @@ def _with_ci(f, v, delta: bool, ci: Optional[tuple]) -> str:
 
 
 def _latex_escape(s: str) -> str:
+    # pandas' own escaper, the one the cells go through: caption, notes and cells escape alike
     from pandas.io.formats.style_render import _escape_latex
     return _escape_latex(s)
 
@@ -540,6 +578,7 @@ def _latex_math(tex: str) -> str:
 
 
 def _avg(vals: list) -> float:
+    # An average over fewer benchmarks than its row's would not compare with the others: NaN, an empty cell.
     return float(np.mean(vals)) if vals and all(is_number(v) for v in vals) else float("nan")
 
 
@@ -548,6 +587,7 @@ def build_tables(names, benches, summ, raks, aes_vals, args, ref, base, aes_base
     missing = [(r, b) for r in names for b in benches if b not in summ[r]]
     miss_note = ([f"empty: no results for {', '.join(f'{r}/{b}' for r, b in missing)}; averages that would "
                   f"include them are left empty"] if missing else [])
+    # the display names live with the sources: one list for every table and figure
     label = sources.label
 
     def metrics_of(r):
@@ -572,12 +612,14 @@ def build_tables(names, benches, summ, raks, aes_vals, args, ref, base, aes_base
                                ("RAK", "avg_rak", f_acc)]))
     t2 = Table("table_qfft", "Accuracy, response tokens and RAK (QFFT Table 2 layout)", groups)
     for r in names:
+        # each Δ row right under its run, as in QFFT Table 2
         t2.rows.append((r, vals[r], False))
         if base and r != base:
             d = {}
             for b in benches:
                 x, y = vals[r], vals[base]
                 d[f"{b}_acc"] = x[f"{b}_acc"] - y[f"{b}_acc"]
+                # a relative change, undefined against a base of 0 tokens (or a missing one): empty
                 d[f"{b}_tokens"] = 100.0 * (x[f"{b}_tokens"] - y[f"{b}_tokens"]) / y[f"{b}_tokens"] \
                     if is_number(y[f"{b}_tokens"]) and y[f"{b}_tokens"] else float("nan")
                 d[f"{b}_rak"] = x[f"{b}_rak"] - y[f"{b}_rak"]
@@ -603,6 +645,7 @@ def build_tables(names, benches, summ, raks, aes_vals, args, ref, base, aes_base
     groups = [(label(b), [("Acc", f"{b}_acc", f_acc), ("Tokens", f"{b}_tokens", f_tok), ("AES", f"{b}_aes", f_acc)])
               for b in benches]
     groups.append(("Average", [("Acc", "avg_acc", f_acc), ("Tokens", "avg_tokens", f_tok), ("AES", "avg_aes", f_acc)]))
+    # no Δ rows: AES is already a comparison with its base
     t3 = Table("table_aes", "Accuracy-Efficiency Score (QFFT Table 3 layout)", groups,
                [(r, vals[r], False) for r in names])
     t3.dash = {(aes_base, f"{b}_aes") for b in benches} | {(aes_base, "avg_aes")}
@@ -614,6 +657,7 @@ def build_tables(names, benches, summ, raks, aes_vals, args, ref, base, aes_base
                         "long-CoT SFT model (pass --baseline).")
 
     # 3. UPFT Table 1
+    # one number per benchmark, headed by the benchmark alone, as UPFT Table 1
     groups = [(label(b), [("", f"{b}_acc", f_acc)]) for b in benches] + [("Average", [("", "avg_acc", f_acc)])]
     if train:
         groups.append(("Train", [("tokens/ex", "train_avg_tokens", f_int), ("#Tokens", "train_total_tokens", f_big)]))
@@ -640,6 +684,7 @@ def build_tables(names, benches, summ, raks, aes_vals, args, ref, base, aes_base
 def _pyplot():
     try:
         import matplotlib
+        # no display on a cluster node: draw into files only
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
@@ -653,10 +698,12 @@ def make_plots(out: Path, names, benches, summ) -> list[Path]:
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     color = {r: colors[j % len(colors)] for j, r in enumerate(names)}  # one colour per run in both figures
     # QFFT Fig. 5a: long-CoT ratio by MATH500 level, one bar group per level, one bar per run
+    # only MATH500 has difficulty levels; a run without them has no bars to draw
     have = [r for r in names if "math500" in summ[r] and summ[r]["math500"]["long_cot_by_level"]]
     if have:
         levels = sorted({lv for r in have for lv in summ[r]["math500"]["long_cot_by_level"]})
         fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(levels) + 2), 4), dpi=150)
+        # the runs' bars share 80% of each level's slot, leaving a gap between levels
         w = 0.8 / len(have)
         x = np.arange(len(levels))
         for j, r in enumerate(have):
@@ -665,6 +712,7 @@ def make_plots(out: Path, names, benches, summ) -> list[Path]:
             ax.bar_label(bars, fmt="%.0f", fontsize=7, padding=1)
         ax.set_xticks(x, [f"Level {lv}" for lv in levels])
         ax.set_ylabel("long-CoT ratio (%)")
+        # room above 100% for the bar labels and the legend
         ax.set_ylim(0, 118)
         ax.set_yticks(range(0, 101, 20))
         ax.set_title("MATH500: long-CoT ratio by difficulty level")
@@ -679,6 +727,7 @@ def make_plots(out: Path, names, benches, summ) -> list[Path]:
         warn("no MATH500 results with 'level' in any run: long_cot_by_level.png not drawn")
     # accuracy vs tokens, one panel per benchmark, one labelled point per run
     k = len(benches)
+    # at most four panels a row, so that the figure stays readable at page width
     cols = min(k, 4)
     rows = (k + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3.4 * rows), dpi=150, squeeze=False)
@@ -694,8 +743,10 @@ def make_plots(out: Path, names, benches, summ) -> list[Path]:
         ax.grid(alpha=0.3)
         ax.margins(0.2)
         lo, hi = ax.get_ylim()
+        # the margins of an accuracy axis stay near 0-100
         ax.set_ylim(max(lo, -2), min(hi, 105))
         ax.set_xlim(left=max(ax.get_xlim()[0], 0))
+    # the empty panels of the last row are hidden
     for ax in list(axes.flat)[k:]:
         ax.axis("off")
     fig.suptitle("Accuracy vs. response length")
@@ -713,12 +764,14 @@ def main(argv=None):
     if not args.runs:
         raise common.DataError("--runs: give at least one NAME=DIR")
     for name in ("alpha", "beta", "gamma"):
+        # `not x >= 0`, not `x < 0`: NaN is refused too
         if not getattr(args, name) >= 0:
             raise common.DataError(f"--{name} must be >= 0 (an AES weight), got {getattr(args, name)}")
     if args.ci is not None and not 0 < args.ci < 1:
         raise common.DataError(f"--ci must be a confidence level in (0, 1), e.g. 0.95, got {args.ci}")
     if args.ci_resamples < 1:
         raise common.DataError(f"--ci_resamples must be >= 1, got {args.ci_resamples}")
+    # before any run is read: an unwritable --out fails in a second
     common.check_writable(args.out, "--out", folder=True)
     formats = common.comma_list(args.format)
     bad = [f for f in formats if f not in FORMATS]
@@ -726,6 +779,7 @@ def main(argv=None):
         raise common.DataError(f"--format: unknown {', '.join(bad)} (choose from {', '.join(FORMATS)})")
     run_dirs = parse_pairs(args.runs, "--runs", bare_ok=True)
     names = list(run_dirs)
+    # the first run by default: runs are usually listed base model first
     ref = args.reference or names[0]
     for flag, v in (("--reference", ref), ("--baseline", args.baseline)):
         if v is not None and v not in run_dirs:
@@ -736,6 +790,7 @@ def main(argv=None):
     unknown = [r for r in stats_files if r not in run_dirs]
     if unknown:
         raise common.DataError(f"--train_stats: {', '.join(unknown)} not one of the runs ({', '.join(names)})")
+    # read now: a bad stats file fails before any run is loaded
     train = {r: train_stats(p) for r, p in stats_files.items()}
     if args.plots:
         _pyplot()  # fail before any work when matplotlib is missing
@@ -753,6 +808,7 @@ def main(argv=None):
     out = Path(args.out)
     metas = {r: run_meta(d) for r, d in run_dirs.items()}
     stored = {r: metas[r].get("settings", {}).get("long_cot_rule") or "paper" for r in names}  # before the flag: paper
+    # resolved paths: the same runs named from another folder are the same settings
     settings = {"runs": {r: str(Path(d).resolve()) for r, d in run_dirs.items()}, "reference": ref,
                 "baseline": base, "benchmarks": benches, "solvable": args.solvable, "alpha": args.alpha,
                 "beta": args.beta, "gamma": args.gamma, "train_stats": stats_files,
@@ -763,6 +819,7 @@ def main(argv=None):
         used = ", ".join(f"{r}: {v}" for r, v in stored.items())
         warn(f"the runs were evaluated with different long-CoT rules ({used}): pass --long_cot_rule to recompute "
              f"them all with one")
+    # each run's own reflect words when the paper rule is recomputed: a run evaluated with other keywords keeps them
     data = {r: {b: load_benchmark(files[r][b], args.long_cot_rule, metas[r].get("reflect_words"))
                 for b in benches if b in files[r]} for r in names}
     for r in names:
@@ -774,6 +831,7 @@ def main(argv=None):
     raks, aes_vals, detail, degenerate = {r: {} for r in names}, {r: {} for r in names}, [], []
     for r in names:
         for b, x in data[r].items():
+            # RAK needs the reference's grades on the same benchmark; without them the cell stays empty
             if b in data[ref]:
                 raks[r][b], det = rak(data[ref][b], x, args.solvable, ref, r, b)
                 detail += [{"run": r, "benchmark": b, **d} for d in det]
@@ -788,6 +846,7 @@ def main(argv=None):
     tables = build_tables(names, benches, summ, raks, aes_vals, args, ref, base, aes_base, train, degenerate)
     cis = {}
     if args.ci:
+        # only the ± comes from the bootstrap: every table value stays the point estimate computed above
         cis = intervals(bootstrap(data, names, benches, ref, base, args.solvable, args.ci_resamples, args.seed),
                         args.ci)
         for t in tables:
@@ -796,6 +855,7 @@ def main(argv=None):
                 t.notes.append(f"±: half the width of the {args.ci:.0%} percentile bootstrap interval over questions "
                                f"({args.ci_resamples} resamples, seed {args.seed}; Δ rows paired); the CSV has the "
                                f"exact bounds (<column>_lower, <column>_upper).")
+    # every table is written; --show only chooses what is printed
     md = "\n".join(t.markdown() for t in tables)
     show = set(common.comma_list(args.show))
     unknown = show - {"qfft", "aes", "upft", "long_cot"}
@@ -806,11 +866,13 @@ def main(argv=None):
     out.mkdir(parents=True, exist_ok=True)
     written = []
     if "md" in formats:
+        # Each file atomically: a reader (a LaTeX build, a notebook) never sees half a table.
         common.atomic_write(out / "tables.md", lambda f: f.write(md))
         written.append(out / "tables.md")
     for t in tables:
         if "csv" in formats:
             df = t.frame()
+            # df=df (t=t below): the lambda binds this iteration's table, not the loop variable (bugbear B023)
             common.atomic_write(out / f"{t.name}.csv", lambda f, df=df: df.to_csv(f, index=False))
             written.append(out / f"{t.name}.csv")
         if "tex" in formats:
@@ -818,16 +880,19 @@ def main(argv=None):
             written.append(out / f"{t.name}.tex")
     if detail and "csv" in formats:
         import pandas as pd
+        # the degenerate flag is in the table notes; the confusion counts here show it (one cell holds every question)
         df = pd.DataFrame(detail).drop(columns="degenerate")
         common.atomic_write(out / "rak_detail.csv", lambda f: df.to_csv(f, index=False))
         written.append(out / "rak_detail.csv")
     if args.plots:
         written += make_plots(out, names, benches, summ)
+    # every number (and the intervals) in meta.json: trackers and later tools read it, not the formatted tables
     metrics = {r: {b: {k: v for k, v in s.items()} | {"rak": raks[r].get(b), "aes": aes_vals[r].get(b)}
                    for b, s in summ[r].items()} for r in names}
     common.write_json(out / "meta.json", runs.run_info(args, settings=settings, metrics=metrics,
                                                          versions=runs.versions("numpy", "pandas", "matplotlib"),
                                                          **({"intervals": cis} if args.ci else {})))
+    # last: a tracker sees only what was also written to disk
     tracking.report(args.report_to, out, "rak", metrics, {"settings": settings}, args.run_name)
     print(f"wrote {', '.join(str(p) for p in written)}", file=sys.stderr)
 

@@ -67,6 +67,8 @@ class Args:
     dataset_config: Optional[str] = field(default=None, metadata={"help": "HF dataset configuration (subset) name"})
     limit: Optional[int] = field(default=None, metadata={"help": "first K questions only (before sharding)"})
     n: int = field(default=1, metadata={"help": "samples per question"})
+    # UPFT's inference/vllm_inference.py samples with temperature 0.6, --max_tokens 16384 and --seed 42: the
+    # defaults here of temperature, max_tokens and seed
     temperature: float = field(default=0.6, metadata={"help": "UPFT's sampler"})
     top_p: Optional[float] = field(default=None, metadata={"help": "default: the model's generation config (local "
                                                                    "or hub), else 1.0"})
@@ -77,6 +79,7 @@ class Args:
         "GenerationConfig default, which UPFT's sampler (inference/vllm_inference.py) gets for a model without one "
         "(Llama-3.1, R1-distill; the UPFT recipes pass it)")})
     max_tokens: int = field(default=16384, metadata={"help": "generated tokens per sample"})
+    # 'eval': the papers' "Please reason step by step..." prompt, so that sampled data is prompted as evaluation is
     system_prompt: str = field(default="eval", metadata={"help": models.SYSTEM_PROMPT_HELP})
     no_system_prompt: bool = field(default=False, metadata={"help": "no system message (R1-distill teachers)"})
     chat_template: Optional[str] = field(default=None, metadata={"help": models.CHAT_TEMPLATE_HELP})
@@ -88,11 +91,13 @@ class Args:
                                           "CPU has native bf16 (models.cpu_dtype, printed)"})
     gpu_memory_utilization: float = field(default=0.9, metadata={"help": "share of GPU memory vLLM may use (GPU "
                                                                          "only; on CPU see VLLM_CPU_KV_GB)"})
+    # 512 questions: enough to keep a GPU's batch full, few enough that a kill loses little
     chunk_size: int = field(default=512, metadata={"help": backends.BLOCK_HELP,
                                                    "aliases": ["--block_size"]})
     backend: Literal["local", "ray"] = field(default="local", metadata={"help": backends.BACKEND_HELP})
     ray_address: Optional[str] = field(default=None, metadata={"help": backends.RAY_ADDRESS_HELP})
     replicas: Optional[str] = field(default=None, metadata={"help": backends.REPLICAS_HELP})
+    # `%%`: argparse formats help texts with %, so a literal % is written twice
     num_shards: int = field(default=1, metadata={"help": "data parallel: questions i %% num_shards == shard_index; "
                                                          "output OUT.shard{i}of{N}.jsonl"})
     shard_index: int = field(default=0, metadata={"help": "this process's shard"})
@@ -110,6 +115,7 @@ class Args:
 # ----------------------------------------------------------------------------------------------------------------
 def shard_path(output, shard_index: int, num_shards: int) -> Path:
     """runs/x.jsonl -> runs/x.shard3of8.jsonl (the output itself when there is one shard)."""
+    # N is in the name: shard files of runs split differently never mix
     p = Path(output)
     if num_shards == 1:
         return p
@@ -122,22 +128,28 @@ def meta_path(output) -> Path:
 
 
 def select_shard(questions: list[dict], num_shards: int, shard_index: int) -> list[dict]:
+    # Round robin, not contiguous ranges: a source sorted by difficulty or length still gives every shard an even share,
+    # and merge_shards restores the order from the same rule.
     return questions[shard_index::num_shards]
 
 
 def check_args(args: Args) -> None:
     if not args.output:
         raise common.DataError("--output is required")
+    # blocks are appended as they finish; a gzip member torn by a kill could not be cut back like a plain line
     if args.output.endswith(".gz"):
         raise common.DataError(f"--output {args.output}: write plain .jsonl (chunks are appended as they finish)")
     if args.num_shards < 1 or not 0 <= args.shard_index < args.num_shards:
         raise common.DataError(f"--shard_index {args.shard_index} must be in [0, --num_shards {args.num_shards})")
+    # before any model loads: a read-only or full disk must not be found after hours of sampling
     common.check_writable(args.output, "--output")
 
     if args.push_to_hub:
         if args.num_shards > 1 and not args.merge_shards:
+            # a shard is a part: only the merged file is a dataset
             raise common.DataError("--push_to_hub: push the merged output (--merge_shards --push_to_hub REPO)")
         common.check_push(args.push_to_hub)
+    # a merge needs neither model nor data flags: the shards' metadata say where the questions came from
     if args.merge_shards:
         return
     if not args.model or not args.data:
@@ -154,6 +166,7 @@ def check_args(args: Args) -> None:
         raise common.DataError("--temperature must be >= 0 and --top_p in (0, 1]")
     if args.top_k_default < 0:
         raise common.DataError(f"--top_k_default must be >= 0 (0: off), got {args.top_k_default}")
+    # vLLM reads both 0 and -1 as "no top-k"
     if args.top_k is not None and args.top_k < -1:
         raise common.DataError(f"--top_k must be >= 1, or 0 / -1 for no top-k, got {args.top_k}")
     if args.max_model_len is not None and args.max_model_len < 2:
@@ -165,10 +178,13 @@ def sampling_settings(args: Args) -> dict:
     """What the sampler does: explicit flags, else the model's generation config (top_p/top_k; a local directory
     and a hub name give the same), else top-p 1 and --top_k_default (0: no top-k). Printed, with where each value
     came from."""
+    # top_p/top_k from the model's generation_config.json, as UPFT's sampler reads them (inference/vllm_inference.py,
+    # GenerationConfig.from_pretrained)
     gen = models.generation_defaults(args.model)
     s = {"n": args.n, "temperature": args.temperature, "max_tokens": args.max_tokens,
          "top_p": args.top_p if args.top_p is not None else float(gen.get("top_p", 1.0)),
          "top_k": args.top_k if args.top_k is not None else
+         # an explicit null or 0 in the config means off (UPFT's sampler maps top_k 0 to vLLM's -1)
          int(gen["top_k"] or 0) if "top_k" in gen else args.top_k_default}
     src = {k: "flag" if getattr(args, k) is not None else "model's generation config" if k in gen else
            "--top_k_default" if k == "top_k" and args.top_k_default else "default" for k in ("top_p", "top_k")}
@@ -185,9 +201,11 @@ def settings_of(args: Args, system_prompt: Optional[str]) -> dict:
             "answer_field": args.answer_field, "id_field": args.id_field, "split": args.split,
             "dataset_config": args.dataset_config, "limit": args.limit,
             "system_prompt": system_prompt, "seed": args.seed, "max_model_len": args.max_model_len,
+            # the resolved sampler values, not the flags: the metadata records what the engine really did
             "num_shards": args.num_shards, "shard_index": args.shard_index, **sampling_settings(args),
             "data_fingerprint": sources.data_fingerprint(args.data),
             "model_fingerprint": runs.model_fingerprint(args.model),
+            # the template's digest only when one is given: output made before the flag existed still resumes
             **({"chat_template": models.set_chat_template(None, args.chat_template)} if args.chat_template else {})}
 
 
@@ -209,6 +227,8 @@ def encode_prompts(tokenizer, questions: list[dict], system_prompt: Optional[str
 
 
 def engine_spec(args: Args, system_prompt: Optional[str]) -> backends.EngineSpec:
+    # Neither question suffix nor prompt_tokens: UPFT's sampler appends --add_prompt, empty by default, and tokenizes
+    # the rendered text without adding specials (inference/vllm_inference.py): the template's own ids, as here.
     return backends.EngineSpec(model=args.model, seed=args.seed, tensor_parallel_size=args.tensor_parallel_size,
                                max_model_len=args.max_model_len, trust_remote_code=args.trust_remote_code,
                                dtype=args.dtype, gpu_memory_utilization=args.gpu_memory_utilization,
@@ -234,12 +254,14 @@ def sample_blocks(blocks: Iterable[list[tuple[int, list[dict]]]], questions: lis
     bar = tqdm(total=len(questions), desc="sampling", unit="q", disable=not progress)
     t0 = time.perf_counter()
     for block in blocks:
+        # handed on (appended and fsynced by the caller) before anything else: a kill right after loses nothing of it
         recs = [to_record(questions[i], comps) for i, comps in block]
         on_block(recs)
         stats["questions"] += len(recs)
         stats["samples"] += sum(len(r["responses"]) for r in recs)
         stats["tokens"] += sum(sum(r["num_tokens"]) for r in recs)
         stats["seconds"] = time.perf_counter() - t0
+        # roughly the engine's start-up (plus one block): it says how much of `seconds` was not generation
         stats["first_block_s"] = stats["first_block_s"] or stats["seconds"]
         bar.update(len(recs))
         bar.set_postfix(tok_s=f"{stats['tokens'] / max(stats['seconds'], 1e-9):.0f}")
@@ -252,6 +274,7 @@ def in_question_order(out: Path, questions: list[dict]) -> bool:
     """Rewrite the output in question order (atomically, streaming by byte offsets) when its lines are not: Ray
     returns blocks in the order they finish, and a file in question order is what the local backend writes and
     --merge_shards expects. Returns whether it was rewritten."""
+    # byte offsets, not parsed records: a file of GBs of long-CoT traces is reordered without holding it in memory
     offsets: dict[str, tuple[int, int]] = {}
     with open(out, "rb") as f:
         pos = 0
@@ -260,8 +283,10 @@ def in_question_order(out: Path, questions: list[dict]) -> bool:
                 offsets[json.loads(line)["id"]] = (pos, len(line))
             pos += len(line)
     order = [q["id"] for q in questions if q["id"] in offsets]
+    # already in order (always, with the local backend): nothing is rewritten
     if order == list(offsets):
         return False
+    # written beside and renamed over, as common.atomic_write: a kill mid-rewrite leaves the complete unordered file
     tmp = out.with_name(f".{out.name}.reorder.tmp")
     with open(out, "rb") as src, open(tmp, "wb") as dst:
         for rid in order:
@@ -310,11 +335,14 @@ def merge_shards(args: Args) -> None:
                     if ref.get(k) != rest.get(k)]
             raise common.DataError(f"{paths[0]} and {p} were made with other settings ({'; '.join(diff)})")
     s0 = settings[0]
+    # the question list is reloaded from the settings, not taken from the shards: a question missing in every shard
+    # is found here
     questions = sources.load_questions(s0["data"], question_field=s0["question_field"],
                                       answer_field=s0["answer_field"], id_field=s0["id_field"], split=s0["split"],
                                       limit=s0["limit"], config=s0.get("dataset_config"))
     by_id: dict[str, dict] = {}
     for i, p in enumerate(paths):
+        # the same round robin the shard runs used: an id in the wrong shard is a run made with other shard flags
         want = {q["id"] for q in select_shard(questions, n, i)}
         seen = set()
         for lineno, rec in common.iter_jsonl(p):
@@ -328,6 +356,8 @@ def merge_shards(args: Args) -> None:
         if seen != want:
             raise common.DataError(f"{p}: {len(want - seen)} of {len(want)} questions missing (shard unfinished? "
                                    f"re-run its command to resume)")
+    # Nothing is written before every shard has checked out; then the merged file (atomic) and its meta, which reads as
+    # an unsharded run's (num_shards 1), so that the unsharded command afterwards finds it done.
     out = Path(args.output)
     common.write_jsonl(out, (by_id[q["id"]] for q in questions))
     metas = [json.loads(meta_path(p).read_text()) for p in paths]
@@ -347,6 +377,7 @@ def push(args: Args, out: Path) -> None:
 def _done(meta: Path) -> bool:
     """The meta file of a finished run (an empty shard's output is empty, and finished)."""
     try:
+        # "done" is written last; a run that died after its first block says "running"
         return common.read_json(meta, "metadata").get("status") == "done"
     except common.DataError:
         return False
@@ -357,6 +388,7 @@ def main() -> None:
     args = common.parse_args(Args, __doc__)
     check_args(args)
     if args.merge_shards:
+        # the merged file is this run's output: two merges (or a merge and a sampler) must not write it at once
         runs.lock_output(args.output)
         return merge_shards(args)
 
@@ -366,6 +398,7 @@ def main() -> None:
     questions = sources.load_questions(args.data, question_field=args.question_field, answer_field=args.answer_field,
                                       id_field=args.id_field, split=args.split, limit=args.limit,
                                       config=args.dataset_config)
+    # --limit applies before sharding: the shards of one run split the same first K questions
     total = len(questions)
     questions = select_shard(questions, args.num_shards, args.shard_index)
     out = shard_path(args.output, args.shard_index, args.num_shards)
@@ -374,8 +407,10 @@ def main() -> None:
     settings = settings_of(args, system_prompt)
     # made: a sampled chunk, or a finished empty shard; a meta alone is a failed start (nothing to resume or protect)
     made = bool(out.exists() and out.stat().st_size) or _done(meta)
+    # None: start afresh (nothing there, a failed start or --overwrite); the old file goes only once the engine works
     resume = runs.claim_output(meta, settings, args.overwrite, f"{out}", made=made,
                                unowned=f"{out} exists without {meta.name}; pass --overwrite to replace it") is not None
+    # load_finished also cuts a line torn by a kill, before the file is appended to again
     done = common.load_finished(out) if resume else {}
     todo = [q for q in questions if q["id"] not in done]
     log.info("%d questions (%d in total, shard %d of %d): %d done, %d to sample -> %s", len(questions), total,
@@ -390,7 +425,9 @@ def main() -> None:
         return push(args, out)
 
     tokenizer = models.load_tokenizer(args.model, args.trust_remote_code)
+    # the template every replica sets too: the prompts measured here are the prompts generated from
     models.set_chat_template(tokenizer, args.chat_template)
+    # Every prompt is measured only when there is a limit to check it against; otherwise the first one, for the log.
     prompt_ids = encode_prompts(tokenizer, todo if args.max_model_len else todo[:1], system_prompt)
     if args.max_model_len:
         too_long = [(q["id"], len(ids)) for q, ids in zip(todo, prompt_ids) if len(ids) >= args.max_model_len]
@@ -400,8 +437,10 @@ def main() -> None:
     # the template only, never a question's text (GPQA must not reach a log)
     log.info("prompt template (first question %s: %d tokens):\n%s", todo[0]["id"], len(prompt_ids[0]),
              models.render_prompt(tokenizer, "<question>", system_prompt))
+    # from the settings: what is recorded and what the engine gets cannot differ
     params = sampling_params(settings)
     log.info("sampling params: %s", params)
+    # the label names the question in a replica's error (a prompt too long for the engine)
     items = [backends.item(q["question"], params, f"{args.data}: question '{q['id']}'") for q in todo]
     blocks = backends.run(engine_spec(args, system_prompt), items, backend=args.backend, block_size=args.chunk_size,
                           ray_address=args.ray_address, replicas=args.replicas)
@@ -414,14 +453,19 @@ def main() -> None:
         for k, block in enumerate(blocks):
             if k == 0:
                 if not resume:  # fresh start, or --overwrite
+                    # the replaced output goes only now: a command that fails before its first block leaves it untouched
                     out.unlink(missing_ok=True)
+                # from here on the output is this run's: a kill leaves it resumable by the same command
                 common.write_json(meta, runs.run_info(args, **info, status="running"))
             yield block
+    # each block appended and fsynced as it arrives
     stats = sample_blocks(opened(blocks), todo, lambda recs: common.append_jsonl(out, recs))
     secs = max(stats["seconds"], 1e-9)  # the engines stopped with the last block, before the final line
+    # with --backend ray blocks come back in the order they finish; the file is put in question order once, at the end
     if in_question_order(out, questions):
         log.info("%s rewritten in question order (blocks came back in the order they finished)", out)
     common.write_json(meta, runs.run_info(
+        # totals over the whole output, earlier (resumed) runs included; this_run: this process's share and speed
         args, **info, status="done", questions=len(questions), samples=len(questions) * args.n,
         tokens=sum(sum(r["num_tokens"]) for r in done.values()) + stats["tokens"],
         this_run={**stats, "backend": args.backend, "prompts_per_s": stats["questions"] / secs,

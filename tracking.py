@@ -23,16 +23,21 @@ class Tracker:
     """One stage's tracker run, in the output folder `out` ("none": every call does nothing)."""
 
     def __init__(self, kind: str, out: Path, config: dict, resume: bool = False, name: Optional[str] = None):
+        # kind "none" leaves run at None: log() and close() then do nothing, and no stage needs an `if` around its calls
         self.kind, self.run = kind, None
         out = Path(out)
         if kind == "tensorboard":
+            # imported only when asked for: it loads torch, which rak.py otherwise never imports
             from torch.utils.tensorboard import SummaryWriter
+            # one subfolder per run name, so that several runs written under one OUT show as separate curves
             self.run = SummaryWriter(log_dir=str(out / "tensorboard" / (name or "")))
+            # TensorBoard has no config panel: the arguments go in once as a code block (the Text tab)
             self.run.add_text("config", "```\n" + json.dumps(config, indent=2, default=str) + "\n```")
         elif kind == "wandb":
             import wandb
 
             from sources import stable_id  # one W&B run per output folder: a resumed run continues it
+            # config through JSON because W&B takes plain values only (paths and the like become strings)
             self.run = wandb.init(project=os.environ.get("WANDB_PROJECT", "qfft-upft"), name=name or out.name,
                                   dir=str(out), config=json.loads(json.dumps(config, default=str)),
                                   id=stable_id(str(out.resolve())), resume="allow" if resume else None)
@@ -43,12 +48,15 @@ class Tracker:
         mod = {"tensorboard": "tensorboard", "wandb": "wandb"}.get(kind)
         if mod:
             try:
+                # the import alone: it is what fails on a machine without the package, and it must fail now, not after
+                # hours of training at the first log call
                 __import__(mod)
             except ImportError:
                 raise DataError(f"--report_to {kind}: the package is not installed (pip install {mod})") from None
 
     def log(self, rec: dict, prefix: str = "train", step: Optional[int] = None) -> None:
         """Every number in rec (nested dicts as a/b/c) as PREFIX/key at `step` (default: rec['step'])."""
+        # train.py's records carry their optimizer step; evaluate.py and rak.py pass step=0 (one point per run)
         step = int(rec.get("step", 0)) if step is None else step
         # train.py's held-out loss (eval_loss) goes beside the training curves as eval/loss, not train/eval_loss
         scalars = {(f"eval/{k[5:]}" if prefix == "train" and k.startswith("eval_") else f"{prefix}/{k}"): v
@@ -61,6 +69,8 @@ class Tracker:
 
     def close(self) -> None:
         if self.run is not None:
+            # close flushes TensorBoard's event file; finish ends the W&B run (uploads it, or leaves it for `wandb sync`
+            # offline)
             (self.run.close if self.kind == "tensorboard" else self.run.finish)()
             self.run = None
 
@@ -73,6 +83,7 @@ def flatten(rec: dict, prefix: str = "") -> dict:
         key = f"{prefix}{k}"
         if isinstance(v, dict):
             out.update(flatten(v, key + "/"))
+        # bool is an int in Python: true/false fields are flags, not curves
         elif isinstance(v, (int, float)) and not isinstance(v, bool):
             out[key] = v
     return out
@@ -82,6 +93,7 @@ def report(kind: str, out: Path, prefix: str, metrics: dict, config: dict, name:
     """evaluate.py / rak.py: the finished metrics, once, at step 0 (one tracker run per output folder)."""
     if kind == "none":
         return
+    # resume=True: a re-run (--grade_only, rak.py with other tables) logs into the same tracker run as the first
     tracker = Tracker(kind, out, config, resume=True, name=name)
     tracker.log(metrics, prefix=prefix, step=0)
     tracker.close()
