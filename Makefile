@@ -31,7 +31,7 @@ demo: tiny
 	PATH=$(CURDIR)/$(BIN):$$PATH bash scripts/demo.sh
 
 test: tiny
-	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest -q tests
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest -q --durations=25 tests
 
 test-fast: tiny
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest -q -m "not slow" tests

@@ -35,7 +35,9 @@ def test_make_gpu_check_uses_the_gpu_install():
     """`make -n gpu-check` (the commands, not run): the chosen Python, never the CPU venv; the tiny model's
     package at the pin `make venv` uses, which scripts/tiny_model.py reads."""
     def dry(target, *extra):
-        p = subprocess.run(["make", "-n", target, *extra], cwd=ROOT, capture_output=True, text=True, timeout=60)
+        # --no-print-directory: under `make test` this make is nested and would print "make[1]: Entering ..."
+        p = subprocess.run(["make", "--no-print-directory", "-n", target, *extra], cwd=ROOT, capture_output=True,
+                           text=True, timeout=60)
         assert p.returncode == 0, p.stderr
         return [ln for ln in p.stdout.splitlines() if ln.strip() and not ln.startswith("#")]
     cmds = dry("gpu-check", "PY=/opt/gpu/bin/python", "GPUS=8")
