@@ -141,7 +141,8 @@ class Args:
         default=False, metadata={"help": "recompute activations in the backward pass (less memory, slower)"})
     max_steps: int = field(default=0, metadata={"help": "> 0: train this many optimizer steps (also the schedule's "
                                                         "length)"})
-    seed: int = field(default=42, metadata={"help": "data order: a seeded permutation per epoch"})
+    seed: int = field(default=42, metadata={"help": "data order (a seeded permutation per epoch), LoRA's initial "
+                                                        "adapters and dropout masks (seeded per step)"})
     save_every_epoch: bool = field(default=False, metadata={"help": "HF checkpoint in DIR/epoch_{k}"})
     save_steps: int = field(default=500, metadata={"help": "DeepSpeed checkpoint (for --resume) every this many "
                                                            "steps (0: none between), and at each epoch end"})
@@ -357,6 +358,11 @@ def prepared_by(data: str) -> dict:
 # ----------------------------------------------------------------------------------------------------------------
 # The data plan: every rank computes the whole plan (cheap, deterministic), so no collective is needed to agree
 # on how many micro-batches a step has.
+def step_seed(seed: int, step: int, rank: int) -> int:
+    """torch's seed for one step on one rank: a function of (seed, step, rank) only, not of the steps before."""
+    return int(np.random.SeedSequence([seed, step, rank]).generate_state(1)[0])
+
+
 def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
     # A fresh permutation per epoch from (seed, epoch), not a generator advanced through the epochs: a run resumed at
     # epoch 3 draws exactly the order the uninterrupted run drew, with no state to save.
@@ -732,6 +738,9 @@ def load_model(args: Args, world: int, on_gpu: bool, bf16: bool, device):
         # (position_ids, the packed attention kwargs) and needs an input that requires grad.
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if args.use_peft:
+        # LoRA's A matrices start random: seeded, so that the same command trains the same adapters (every rank draws
+        # the same values, and a resumed run compares with an uninterrupted one)
+        torch.manual_seed(args.seed)
         model = add_lora(model, args)
     return model, ds_config, attn, head, hidden
 
@@ -990,6 +999,9 @@ def main():
         epoch, batch = batch_of(step)
         weights = token_weights(batch, examples, args.loss_reduction)
         micro = plan_step(batch, examples, args, world, rank)
+        # Dropout (--lora_dropout, a model's own) draws from torch's RNG, which a DeepSpeed checkpoint does not keep:
+        # seeded per (seed, step, rank), step s draws the same masks whether or not the run was resumed before it.
+        torch.manual_seed(step_seed(args.seed, step, rank))
         t0 = time.perf_counter()
         step_loss, tokens, attn_sq = train_step(engine, micro, examples, weights, args, pad_id, device, attn, head,
                                                 world)

@@ -61,7 +61,40 @@ def files(tmp_path):
     (d / "broken.json").write_text("{not json")
     (d / "good.jsonl").write_text('{"question": "1+1?", "answer": "2", "prompt": "p", "completion": "c"}\n')
     (d / "afile").write_text("x")
+    for name, text in EXTRA_FILES.items():
+        (d / name).write_text(text)
     return d
+
+
+def _jsonl(*recs) -> str:
+    return "".join(json.dumps(r) + "\n" for r in recs)
+
+
+U, A = {"role": "user", "content": "1+1?"}, {"role": "assistant", "content": "2"}
+# --config files, chat records and custom benchmarks refused as written (docs/bad_inputs.md shows each one)
+EXTRA_FILES = {
+    "not_yaml.yaml": "lr: [1e-5\n",
+    "list.yaml": "- lr\n- 1e-5\n",
+    "unknown_key.yaml": "no_such_flag: 3\n",
+    "same_flag.yaml": "lr: 1e-5\nlearning_rate: 2e-5\n",
+    "bad_int.yaml": "epochs: three\n",
+    "bad_choice.yaml": "lr_scheduler: cosine_typo\n",
+    "dict_value.yaml": "lr: {a: 1}\n",
+    "nested.yaml": "benchmarks: [[gsm8k, math500]]\n",
+    "null.yaml": "seed: null\n",
+    "chat_role.jsonl": _jsonl({"messages": [U, {"role": "bot", "content": "2"}]}),
+    "chat_assistant_first.jsonl": _jsonl({"messages": [A, U]}),
+    "chat_no_assistant.jsonl": _jsonl({"messages": [U]}),
+    "chat_two_users.jsonl": _jsonl({"messages": [U, A, U, A]}),
+    "chat_generations.jsonl": _jsonl({"problem": "1+1?", "messages": [U, A], "generations": ["2", "two"],
+                                      "solution": "2"}),
+    "bench_answer_type.jsonl": _jsonl({"id": 1, "question": "1+1?", "answer": "2", "answer_type": "open"}),
+    "bench_options.jsonl": _jsonl({"id": 1, "question": "1+1?", "answer": "A", "options": ["2", "3"]}),
+    "bench_mc_answer.jsonl": _jsonl({"id": 1, "question": "1+1?", "answer": "Z", "answer_type": "mc",
+                                     "options": ["2", "3"]}),
+    "bench_dup.jsonl": _jsonl({"id": 1, "question": "1+1?", "answer": "2"},
+                              {"id": 1, "question": "2+2?", "answer": "4"}),
+}
 
 
 def _cases():
@@ -137,6 +170,90 @@ def _cases():
                                               "meta.json: metadata is not valid JSON"),
         "sample_generation_config_not_json": (["sample", "--model", "BADGEN", "--data", "math500", "--limit", "1",
                                                "--output", "OUT/s.jsonl"], "generation config is not valid JSON"),
+        # --config FILE.yaml (common.read_config, in common.parse_args): checked as the flags would be
+        "config_not_yaml": (["train", *T, "--config", "IN/not_yaml.yaml", "--output_dir", "OUT/t"],
+                            "not_yaml.yaml:2: not valid YAML ("),
+        "config_not_mapping": (["train", *T, "--config", "IN/list.yaml", "--output_dir", "OUT/t"],
+                               "list.yaml: expected `flag: value` lines (a YAML mapping), got list"),
+        "config_unknown_key": (["train", *T, "--config", "IN/unknown_key.yaml", "--output_dir", "OUT/t"],
+                               "unknown_key.yaml: key 'no_such_flag': not a flag of train.py (see --help)"),
+        "config_same_flag_twice": (["train", *T, "--config", "IN/same_flag.yaml", "--output_dir", "OUT/t"],
+                                   "same_flag.yaml: key 'learning_rate': the same flag as 'lr'"),
+        "config_bad_int": (["train", *T, "--config", "IN/bad_int.yaml", "--output_dir", "OUT/t"],
+                           "bad_int.yaml: key 'epochs': 'three' is not a valid int"),
+        "config_bad_choice": (["train", *T, "--config", "IN/bad_choice.yaml", "--output_dir", "OUT/t"],
+                              "bad_choice.yaml: key 'lr_scheduler': 'cosine_typo' is not one of 'cosine'"),
+        "config_dict_value": (["train", *T, "--config", "IN/dict_value.yaml", "--output_dir", "OUT/t"],
+                              "dict_value.yaml: key 'lr': expected one value, got a YAML dict"),
+        "config_nested": (["evaluate", "--model", M, "--config", "IN/nested.yaml", "--output_dir", "OUT/e"],
+                          "nested.yaml: key 'benchmarks': expected plain values, got a nested YAML list"),
+        "config_null": (["train", *T, "--config", "IN/null.yaml", "--output_dir", "OUT/t"],
+                        "null.yaml: key 'seed': null is not allowed (default: 42)"),
+        # chat datasets (sources.chat_turns / chat_exchanges / chat_question, prepare.py)
+        "prepare_chat_bad_role": (["prepare", "--model", M, "--input", "IN/chat_role.jsonl", "--format", "chat",
+                                   "--output", "OUT/p.jsonl"],
+                                  "chat_role.jsonl:1: field 'messages[1]' has role 'bot' (expected user/human, "
+                                  "assistant/gpt or system)"),
+        "prepare_chat_assistant_first": (["prepare", "--model", M, "--input", "IN/chat_assistant_first.jsonl",
+                                          "--format", "chat", "--output", "OUT/p.jsonl"],
+                                         "field 'messages': an assistant turn comes before any user turn"),
+        "prepare_chat_no_assistant": (["prepare", "--model", M, "--input", "IN/chat_no_assistant.jsonl", "--format",
+                                       "chat", "--output", "OUT/p.jsonl"],
+                                      "field 'messages': user turn 1 has no assistant turn after it"),
+        "prepare_chat_two_exchanges": (["prepare", "--model", M, "--input", "IN/chat_two_users.jsonl", "--format",
+                                        "chat", "--output", "OUT/p.jsonl"],
+                                       "field 'messages' has 2 user and 2 assistant turns, expected one of each"),
+        "prepare_chat_missing": (["prepare", *P, "--format", "chat", "--output", "OUT/p.jsonl"],
+                                 "good.jsonl:1: missing field 'messages' or 'conversations' (--format chat)"),
+        "sample_chat_two_users": (["sample", "--model", M, "--data", "IN/chat_two_users.jsonl", "--output",
+                                   "OUT/s.jsonl"], "field 'messages' has 2 user turns; a question is one user turn"),
+        "prepare_several_response_fields": (["prepare", "--model", M, "--input", "IN/chat_generations.jsonl",
+                                             "--output", "OUT/p.jsonl"],
+                                            "several fields could be the response (messages, generations, solution)"),
+        # custom benchmarks: evaluate.py --benchmarks NAME=FILE.jsonl (sources.load_custom_benchmark)
+        "evaluate_custom_missing_file": (["evaluate", "--model", M, "--benchmarks", "mine=IN/nope.jsonl",
+                                          "--output_dir", "OUT/e"], "/nope.jsonl: file not found"),
+        "evaluate_custom_bad_name": (["evaluate", "--model", M, "--benchmarks", "my.bench=IN/bench_dup.jsonl",
+                                      "--output_dir", "OUT/e"],
+                                     "expected NAME=FILE with NAME made of letters, digits, _ or - and not a "
+                                     "registry benchmark"),
+        "evaluate_custom_two_files": (["evaluate", "--model", M, "--benchmarks",
+                                       "mine=IN/bench_dup.jsonl,mine=IN/good.jsonl", "--output_dir", "OUT/e"],
+                                      "--benchmarks: 'mine' given with two files"),
+        "evaluate_custom_answer_type": (["evaluate", "--model", M, "--benchmarks", "mine=IN/bench_answer_type.jsonl",
+                                         "--output_dir", "OUT/e"],
+                                        "bench_answer_type.jsonl:1: field 'answer_type' must be 'math' or 'mc', "
+                                        "got 'open'"),
+        "evaluate_custom_options_not_mc": (["evaluate", "--model", M, "--benchmarks", "mine=IN/bench_options.jsonl",
+                                            "--output_dir", "OUT/e"],
+                                           "bench_options.jsonl:1: field 'options' needs \"answer_type\": \"mc\""),
+        "evaluate_custom_mc_answer": (["evaluate", "--model", M, "--benchmarks", "mine=IN/bench_mc_answer.jsonl",
+                                       "--output_dir", "OUT/e"],
+                                      "field 'answer' 'Z' is neither a letter A-B nor one of the options"),
+        "evaluate_custom_duplicate_id": (["evaluate", "--model", M, "--benchmarks", "mine=IN/bench_dup.jsonl",
+                                          "--output_dir", "OUT/e"], "bench_dup.jsonl:2: duplicate id '1' (first at "),
+        # train.py: LoRA, the eval split, TRL's batch flags and --push_to_hub
+        "train_lora_r_0": (["train", *T, "--use_peft", "--lora_r", "0", "--output_dir", "OUT/t"],
+                           "--lora_r must be >= 1, --lora_alpha > 0 and --lora_dropout in [0, 1), got 0"),
+        "train_eval_ratio_1_5": (["train", *T, "--eval_ratio", "1.5", "--output_dir", "OUT/t"],
+                                 "--eval_ratio must be in [0, 1) and --eval_steps >= 0, got 1.5"),
+        "train_eval_data_and_ratio": (["train", *T, "--eval_data", "IN/good.jsonl", "--eval_ratio", "0.1",
+                                       "--output_dir", "OUT/t"], "--eval_data and --eval_ratio: give one of them"),
+        "train_eval_data_missing": (["train", *T, "--eval_data", "IN/nope.jsonl", "--output_dir", "OUT/t"],
+                                    "/nope.jsonl: file not found"),
+        "train_eval_ratio_nothing_left": (["train", *T, "--eval_ratio", "0.5", "--output_dir", "OUT/t"],
+                                          "has 1 question(s), nothing would be left to train on"),
+        "train_per_device_batch_0": (["train", *T, "--per_device_train_batch_size", "0", "--output_dir", "OUT/t"],
+                                     "--per_device_train_batch_size and --gradient_accumulation_steps must be >= 1"),
+        "train_push_to_hub_no_repo": (["train", *T, "--push_to_hub", "--output_dir", "OUT/t"],
+                                      "--push_to_hub: give the repository as --hub_model_id USER/NAME"),
+        "train_push_to_hub_two_repos": (["train", *T, "--push_to_hub", "me/a", "--hub_model_id", "me/b",
+                                         "--output_dir", "OUT/t"], "two repositories; give one"),
+        # rak.py --ci
+        "rak_ci_1_5": (["rak", "--runs", "a=IN", "--ci", "1.5", "--out", "OUT/r"],
+                       "--ci must be a confidence level in (0, 1), e.g. 0.95, got 1.5"),
+        "rak_ci_resamples_0": (["rak", "--runs", "a=IN", "--ci", "0.95", "--ci_resamples", "0", "--out", "OUT/r"],
+                               "--ci_resamples must be >= 1, got 0"),
     }
 
 
@@ -180,6 +297,22 @@ def test_bad_input_one_line_before_any_load(stage, tmp_path, files, tiny_model, 
     code, err = stage(name, *rest)
     assert code == 2 and "Traceback" not in err
     assert message in one_line(err), err
+
+
+def _has(module: str) -> bool:
+    import importlib.util
+    return importlib.util.find_spec(module) is not None
+
+
+@pytest.mark.skipif(_has("wandb"), reason="wandb is installed: --report_to wandb is accepted")
+@pytest.mark.parametrize("name", ["evaluate", "rak", "train"])
+def test_report_to_wandb_not_installed(stage, tmp_path, files, tiny_model, name):
+    argv = {"evaluate": ["--model", tiny_model, "--benchmarks", "gsm8k", "--output_dir", tmp_path / "e"],
+            "rak": ["--runs", f"a={files}", "--out", tmp_path / "r"],
+            "train": ["--model", tiny_model, "--data", files / "good.jsonl", "--output_dir", tmp_path / "t"]}[name]
+    code, err = stage(name, *argv, "--report_to", "wandb")
+    assert code == 2 and "Traceback" not in err
+    assert one_line(err) == "error: --report_to wandb: the package is not installed (pip install wandb)"
 
 
 REQUIRED = {"train": ["--model", "m", "--data", "d", "--output_dir", "o"],

@@ -428,6 +428,31 @@ def test_tracker_and_plot_show_the_eval_loss(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
+def test_lora_stopped_and_resumed_equals_uninterrupted(tmp_path, tokenizer, random_qwen2):
+    """--use_peft --resume: the DeepSpeed checkpoint of a LoRA run (frozen base, trainable adapters, Adam states) brings
+    the run back to where it stopped; the resumed run's losses and merged weights equal an uninterrupted run's. Needs
+    LoRA's initial adapters seeded and dropout masks seeded per step (a checkpoint keeps no RNG state)."""
+    write_data(tmp_path / "d.jsonl", tokenizer, n=16)
+    lora = ["--model", random_qwen2, "--data", tmp_path / "d.jsonl", "--global_batch_size", 4, "--epochs", 1,
+            "--lr", 1e-2, "--save_steps", 2, "--lr_scheduler", "cosine", "--micro_batch_tokens", 64, "--use_peft",
+            "--lora_r", 4, "--lora_alpha", 8, "--lora_dropout", 0.1, "--lora_target_modules", "all-linear"]
+    one = tmp_path / "one"
+    run_script("train.py", *lora, "--output_dir", one, env=DS_ENV)
+    res = tmp_path / "res"
+    p = run_script("train.py", *lora, "--output_dir", res, "--stop_after_steps", 3, env=DS_ENV)
+    assert "stopping after step 3" in p.stdout and (res / "checkpoints" / "step_2").is_dir()
+    assert not (res / "adapter").exists() and len(read_log(res)) == 3
+    p = run_script("train.py", *lora, "--output_dir", res, "--resume", env=DS_ENV)
+    assert "resumed from" in p.stdout + p.stderr
+    assert len(read_log(one)) == 4 and read_log(one)[-1]["loss"] < read_log(one)[0]["loss"]
+    assert_same_run(one, res)  # losses, grad norms, lr of steps 1-4 and the merged weights
+    base = weights(random_qwen2)
+    changed = {k for k, v in weights(one).items() if not torch.equal(v, base[k])}
+    assert changed, "LoRA trained nothing into the merged weights"
+    assert (res / "adapter" / "adapter_config.json").exists() and not (res / "checkpoints").exists()
+
+
+@pytest.mark.slow
 def test_lora_zero3_two_processes_merged_output_evaluates(tmp_path, tokenizer, tiny_model):
     """--use_peft under ZeRO-3 (2 processes) on SmolLM2-135M with a held-out split; DIR is a plain merged checkpoint
     (what peft's adapter in DIR/adapter/ gives) that evaluate.py loads in vLLM, on a benchmark of its own."""
