@@ -2,14 +2,15 @@
 efficiency E(R) = tps(R) / (R x tps(1)), and the Ray backend at one replica against the local backend (one engine
 in this process), the same blocks of the same questions through the same Replica code.
 
-    VLLM_CPU_KV_GB=1 python bench/scaleout.py --tiny          # CPU, tiny model: Ray at 1 replica vs local (goal >= 0.9)
+    VLLM_CPU_KV_GB=1 python bench/scaleout.py --tiny --repeats 3   # CPU: Ray at 1 replica vs local (goal >= 0.9)
     python bench/scaleout.py --model Qwen/Qwen2.5-Math-7B-Instruct --replicas 1,2,4,8   # 8-GPU node (E(8) >= 0.9)
     python bench/scaleout.py --model M --replicas 8,16 --ray_address auto     # a cluster (recipes/slurm/ray.sbatch)
 
 Start-up (cluster, actors, engines) is timed on its own line and left out of tokens/s: a run's steady state starts
 when every replica has returned its first block (the R-th block to arrive), and tokens/s counts the blocks that
 arrive after it, up to the last. Each run has its own cluster (private on 127.0.0.1 unless --ray_address) and fresh
-engines with the same seed. Prints one line per run, a Markdown table and `ray / local tokens-per-second ratio: X`.
+engines with the same seed. Prints one line per run, a Markdown table of medians over --repeats interleaved runs,
+and `ray / local tokens-per-second ratio: X`.
 """
 from __future__ import annotations
 
@@ -20,6 +21,8 @@ from pathlib import Path
 from typing import Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np
 
 import backends
 import common
@@ -44,6 +47,9 @@ class Args:
     no_local: bool = field(default=False, metadata={"help": "skip the local-backend run (no ratio line)"})
     tiny: bool = field(default=False, metadata={"help": "CPU sizes: the tiny model, 64 questions x 2 x 64 tokens, "
                                                         "blocks of 8, R = 1"})
+    repeats: int = field(default=1, metadata={"help": "run every configuration this many times, interleaved "
+                                                      "(local, ray, local, ray, ...), and report medians: on a shared "
+                                                      "or small machine one run's tokens/s varies by a fifth"})
     out: Optional[str] = field(default=None, metadata={"help": "also write the results as JSON here"})
 
 
@@ -80,28 +86,38 @@ def main() -> None:
     print(f"model {a.model}, {a.limit} {a.data} questions x n={a.n} x {a.max_tokens} tokens (ignore_eos), blocks of "
           f"{a.block_size}, TP {a.tensor_parallel_size}; {platform.processor() or platform.machine()}", flush=True)
     runs = []
-    if not a.no_local:
-        runs.append(measure(a, "local"))
-    for r in counts:
-        runs.append(measure(a, "ray", r))
+    for k in range(a.repeats):  # interleaved: a slow spell of the machine hits every configuration alike
+        if not a.no_local:
+            runs.append({**measure(a, "local"), "repeat": k})
+        for r in counts:
+            runs.append({**measure(a, "ray", r), "repeat": k})
     for r in runs:
-        print(f"{r['backend']} R={r['replicas']}: start-up {r['startup_s']:.1f} s (until every replica returned a "
-              f"block)", flush=True)
-        print(f"{r['backend']} R={r['replicas']}: {r['tokens']} tokens in {r['seconds']:.1f} s after start-up "
+        print(f"{r['backend']} R={r['replicas']} (run {r['repeat'] + 1}): start-up {r['startup_s']:.1f} s (until "
+              f"every replica returned a block); {r['tokens']} tokens in {r['seconds']:.1f} s after start-up "
               f"({r['steady_blocks']} of {r['blocks']} blocks) -> {r['tokens_per_s']:.1f} tokens/s", flush=True)
-    ray1 = next((r for r in runs if r["backend"] == "ray" and r["replicas"] == 1), None)
+    # one row per configuration: medians over the repeats
+    configs = list(dict.fromkeys((r["backend"], r["replicas"]) for r in runs))
+    med = {c: {key: float(np.median([r[key] for r in runs if (r["backend"], r["replicas"]) == c]))
+               for key in ("startup_s", "tokens_per_s")} for c in configs}
+    ray1 = med.get(("ray", 1))
     rows = []
-    for r in runs:
-        e = r["tokens_per_s"] / (r["replicas"] * ray1["tokens_per_s"]) if ray1 and r["backend"] == "ray" else None
-        r["efficiency"] = e
-        rows.append([r["backend"], str(r["replicas"]), f"{r['startup_s']:.1f}", f"{r['tokens_per_s']:.1f}",
+    for c in configs:
+        e = med[c]["tokens_per_s"] / (c[1] * ray1["tokens_per_s"]) if ray1 and c[0] == "ray" else None
+        med[c]["efficiency"] = e
+        rows.append([c[0], str(c[1]), str(a.repeats), f"{med[c]['startup_s']:.1f}", f"{med[c]['tokens_per_s']:.1f}",
                      "" if e is None else f"{e:.2f}"])
-    print(common.markdown_table(["backend", "replicas", "start-up s", "tokens/s", "E(R)"], rows))
-    local = next((r for r in runs if r["backend"] == "local"), None)
+    print(common.markdown_table(["backend", "replicas", "runs", "start-up s (median)", "tokens/s (median)", "E(R)"],
+                                rows))
+    local = med.get(("local", 1))
     if local and ray1:
-        print(f"ray / local tokens-per-second ratio: {ray1['tokens_per_s'] / local['tokens_per_s']:.2f}")
+        locals_ = [r for r in runs if r["backend"] == "local"]
+        rays = [r for r in runs if r["backend"] == "ray" and r["replicas"] == 1]
+        pairs = [ra["tokens_per_s"] / lo["tokens_per_s"] for lo, ra in zip(locals_, rays)]
+        spread = f" (per repeat: {', '.join(f'{x:.2f}' for x in pairs)})" if len(pairs) > 1 else ""
+        print(f"ray / local tokens-per-second ratio: {ray1['tokens_per_s'] / local['tokens_per_s']:.2f}{spread}")
     if a.out:
-        common.write_json(a.out, {"args": vars(a), "runs": runs})
+        common.write_json(a.out, {"args": vars(a), "runs": runs,
+                                  "medians": [{"backend": c[0], "replicas": c[1], **med[c]} for c in configs]})
 
 
 if __name__ == "__main__":

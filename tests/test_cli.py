@@ -4,6 +4,7 @@ import argparse
 import dataclasses
 import importlib
 import re
+import sys
 
 import pytest
 
@@ -309,3 +310,20 @@ def test_preset_and_protocol_are_their_settings_files():
     e = evaluate.resolve_protocol(common.parse_args(evaluate.Args, None, ["--model", "M"]))
     assert (e.n, e.temperature, e.top_p, e.max_tokens, e.system_prompt, e.n_by_benchmark, e.max_model_len) == \
         (16, 0.6, 1.0, 32768, "eval", "gpqa=4,mmlu_pro=4", None)
+
+
+BENCH_WITH_ARGS = ["cpu_speed", "grading_speed", "sample_overhead", "scaleout"]
+
+
+@pytest.mark.parametrize("name", BENCH_WITH_ARGS)
+def test_benchmark_help_renders(name, capsys):
+    """The benchmarks' --help goes through the same parser (a bare % in a help text crashes argparse's formatting)."""
+    sys.path.insert(0, str(common.ROOT / "bench"))
+    try:
+        mod = importlib.import_module(name)
+    finally:
+        sys.path.remove(str(common.ROOT / "bench"))
+    with pytest.raises(SystemExit) as e:
+        common.parse_args(mod.Args, mod.__doc__, ["--help"])
+    out = capsys.readouterr().out
+    assert e.value.code == 0 and help_problems(out) == [], out[-2000:]
