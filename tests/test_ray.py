@@ -20,6 +20,9 @@ import runs
 import sources
 
 ENV = {"VLLM_CPU_KV_GB": "0.25", "TOKENIZERS_PARALLELISM": "false"}
+# 0.25 GiB of KV cache per engine (several replicas share the machine) holds 5632 tokens of SmolLM2 in float32 (a CPU
+# without native bf16), fewer than its 8192: every engine here is started with a shorter context
+CTX = ["--max_model_len", "1024"]
 
 
 # ------------------------------------------------------------------------------------------------ fast, no Ray
@@ -139,10 +142,10 @@ def test_ray_gives_what_local_gives_on_loopback_only(tmp_path, tiny_model, ray_c
     Every socket of the cluster, the stages and the replicas listens on a loopback address."""
     addr = ["--backend", "ray", "--ray_address", ray_cluster.address]
     cmd = ["sample.py", "--model", tiny_model, "--data", "gsm8k", "--limit", "6", "--temperature", "0",
-           "--max_tokens", "24", "--block_size", "2"]
+           "--max_tokens", "24", "--block_size", "2", *CTX]
     run_script(*cmd, "--output", tmp_path / "local.jsonl", env=ENV)
     ev = ["evaluate.py", "--model", tiny_model, "--benchmarks", "gsm8k,math500", "--limit", "3", "--protocol",
-          "upft", "--max_tokens", "24", "--max_model_len", "1024", "--grade_workers", "1"]
+          "upft", "--max_tokens", "24", *CTX, "--grade_workers", "1"]
     run_script(*ev, "--output_dir", tmp_path / "ev_local", env=ENV)
     with SocketWatch() as watch:
         p = run_script(*cmd, "--output", tmp_path / "ray.jsonl", *addr, env=ENV)
@@ -175,7 +178,7 @@ def test_ray_survives_a_killed_replica_and_a_removed_node(tmp_path, tiny_model, 
     n = 10
     cmd = [sys.executable, "sample.py", "--model", tiny_model, "--data", "gsm8k", "--limit", str(n), "--n", "2",
            "--max_tokens", "32", "--block_size", "1", "--output", str(out), "--backend", "ray",
-           "--ray_address", ray_cluster.address]
+           "--ray_address", ray_cluster.address, *CTX]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **ENV}
     removed = []
     with open(tmp_path / "run.log", "w") as log:
@@ -218,7 +221,7 @@ def test_killed_driver_leaves_no_ray_or_vllm_process_and_resumes(tmp_path, tiny_
     out = tmp_path / "s.jsonl"
     n = 8
     args = ["sample.py", "--model", tiny_model, "--data", "gsm8k", "--limit", str(n), "--max_tokens", "32",
-            "--block_size", "1", "--output", out, "--backend", "ray"]
+            "--block_size", "1", "--output", out, "--backend", "ray", *CTX]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **ENV}
     env.pop("RAY_ADDRESS", None)
     seen: dict[int, int] = {}
